@@ -1,0 +1,248 @@
+"""Typed configuration: one pydantic model per stage, nested in `PipelineConfig`.
+
+The same model is the YAML schema (`configs/*.yaml` only override these defaults), the target of CLI
+overrides (`--set preference.beta=0.2`) and the Prefect flow parameter (so the Prefect UI renders a form).
+Validation lives here, not in the flow: every field carries its constraint, unknown keys are refused.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+
+class RuntimeConfig(_Section):
+    seed: int = Field(0, ge=0, description="Seed for data order, initialisation and sampling.")
+    torch_threads: int = Field(1, ge=1, le=256, description="torch.set_num_threads for every stage.")
+    output_dir: str = Field("runs/quickstart", min_length=1,
+                            description="Where stage outputs and checkpoints go; a re-run with the same "
+                                        "directory resumes training from its last checkpoint.")
+
+
+class QuickTaskConfig(_Section):
+    """The generated 'animal facts' preference task of the quickstart (see alignment/quicktask.py)."""
+
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    good_fraction: float = Field(0.35, ge=0.0, le=1.0,
+                                 description="Share of SFT answers that are correct and well formed.")
+    refusal_fraction: float = Field(0.6, ge=0.0, le=1.0,
+                                    description="Share of SFT answers that refuse; the rest state a wrong fact.")
+    conversational: bool = Field(False, description="Write the files as chat message lists instead of strings.")
+
+    @model_validator(mode="after")
+    def _fractions_sum(self) -> QuickTaskConfig:
+        if self.good_fraction + self.refusal_fraction > 1.0:
+            raise ValueError("good_fraction + refusal_fraction must be <= 1")
+        return self
+
+
+class DataConfig(_Section):
+    source: Literal["quickstart", "files"] = Field(
+        "quickstart", description="'quickstart' generates the task; 'files' reads the paths below.")
+    sft_path: str | None = Field(None, description="SFT data: file, folder, or hub id (messages or prompt/completion).")
+    train_path: str | None = Field(None, description="Preference pairs used for training.")
+    heldout_path: str | None = Field(None, description="Held-out preference pairs; if unset, split from train.")
+    heldout_fraction: float = Field(0.1, gt=0.0, lt=0.9, description="Held-out share when heldout_path is unset.")
+    format: Literal["auto", "standard", "conversational", "implicit", "hh", "ultrafeedback"] = "auto"
+    on_invalid: Literal["strict", "drop"] = Field(
+        "strict", description="strict: stop and name file, row and field; drop: drop and count by reason.")
+    max_prompt_tokens: int = Field(96, ge=4, le=32768)
+    max_response_tokens: int = Field(48, ge=2, le=32768)
+    quick: QuickTaskConfig = QuickTaskConfig()
+
+    @model_validator(mode="after")
+    def _paths_for_files(self) -> DataConfig:
+        if self.source == "files" and not (self.train_path and self.sft_path):
+            raise ValueError("data.source=files needs data.train_path and data.sft_path")
+        return self
+
+
+class TinyModelConfig(_Section):
+    """The Llama-architecture model made locally when model.name_or_path is unset."""
+
+    vocab_size: int = Field(1024, ge=64, le=65536)
+    hidden_size: int = Field(128, ge=16, le=4096)
+    num_layers: int = Field(4, ge=1, le=64)
+    num_heads: int = Field(4, ge=1, le=64)
+    intermediate_size: int = Field(256, ge=16, le=16384)
+    max_position_embeddings: int = Field(256, ge=32, le=131072)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        return self
+
+
+class ModelConfig(_Section):
+    name_or_path: str | None = Field(
+        None, description="Hub id or local model directory. Unset: build the tiny local model.")
+    trust_remote_code: bool = Field(False, description="Allow code shipped with the model to run.")
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+class OptimConfig(_Section):
+    """Optimisation settings shared by SFT and preference training."""
+
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    batch_size: int = Field(16, ge=1, le=4096, description="Examples (or pairs) per micro-batch.")
+    grad_accum_steps: int = Field(1, ge=1, le=1024)
+    epochs: float = Field(1.0, gt=0.0, le=1000.0)
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
+    log_every: int = Field(5, ge=1)
+    save_every: int = Field(50, ge=1, description="Checkpoint interval in optimizer steps (also at the end).")
+
+
+class SFTConfig(_Section):
+    enabled: bool = True
+    optim: OptimConfig = OptimConfig(learning_rate=2e-3, epochs=20.0, batch_size=32)
+
+
+class PreferenceConfig(_Section):
+    method: Literal["dpo", "orpo"] = Field(
+        "dpo", description="dpo: from the SFT model against its log-probs; orpo: one stage, no reference model.")
+
+
+class DPOConfig(_Section):
+    beta: float = Field(0.1, gt=0.0, le=100.0, description="KL strength beta (Eq. 7 of arXiv 2305.18290).")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss family.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Conservative DPO: assumed label-flip rate.")
+    optim: OptimConfig = OptimConfig(learning_rate=5e-5, epochs=4.0, batch_size=16)
+
+
+class ORPOConfig(_Section):
+    lam: float = Field(0.5, gt=0.0, le=100.0, description="Weight lambda of the odds-ratio term (Eq. 6).")
+    init: Literal["base", "sft"] = Field("base", description="Start from the base or the SFT model.")
+    optim: OptimConfig = OptimConfig(learning_rate=3e-3, epochs=16.0, batch_size=16)
+
+
+class EvalConfig(_Section):
+    max_new_tokens: int = Field(24, ge=1, le=4096)
+    max_prompts: int | None = Field(None, ge=1, description="Cap on held-out prompts generated for.")
+    batch_size: int = Field(32, ge=1, le=4096)
+    judge: Literal["program"] = Field("program", description="Who decides each policy/reference pair.")
+
+
+class PromotionConfig(_Section):
+    model_name: str = Field("alignflow-quickstart", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    min_win_rate: float = Field(0.6, ge=0.0, le=1.0, description="Gate for the champion alias.")
+    use_lower_bound: bool = Field(False, description="Gate on the 95 % interval's lower bound, not the point.")
+    register_model: bool = Field(True, description="Log and register the policy in the MLflow registry.")
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(None, description="MLflow tracking URI. Unset: sqlite store under output_dir.")
+    experiment: str = Field("alignflow", min_length=1)
+    artifact_location: str | None = Field(
+        None, description="Artifact root for a new experiment. Unset: a folder under output_dir.")
+
+
+class PipelineConfig(_Section):
+    """The whole pipeline; every stage reads its own section."""
+
+    run: RuntimeConfig = RuntimeConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    sft: SFTConfig = SFTConfig()
+    preference: PreferenceConfig = PreferenceConfig()
+    dpo: DPOConfig = DPOConfig()
+    orpo: ORPOConfig = ORPOConfig()
+    eval: EvalConfig = EvalConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _dpo_needs_reference(self) -> PipelineConfig:
+        if self.preference.method == "dpo" and not self.sft.enabled:
+            raise ValueError("preference.method=dpo needs sft.enabled=true (the SFT model is the reference)")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the field and the constraint."""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a YAML preset (or the defaults), apply `a.b=value` overrides, validate."""
+    raw: dict[str, Any] = read_yaml(Path(path)) if path else {}
+    for item in overrides or []:
+        apply_override(raw, item)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, source=str(path or "defaults"))) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `section.field=value` override; the value is parsed as YAML (`0.2`, `true`, `[1, 2]`)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. preference.beta=0.2), got {item!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = parsed
+
+
+def describe_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown key")
+        else:
+            lines.append(f"  {field}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_to_params(cfg: PipelineConfig) -> dict[str, str]:
+    """Flatten the config to `section.field` -> string, for MLflow params."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = str(value)
+
+    walk("", copy.deepcopy(cfg.model_dump(mode="json")))
+    return flat

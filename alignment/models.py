@@ -1,0 +1,71 @@
+"""Loading models and tokenizers by hub id or local path, with safe defaults, and fingerprinting them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+HASH_CONTENT_LIMIT = 1 << 30  # hash file contents up to 1 GiB; above that, name + size + mtime
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says which and why."""
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load tokenizer {name_or_path!r}: {first_line(err)}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name_or_path: str, *, trust_remote_code: bool = False,
+                   dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """AutoModelForCausalLM.from_pretrained with safetensors only and remote code off unless allowed."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load model {name_or_path!r}: {first_line(err)}") from None
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def fingerprint_model(name_or_path: str) -> str:
+    """Content hash of a local model directory (weights, config, tokenizer); the id itself for a hub id."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return hashlib.sha256(f"hub:{name_or_path}".encode()).hexdigest()
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        stat = file.stat()
+        if stat.st_size <= HASH_CONTENT_LIMIT:
+            with file.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        else:
+            digest.update(json.dumps([stat.st_size, stat.st_mtime_ns]).encode())
+    return digest.hexdigest()
+
+
+def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
+    """Save weights (safetensors) and tokenizer; written to a temporary folder, then renamed."""
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir

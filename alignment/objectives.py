@@ -1,0 +1,61 @@
+"""Training objectives: glue from a batch to a loss, via `sequence_logps` and the pure loss functions.
+
+An objective is `(model, batch) -> StepOutput`; the trainer does not know which one it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from alignment.logprobs import sequence_logps
+from alignment.losses import dpo_loss, orpo_loss, sft_nll_loss
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    loss: torch.Tensor  # ()
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # () detached scalars
+
+
+Objective = Callable[[torch.nn.Module, dict[str, torch.Tensor]], StepOutput]
+
+
+def sft_objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+    logps = sequence_logps(model, batch)
+    return StepOutput(sft_nll_loss(logps.sum, logps.count))
+
+
+def make_dpo_objective(*, beta: float, loss_type: str, label_smoothing: float, rpo_alpha: float = 0.0) -> Objective:
+    """DPO against reference log-probs precomputed into the batch (`ref_chosen_logps`, `ref_rejected_logps`).
+
+    rpo_alpha > 0 adds alpha * NLL(chosen) (RPO, Pang et al., arXiv 2404.19733, Eq. 1; TRL's `rpo_alpha`),
+    which keeps the chosen answers' likelihood from falling while the margin grows."""
+
+    def objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        chosen, rejected = sequence_logps(model, batch).split()
+        ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]  # (B,) summed
+        if loss_type == "ipo":  # IPO works on length-averaged log-probs (as TRL)
+            pol_c, pol_r = chosen.mean, rejected.mean
+            ref_c, ref_r = ref_c / chosen.count.clamp(min=1), ref_r / rejected.count.clamp(min=1)
+        else:
+            pol_c, pol_r = chosen.sum, rejected.sum
+        out = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+        if rpo_alpha > 0:
+            nll = sft_nll_loss(chosen.sum, chosen.count)
+            return StepOutput(out.loss + rpo_alpha * nll, {**out.metrics, "nll_loss": nll.detach()})
+        return StepOutput(out.loss, out.metrics)
+
+    return objective
+
+
+def make_orpo_objective(*, lam: float) -> Objective:
+    def objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        chosen, rejected = sequence_logps(model, batch).split()
+        nll = sft_nll_loss(chosen.sum, chosen.count)
+        out = orpo_loss(chosen.mean, rejected.mean, nll, lam=lam)
+        return StepOutput(out.loss, out.metrics)
+
+    return objective

@@ -1,0 +1,249 @@
+"""The pipeline's ML stages as plain functions: prepare data, build the base model, SFT, DPO/ORPO.
+
+Each takes the config and the small records of earlier stages (paths and fingerprints, never large
+objects) and returns its own record, so a stage can run in another process or on another machine.
+Nothing here knows about Prefect or MLflow; metrics go through the `MetricsLogger` protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from alignment import quicktask
+from alignment.config import PipelineConfig
+from alignment.data import DataError, load_preferences, load_sft, split_by_hash, write_jsonl
+from alignment.logprobs import collate_pairs, collate_sft, reference_logps
+from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, save_model
+from alignment.objectives import Objective, make_dpo_objective, make_orpo_objective, sft_objective
+from alignment.tiny_model import make_tiny_model
+from alignment.tokenization import encode_pairs, encode_sft
+from alignment.tracking import MetricsLogger
+from alignment.trainer import train
+
+CODE_VERSION = "1"  # bump when a stage's output for the same inputs changes
+ProgressCallback = Callable[[int, int, dict[str, float]], None]
+
+
+class PreparedData(BaseModel):
+    dir: str  # holds sft.jsonl, train.jsonl, heldout.jsonl (canonical records) and report.json
+    fingerprint: str
+    counts: dict[str, int]
+    report: dict[str, Any]
+
+    def path(self, split: str) -> Path:
+        return Path(self.dir) / f"{split}.jsonl"
+
+
+class ModelRef(BaseModel):
+    path: str  # hub id or local directory
+    fingerprint: str
+
+
+class TrainOutput(BaseModel):
+    model: ModelRef
+    method: str
+    steps: int
+    resumed_from_step: int
+    final_metrics: dict[str, float]
+    seconds: float
+    tokens: int
+
+
+def stage_key(*parts: Any) -> str:
+    """Content key of a stage: its config section, its inputs' fingerprints and the code version."""
+    blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+
+
+def write_quickstart_files(cfg: PipelineConfig, raw_dir: Path) -> dict[str, Path]:
+    """Generate the quickstart task and write it as ordinary user files (strings or chat messages)."""
+    q = cfg.data.quick
+    rows = quicktask.generate(cfg.run.seed, q.heldout_fraction, q.good_fraction, q.refusal_fraction)
+    if q.conversational:
+        rows = {name: [as_conversational(r) for r in split] for name, split in rows.items()}
+    paths = {}
+    for name, split in rows.items():
+        paths[name] = raw_dir / f"{name}.jsonl"
+        write_jsonl(split, paths[name])
+    return paths
+
+
+def as_conversational(row: dict[str, str]) -> dict[str, Any]:
+    prompt = [{"role": "user", "content": row["prompt"]}]
+    if "completion" in row:
+        return {"messages": prompt + [{"role": "assistant", "content": row["completion"]}]}
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}]}
+
+
+def prepare_data(cfg: PipelineConfig, out_dir: Path) -> PreparedData:
+    """Read, validate, de-duplicate and split the data; write canonical files and a report."""
+    d = cfg.data
+    if d.source == "quickstart":
+        raw = write_quickstart_files(cfg, out_dir / "raw")
+        sources = {"sft": str(raw["sft"]), "train": str(raw["train"]), "heldout": str(raw["heldout"])}
+    else:
+        sources = {"sft": d.sft_path, "train": d.train_path, "heldout": d.heldout_path}
+    fmt = d.format
+    sft, sft_report = load_sft(sources["sft"], policy=d.on_invalid)
+    train_rows, train_report = load_preferences(sources["train"], fmt=fmt, policy=d.on_invalid)
+    reports = {"sft": sft_report.to_dict(), "train": train_report.to_dict()}
+    if sources["heldout"]:
+        heldout, held_report = load_preferences(sources["heldout"], fmt=fmt, policy=d.on_invalid)
+        reports["heldout"] = held_report.to_dict()
+    else:
+        train_rows, heldout = split_by_hash(train_rows, d.heldout_fraction, seed_salt=str(cfg.run.seed))
+    splits = {"sft": sft, "train": train_rows, "heldout": heldout}
+    for name, rows in splits.items():
+        if not rows:
+            raise DataError("missing_field", f"no usable {name} rows after validation",
+                            file=str(sources.get(name) or sources["train"]))
+    prepared = out_dir / "prepared"
+    fingerprints = {}
+    for name, rows in splits.items():
+        write_jsonl(rows, prepared / f"{name}.jsonl")
+        fingerprints[name] = hashlib.sha256((prepared / f"{name}.jsonl").read_bytes()).hexdigest()
+    counts = {name: len(rows) for name, rows in splits.items()}
+    report = {"counts": counts, "drops": reports, "sources": sources, "fingerprints": fingerprints,
+              "lengths": length_stats(splits)}
+    (prepared / "report.json").write_text(json.dumps(report, indent=2))
+    return PreparedData(dir=str(prepared), fingerprint=stage_key(fingerprints), counts=counts, report=report)
+
+
+def length_stats(splits: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Character-length statistics of prompts and responses (tokens are counted at training time)."""
+    def describe(values: list[int]) -> dict[str, float]:
+        values = sorted(values)
+        return {"min": values[0], "median": values[len(values) // 2], "max": values[-1],
+                "mean": sum(values) / len(values)} if values else {}
+
+    stats = {}
+    for key in ("chosen", "rejected"):
+        stats[key] = describe([sum(len(m["content"]) for m in r[key]) for r in splits["train"]])
+    stats["prompt"] = describe([sum(len(m["content"]) for m in r["prompt"]) for r in splits["train"]])
+    stats["sft"] = describe([sum(len(m["content"]) for m in r["messages"]) for r in splits["sft"]])
+    return stats
+
+
+def corpus_texts(prepared: PreparedData) -> Iterable[str]:
+    for row in read_jsonl(prepared.path("sft")):
+        yield from (m["content"] for m in row["messages"])
+    for split in ("train", "heldout"):
+        for row in read_jsonl(prepared.path(split)):
+            for key in ("prompt", "chosen", "rejected"):
+                yield from (m["content"] for m in row[key])
+
+
+# ---- model -----------------------------------------------------------------------------------------------
+
+
+def build_base_model(cfg: PipelineConfig, prepared: PreparedData, out_dir: Path) -> ModelRef:
+    """The configured model (hub id or local path), or the tiny Llama made from the data's corpus."""
+    if cfg.model.name_or_path:
+        return ModelRef(path=cfg.model.name_or_path, fingerprint=fingerprint_model(cfg.model.name_or_path))
+    t = cfg.model.tiny
+    path = make_tiny_model(out_dir / "base_model", list(corpus_texts(prepared)), vocab_size=t.vocab_size,
+                           hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
+                           intermediate_size=t.intermediate_size,
+                           max_position_embeddings=t.max_position_embeddings, seed=cfg.run.seed)
+    return ModelRef(path=str(path), fingerprint=fingerprint_model(str(path)))
+
+
+# ---- training --------------------------------------------------------------------------------------------
+
+
+def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir: Path, logger: MetricsLogger,
+            on_log: ProgressCallback | None = None) -> TrainOutput:
+    """Supervised fine-tuning with the chat template, loss on assistant tokens only."""
+    tok = load_tokenizer(base.path, trust_remote_code=cfg.model.trust_remote_code)
+    enc = encode_sft(tok, read_jsonl(prepared.path("sft")),
+                     max_tokens=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens)
+    rows = [{"input_ids": i, "labels": lab} for i, lab in zip(enc["input_ids"], enc["labels"], strict=True)]
+    model = load_causal_lm(base.path, trust_remote_code=cfg.model.trust_remote_code)
+    return fit_and_save(model, tok, rows, sft_objective, lambda b: collate_sft(b, tok.pad_token_id), "sft",
+                        cfg, cfg.sft.optim, out_dir, logger, on_log)
+
+
+def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: TrainOutput | None,
+                   out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None = None) -> TrainOutput:
+    """DPO from the SFT model against its precomputed log-probs, or ORPO (no reference) from base or SFT."""
+    method = cfg.preference.method
+    if method == "dpo":
+        d = cfg.dpo
+        if sft is None:
+            raise ValueError("DPO needs the SFT model as its reference")
+        rows = reference_annotated_pairs(cfg, prepared, sft.model, "train")
+        init: ModelRef = sft.model
+        objective: Objective = make_dpo_objective(beta=d.beta, loss_type=d.loss_type,
+                                                  label_smoothing=d.label_smoothing)
+        optim = d.optim
+    else:
+        init = sft.model if (cfg.orpo.init == "sft" and sft is not None) else base
+        rows = tokenized_pairs(cfg, prepared, init, "train")
+        objective = make_orpo_objective(lam=cfg.orpo.lam)
+        optim = cfg.orpo.optim
+    tok = load_tokenizer(init.path, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_causal_lm(init.path, trust_remote_code=cfg.model.trust_remote_code)
+    return fit_and_save(model, tok, rows, objective, lambda b: collate_pairs(b, tok.pad_token_id), method,
+                        cfg, optim, out_dir, logger, on_log)
+
+
+def fit_and_save(model: torch.nn.Module, tok: Any, rows: list[dict], objective: Objective,
+                 collate: Callable[[list[dict]], dict[str, torch.Tensor]], method: str, cfg: PipelineConfig,
+                 optim: Any, out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None) -> TrainOutput:
+    result = train(model, rows, objective=objective, collate=collate, optim=optim, output_dir=out_dir,
+                   seed=cfg.run.seed, logger=logger, on_log=on_log)
+    model_dir = save_model(model, tok, out_dir / "model")
+    return TrainOutput(model=ModelRef(path=str(model_dir), fingerprint=fingerprint_model(str(model_dir))),
+                       method=method, steps=result.steps, resumed_from_step=result.resumed_from_step,
+                       final_metrics=result.final_metrics, seconds=result.seconds, tokens=result.tokens)
+
+
+def tokenized_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef, split: str) -> list[dict]:
+    tok = load_tokenizer(model.path, trust_remote_code=cfg.model.trust_remote_code)
+    enc = encode_pairs(tok, read_jsonl(prepared.path(split)), max_prompt_tokens=cfg.data.max_prompt_tokens,
+                       max_response_tokens=cfg.data.max_response_tokens)
+    return [dict(zip(enc, values, strict=True)) for values in zip(*enc.values(), strict=True)]
+
+
+def reference_annotated_pairs(cfg: PipelineConfig, prepared: PreparedData, reference: ModelRef,
+                              split: str) -> list[dict]:
+    """Tokenized pairs with the reference model's summed log-probs of chosen and rejected.
+
+    Computed once per (data, reference model, truncation) and stored beside the prepared data, so a beta
+    sweep or a second method does not pay for the reference again, and the reference model is freed before
+    the policy trains."""
+    rows = tokenized_pairs(cfg, prepared, reference, split)
+    key = stage_key(prepared.fingerprint, reference.fingerprint, cfg.data.max_prompt_tokens,
+                    cfg.data.max_response_tokens)
+    cache = Path(prepared.dir) / "reference" / f"{split}-{key}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+    else:
+        ref_model = load_causal_lm(reference.path, trust_remote_code=cfg.model.trust_remote_code)
+        tok = load_tokenizer(reference.path, trust_remote_code=cfg.model.trust_remote_code)
+        chosen, rejected = reference_logps(ref_model, rows, tok.pad_token_id, batch_size=64)
+        del ref_model
+        cached = {"chosen": chosen, "rejected": rejected, "reference": reference.fingerprint}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cached))
+        tmp.replace(cache)
+    for row, c, r in zip(rows, cached["chosen"], cached["rejected"], strict=True):
+        row["ref_chosen_logps"], row["ref_rejected_logps"] = c, r
+    return rows

@@ -1,0 +1,194 @@
+"""The training loop on `accelerate`, shared by SFT, DPO and ORPO (composition: the objective is passed in).
+
+Data order is a pure function of (seed, epoch), so a run resumes from a checkpoint at the exact batch it
+stopped at without replaying the loader. Checkpoints hold model, optimizer, scheduler and RNG states
+(`Accelerator.save_state`) plus `trainer_state.json`; a checkpoint folder becomes visible only once complete
+(written under a temporary name, then renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler
+
+from alignment.config import OptimConfig
+from alignment.logprobs import count_tokens
+from alignment.objectives import Objective
+from alignment.tracking import MetricsLogger
+
+Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
+KEEP_CHECKPOINTS = 2
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    resumed_from_step: int
+    final_metrics: dict[str, float]
+    seconds: float
+    tokens: int
+
+
+@dataclass
+class _Loop:
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    total_steps: int
+    micro_per_epoch: int
+
+
+def plan_steps(num_examples: int, optim: OptimConfig, world_size: int = 1) -> tuple[int, int]:
+    """(total optimizer steps, micro-batches per epoch) for a dataset and optimiser settings."""
+    global_micro = optim.batch_size * world_size
+    micro_per_epoch = max(1, num_examples // global_micro)
+    if optim.max_steps:
+        return optim.max_steps, micro_per_epoch
+    return max(1, math.ceil(optim.epochs * micro_per_epoch / optim.grad_accum_steps)), micro_per_epoch
+
+
+def batch_indices(micro_index: int, num_examples: int, batch_size: int, micro_per_epoch: int, seed: int,
+                  rank: int = 0, world_size: int = 1) -> list[int]:
+    """Row indices of global micro-batch `micro_index` for one process: a seeded permutation per epoch."""
+    epoch, pos = divmod(micro_index, micro_per_epoch)
+    order = list(range(num_examples))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    start = (pos * world_size + rank) * batch_size
+    return order[start:start + batch_size]
+
+
+def train(model: torch.nn.Module, rows: list[dict], *, objective: Objective, collate: Collate,
+          optim: OptimConfig, output_dir: Path, seed: int, logger: MetricsLogger,
+          accelerator: Accelerator | None = None,
+          on_log: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train `model` on `rows` with `objective`; checkpoints under output_dir/checkpoints. Resumes from the
+    newest complete checkpoint there. Raises NonFiniteLossError on a NaN/inf loss or gradient norm."""
+    if not rows:
+        raise ValueError("no training rows")
+    loop = setup(model, len(rows), optim, seed, accelerator)
+    ckpt_root = output_dir / "checkpoints"
+    start_step, last = resume(loop, ckpt_root)
+    acc = loop.accelerator
+    started, tokens = time.perf_counter(), 0
+    window_tokens, window_start = 0, time.perf_counter()
+    loop.model.train()
+    for step in range(start_step, loop.total_steps):
+        metrics, step_tokens = run_step(loop, rows, step, objective, collate, optim, seed)
+        tokens += step_tokens
+        window_tokens += step_tokens
+        if (step + 1) % optim.log_every == 0 or step + 1 == loop.total_steps:
+            elapsed = max(1e-9, time.perf_counter() - window_start)
+            metrics["tokens_per_sec"] = window_tokens / elapsed
+            metrics["epoch"] = (step + 1) * optim.grad_accum_steps / loop.micro_per_epoch
+            if acc.is_main_process:
+                logger.log_metrics(metrics, step=step + 1)
+                if on_log:
+                    on_log(step + 1, loop.total_steps, metrics)
+            window_tokens, window_start = 0, time.perf_counter()
+        last = metrics
+        if (step + 1) % optim.save_every == 0 or step + 1 == loop.total_steps:
+            save_checkpoint(loop, ckpt_root, step + 1, last)
+    return TrainResult(steps=loop.total_steps, resumed_from_step=start_step, final_metrics=last,
+                       seconds=time.perf_counter() - started, tokens=tokens)
+
+
+def setup(model: torch.nn.Module, num_rows: int, optim: OptimConfig, seed: int,
+          accelerator: Accelerator | None) -> _Loop:
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(seed)
+    total_steps, micro_per_epoch = plan_steps(num_rows, optim, acc.num_processes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay)
+    scheduler = get_scheduler(optim.lr_scheduler, optimizer, num_warmup_steps=int(optim.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    return _Loop(acc, model, optimizer, scheduler, total_steps, micro_per_epoch)
+
+
+def run_step(loop: _Loop, rows: list[dict], step: int, objective: Objective, collate: Collate,
+             optim: OptimConfig, seed: int) -> tuple[dict[str, float], int]:
+    """One optimizer step over grad_accum_steps micro-batches; returns averaged metrics and token count."""
+    acc, accum = loop.accelerator, optim.grad_accum_steps
+    sums: dict[str, float] = {}
+    tokens = 0
+    for micro in range(accum):
+        idx = batch_indices(step * accum + micro, len(rows), optim.batch_size, loop.micro_per_epoch, seed,
+                            acc.process_index, acc.num_processes)
+        batch = {k: v.to(acc.device) for k, v in collate([rows[i] for i in idx]).items()}
+        tokens += count_tokens(batch)
+        sync = acc.no_sync(loop.model) if micro < accum - 1 else nullcontext()
+        with sync:
+            out = objective(loop.model, batch)
+            if not torch.isfinite(out.loss):
+                raise NonFiniteLossError(f"non-finite loss ({out.loss.item()}) at step {step + 1}")
+            acc.backward(out.loss / accum)
+        for name, value in {"loss": out.loss.detach(), **out.metrics}.items():
+            sums[name] = sums.get(name, 0.0) + float(value) / accum
+    grad_norm = acc.clip_grad_norm_(loop.model.parameters(), optim.max_grad_norm)
+    if not torch.isfinite(torch.as_tensor(grad_norm)):
+        raise NonFiniteLossError(f"non-finite gradient norm at step {step + 1}")
+    loop.optimizer.step()
+    loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    sums = average_across_processes(acc, sums)
+    sums["grad_norm"] = float(grad_norm)
+    sums["learning_rate"] = loop.scheduler.get_last_lr()[0]
+    return sums, tokens
+
+
+def average_across_processes(acc: Accelerator, metrics: dict[str, float]) -> dict[str, float]:
+    if acc.num_processes == 1:
+        return metrics
+    names = sorted(metrics)
+    values = acc.reduce(torch.tensor([metrics[n] for n in names], device=acc.device), reduction="mean")
+    return dict(zip(names, values.tolist(), strict=True))
+
+
+def save_checkpoint(loop: _Loop, root: Path, step: int, metrics: dict[str, float]) -> Path:
+    acc = loop.accelerator
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "metrics": metrics}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    done = [p for p in sorted(root.glob("step-*")) if (p / "trainer_state.json").is_file()]
+    return done[-1] if done else None
+
+
+def resume(loop: _Loop, root: Path) -> tuple[int, dict[str, float]]:
+    """Load the newest complete checkpoint, if any; returns the step to continue from and the metrics of
+    the step it was saved at (so a finished run re-entered reports its final metrics)."""
+    ckpt = latest_checkpoint(root)
+    if ckpt is None:
+        return 0, {}
+    loop.accelerator.load_state(str(ckpt))
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    return state["step"], state.get("metrics", {})

@@ -1,0 +1,97 @@
+"""Registration in the MLflow Model Registry: log the policy as a loadable transformers model, create one
+version carrying its gate verdicts as tags, set `candidate`, and `champion` only when every gate passes.
+
+Registration is the pipeline's last step and all-or-nothing: if anything after the version is created
+fails, the version is deleted again, so the registry never holds a half-registered model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from alignment.config import PipelineConfig
+from alignment.models import load_causal_lm, load_tokenizer
+from alignment.stages import TrainOutput
+from evaluation.gates import GateResult, all_passed, check_gates
+from tasks.stages import flatten
+from tasks.tracking import RunContext, stage_run
+
+PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "accelerate==1.15.0", "safetensors"]
+
+
+class Registration(BaseModel):
+    name: str
+    version: str | None
+    aliases: list[str]
+    model_uri: str | None
+    gates: list[dict[str, Any]]
+    champion: bool
+
+
+def gate_tags(gates: list[GateResult]) -> dict[str, str]:
+    tags = {f"gate.{g.name}.value": f"{g.value:.6g}" for g in gates}
+    tags.update({f"gate.{g.name}.threshold": f"{g.threshold:.6g}" for g in gates})
+    tags.update({f"gate.{g.name}.passed": str(g.passed).lower() for g in gates})
+    tags["gates.passed"] = str(all_passed(gates)).lower()
+    return tags
+
+
+@task(name="register-model", cache_policy=NO_CACHE)
+def register_task(cfg: PipelineConfig, trained: TrainOutput, comparison_metrics: dict[str, float],
+                  final_losses: dict[str, float], ctx: RunContext) -> Registration:
+    promo = cfg.promotion
+    gates = check_gates(win_rate=comparison_metrics["compare/win_rate"],
+                        win_rate_ci_low=comparison_metrics["compare/win_rate_ci_low"],
+                        min_win_rate=promo.min_win_rate, use_lower_bound=promo.use_lower_bound,
+                        final_losses=final_losses)
+    with stage_run(ctx, "register", flatten("promotion", promo.model_dump())) as run:
+        run.log_metrics({f"gate/{g.name}": float(g.passed) for g in gates})
+        run.set_tags(gate_tags(gates))
+        if not promo.register_model:
+            return Registration(name=promo.model_name, version=None, aliases=[], model_uri=None,
+                                gates=[g.to_dict() for g in gates], champion=False)
+        model_uri = log_policy(cfg, trained, run.run_id)
+        version, aliases = register_version(ctx, promo.model_name, model_uri, run.run_id, gates)
+        run.set_tags({"alignflow.registered_model": promo.model_name, "alignflow.registered_version": version})
+    return Registration(name=promo.model_name, version=version, aliases=aliases, model_uri=model_uri,
+                        gates=[g.to_dict() for g in gates], champion="champion" in aliases)
+
+
+def log_policy(cfg: PipelineConfig, trained: TrainOutput, run_id: str) -> str:
+    """Log the trained policy (model + tokenizer) as an MLflow transformers model; returns its URI."""
+    tok = load_tokenizer(trained.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_causal_lm(trained.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.transformers.log_model(
+            {"model": model, "tokenizer": tok}, name="model", task="text-generation",
+            pip_requirements=PIP_REQUIREMENTS,
+            metadata={"alignflow.method": trained.method, "alignflow.fingerprint": trained.model.fingerprint})
+    return info.model_uri
+
+
+def register_version(ctx: RunContext, name: str, model_uri: str, run_id: str,
+                     gates: list[GateResult]) -> tuple[str, list[str]]:
+    """Create the version with its gate tags, then aliases; undo the version if any later step fails."""
+    client = MlflowClient(ctx.tracking_uri)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        try:
+            client.create_registered_model(name, description="Aligned by alignflow.")
+        except mlflow.exceptions.MlflowException:
+            pass  # created concurrently
+    mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=gate_tags(gates))
+    aliases = ["candidate"] + (["champion"] if all_passed(gates) else [])
+    try:
+        for alias in aliases:
+            client.set_registered_model_alias(name, alias, mv.version)
+    except BaseException:
+        client.delete_model_version(name, mv.version)
+        raise
+    return str(mv.version), aliases

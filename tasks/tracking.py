@@ -1,0 +1,196 @@
+"""MLflow bindings: one parent run per pipeline run, one child run per stage, metrics batched off the hot path.
+
+Runs are driven through `MlflowClient` with explicit run ids (no fluent active-run stack), so stages work
+the same in any thread or process that has the `RunContext`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+
+from alignment.config import PipelineConfig, config_to_params
+
+SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential)", re.I)
+BATCH_LIMIT = 1000  # MLflow's log_batch maximum number of metrics per call
+
+
+class RunContext(BaseModel):
+    """What a stage needs to log into the pipeline's MLflow parent run."""
+
+    tracking_uri: str
+    experiment_id: str
+    experiment_name: str
+    parent_run_id: str
+    output_dir: str
+
+
+def resolve_tracking(cfg: PipelineConfig) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for a new experiment). Default: SQLite store and a local artifact
+    folder under output_dir (MLflow refuses the plain file store in recent versions)."""
+    out = Path(cfg.run.output_dir).resolve()
+    uri = cfg.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"
+    artifacts = cfg.tracking.artifact_location
+    if artifacts is None and not cfg.tracking.uri:
+        artifacts = (out / "mlartifacts").as_uri()
+    return uri, artifacts
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:  # created concurrently
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def redact_params(params: dict[str, str]) -> dict[str, str]:
+    """Replace values of secret-looking keys; secrets never reach MLflow params or tags."""
+    return {k: ("***" if SECRET_KEY.search(k) and v not in ("None", "") else v) for k, v in params.items()}
+
+
+def start_pipeline_run(cfg: PipelineConfig, run_name: str | None = None) -> RunContext:
+    uri, artifacts = resolve_tracking(cfg)
+    Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp_id = ensure_experiment(client, cfg.tracking.experiment, artifacts)
+    run = client.create_run(exp_id, run_name=run_name or f"pipeline-{cfg.preference.method}",
+                            tags={"alignflow.stage": "pipeline", "alignflow.method": cfg.preference.method})
+    log_params(client, run.info.run_id, redact_params(config_to_params(cfg)))
+    return RunContext(tracking_uri=uri, experiment_id=exp_id, experiment_name=cfg.tracking.experiment,
+                      parent_run_id=run.info.run_id, output_dir=str(Path(cfg.run.output_dir).resolve()))
+
+
+def finish_run(ctx: RunContext, run_id: str, ok: bool) -> None:
+    MlflowClient(ctx.tracking_uri).set_terminated(run_id, RunStatus.to_string(
+        RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
+
+
+class MlflowMetricsLogger:
+    """`MetricsLogger` that queues metrics and sends them in batches from a background thread, so the
+    training loop never waits on the tracking server. Keeps every record for plots."""
+
+    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 2.0) -> None:
+        self.client, self.run_id, self.flush_seconds = client, run_id, flush_seconds
+        self.records: list[tuple[int | None, dict[str, float]]] = []
+        self._queue: queue.Queue[Metric | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._pump, name="mlflow-metrics", daemon=True)
+        self._thread.start()
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.records.append((step, dict(metrics)))
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if isinstance(value, int | float) and math.isfinite(float(value)):
+                self._queue.put(Metric(key, float(value), now, step or 0))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"could not log metrics to MLflow: {self._error}") from self._error
+
+    def _pump(self) -> None:
+        pending: list[Metric] = []
+        deadline = time.monotonic() + self.flush_seconds
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                item = ...
+            if item is not None and item is not ...:
+                pending.append(item)
+            if item is None or time.monotonic() >= deadline or len(pending) >= BATCH_LIMIT:
+                self._send(pending)
+                pending = []
+                deadline = time.monotonic() + self.flush_seconds
+            if item is None:
+                return
+
+    def _send(self, metrics: list[Metric]) -> None:
+        if not metrics or self._error is not None:
+            return
+        try:
+            for start in range(0, len(metrics), BATCH_LIMIT):
+                self.client.log_batch(self.run_id, metrics=metrics[start:start + BATCH_LIMIT])
+        except Exception as err:  # reported by close(); never raised inside the training loop
+            self._error = err
+
+
+class StageRun:
+    """A child run for one stage: params, batched metrics, artifacts."""
+
+    def __init__(self, ctx: RunContext, stage: str) -> None:
+        self.ctx, self.stage = ctx, stage
+        self.client = MlflowClient(ctx.tracking_uri)
+        run = self.client.create_run(ctx.experiment_id, run_name=stage, tags={
+            "mlflow.parentRunId": ctx.parent_run_id, "alignflow.stage": stage})
+        self.run_id = run.info.run_id
+        self.logger = MlflowMetricsLogger(self.client, self.run_id)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        log_params(self.client, self.run_id, redact_params({k: str(v) for k, v in params.items()}))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.logger.log_metrics(metrics, step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+@contextlib.contextmanager
+def stage_run(ctx: RunContext, stage: str, params: dict[str, Any] | None = None) -> Iterator[StageRun]:
+    """Open a child run; mark it FINISHED or FAILED on exit, flushing queued metrics either way."""
+    run = StageRun(ctx, stage)
+    if params:
+        run.log_params(params)
+    ok = False
+    try:
+        yield run
+        ok = True
+    finally:
+        try:
+            run.logger.close()
+        finally:
+            finish_run(ctx, run.run_id, ok)
+
+
+def stage_run_ids(ctx: RunContext) -> dict[str, str]:
+    """Child run id of every stage of this pipeline run, read back from MLflow."""
+    client = MlflowClient(ctx.tracking_uri)
+    runs = client.search_runs([ctx.experiment_id], f"tags.mlflow.parentRunId = '{ctx.parent_run_id}'",
+                              max_results=100)
+    return {r.data.tags.get("alignflow.stage", r.info.run_name): r.info.run_id
+            for r in sorted(runs, key=lambda r: r.info.start_time)}

@@ -1,0 +1,132 @@
+"""Batching and sequence log-probs on hand-made ids and a fake model with a fixed bigram table."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from alignment.logprobs import (
+    SequenceLogps,
+    collate_pairs,
+    collate_sft,
+    count_tokens,
+    pad_batch,
+    reference_logps,
+    sequence_logps,
+)
+from alignment.tokenization import IGNORE_INDEX as X
+
+T = torch.tensor
+LOG2 = math.log(2.0)
+PAD = 0
+
+# P[prev][next]: every probability a power of two, so every log-prob is a multiple of log 2.
+BIGRAM = T([[1 / 2, 1 / 4, 1 / 4],
+            [1 / 4, 1 / 2, 1 / 4],
+            [1 / 4, 1 / 4, 1 / 2]])
+
+
+class BigramModel(nn.Module):
+    """logits[b, t] = log P[input_ids[b, t]]: the output at t is the distribution of token t+1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(BIGRAM.log())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def test_pad_batch_right_pads_ids_labels_and_mask() -> None:
+    out = pad_batch([[5, 6, 7], [8]], [[X, 6, 7], [8]], pad_id=PAD)
+    assert_close(out["input_ids"], T([[5, 6, 7], [8, PAD, PAD]]))
+    assert_close(out["attention_mask"], T([[1, 1, 1], [1, 0, 0]]))
+    assert_close(out["labels"], T([[X, 6, 7], [8, X, X]]))
+    assert all(v.dtype == torch.long for v in out.values())
+    assert count_tokens(out) == 4
+
+
+def test_collate_pairs_chosen_rows_first_then_rejected() -> None:
+    """Rows: chosen_1 = [1,2|3], chosen_2 = [6|7,8], rejected_1 = [1,2|4,5], rejected_2 = [6|9]; width 4;
+    prompt tokens and padding are masked in labels."""
+    rows = [{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5]},
+            {"prompt_ids": [6], "chosen_ids": [7, 8], "rejected_ids": [9]}]
+    out = collate_pairs(rows, pad_id=PAD)
+    assert set(out) == {"input_ids", "attention_mask", "labels"}
+    assert_close(out["input_ids"], T([[1, 2, 3, PAD], [6, 7, 8, PAD], [1, 2, 4, 5], [6, 9, PAD, PAD]]))
+    assert_close(out["attention_mask"], T([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]))
+    assert_close(out["labels"], T([[X, X, 3, X], [X, 7, 8, X], [X, X, 4, 5], [X, 9, X, X]]))
+
+
+def test_collate_pairs_carries_reference_logps() -> None:
+    rows = [{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3],
+             "ref_chosen_logps": -1.5, "ref_rejected_logps": -2.5},
+            {"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3],
+             "ref_chosen_logps": -0.5, "ref_rejected_logps": -3.0}]
+    out = collate_pairs(rows, pad_id=PAD)
+    assert_close(out["ref_chosen_logps"], T([-1.5, -0.5]))
+    assert_close(out["ref_rejected_logps"], T([-2.5, -3.0]))
+    assert out["input_ids"].shape == (4, 2)
+
+
+def test_collate_sft_pads_input_ids_and_labels() -> None:
+    out = collate_sft([{"input_ids": [1, 2], "labels": [X, 2]}, {"input_ids": [3], "labels": [X]}], pad_id=PAD)
+    assert_close(out["input_ids"], T([[1, 2], [3, PAD]]))
+    assert_close(out["labels"], T([[X, 2], [X, X]]))
+
+
+def test_sequence_logps_matches_hand_computation() -> None:
+    """Row A: ids [0, 1, 2], labels [-, 1, 2]: log P[0][1] + log P[1][2] = log 1/4 + log 1/4 = -4 log 2, 2 tokens.
+    Row B: ids [2, 2, pad], labels [-, 2, -]: log P[2][2] = log 1/2 = -log 2, 1 token (padding ignored).
+    (Misaligned by one, row A would read log P[1][1] + log P[2][2] = -2 log 2 instead.)"""
+    batch = pad_batch([[0, 1, 2], [2, 2]], [[X, 1, 2], [X, 2]], pad_id=PAD)
+    out = sequence_logps(BigramModel(), batch)
+    assert_close(out.sum, T([-4 * LOG2, -LOG2]))
+    assert_close(out.count, T([2, 1]))
+    assert_close(out.mean, T([-2 * LOG2, -LOG2]))
+
+
+def test_sequence_logps_ignores_a_label_on_the_first_position() -> None:
+    """Nothing predicts token 0, so a label there cannot count: ids [1, 0], labels [1, 0] -> log P[1][0]
+    = log 1/4 = -2 log 2 over 1 token."""
+    batch = pad_batch([[1, 0]], [[1, 0]], pad_id=PAD)
+    out = sequence_logps(BigramModel(), batch)
+    assert_close(out.sum, T([-2 * LOG2]))
+    assert_close(out.count, T([1]))
+
+
+def test_sequence_logps_is_differentiable() -> None:
+    model = BigramModel()
+    batch = pad_batch([[0, 1, 2]], [[X, 1, 2]], pad_id=PAD)
+    sequence_logps(model, batch).sum.sum().backward()
+    assert model.table.grad is not None and model.table.grad.abs().sum() > 0
+
+
+def test_mean_of_an_empty_row_is_zero_not_nan() -> None:
+    out = SequenceLogps(sum=T([-3.0, 0.0]), count=T([2, 0]))
+    assert_close(out.mean, T([-1.5, 0.0]))
+
+
+def test_split_halves_the_rows() -> None:
+    out = SequenceLogps(sum=T([-1.0, -2.0, -3.0, -4.0]), count=T([1, 2, 3, 4]))
+    chosen, rejected = out.split()
+    assert_close(chosen.sum, T([-1.0, -2.0]))
+    assert_close(chosen.count, T([1, 2]))
+    assert_close(rejected.sum, T([-3.0, -4.0]))
+    assert_close(rejected.count, T([3, 4]))
+
+
+def test_reference_logps_per_pair() -> None:
+    """Pair 1: prompt [0], chosen [1] -> log P[0][1] = -2 log 2; rejected [0] -> log P[0][0] = -log 2.
+    Pair 2: prompt [2], chosen [2, 2] -> 2 log 1/2 = -2 log 2; rejected [1] -> log P[2][1] = -2 log 2.
+    batch_size 1 and 2 give the same answer."""
+    rows = [{"prompt_ids": [0], "chosen_ids": [1], "rejected_ids": [0]},
+            {"prompt_ids": [2], "chosen_ids": [2, 2], "rejected_ids": [1]}]
+    for batch_size in (1, 2):
+        chosen, rejected = reference_logps(BigramModel(), rows, pad_id=PAD, batch_size=batch_size)
+        assert_close(T(chosen), T([-2 * LOG2, -2 * LOG2]))
+        assert_close(T(rejected), T([-LOG2, -2 * LOG2]))

@@ -1,0 +1,61 @@
+"""Promotion gates: win rate (or its lower bound) against the threshold, and finite training losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from evaluation.gates import all_passed, check_gates
+
+FINITE = {"sft": 1.2, "dpo": 0.6}
+
+
+def gates(**kw):
+    args = {"win_rate": 0.7, "win_rate_ci_low": 0.55, "min_win_rate": 0.6, "use_lower_bound": False,
+            "final_losses": FINITE}
+    return {g.name: g for g in check_gates(**{**args, **kw})}
+
+
+def test_all_gates_pass() -> None:
+    out = gates()
+    assert set(out) == {"win_rate", "finite_losses"}
+    assert out["win_rate"].passed and out["win_rate"].value == 0.7 and out["win_rate"].threshold == 0.6
+    assert out["finite_losses"].passed
+    assert all_passed(list(out.values()))
+
+
+def test_win_rate_below_threshold_fails() -> None:
+    out = gates(win_rate=0.59)
+    assert not out["win_rate"].passed
+    assert not all_passed(list(out.values()))
+
+
+def test_threshold_is_inclusive() -> None:
+    assert gates(win_rate=0.6)["win_rate"].passed
+
+
+def test_use_lower_bound_gates_on_the_interval() -> None:
+    """Point estimate 0.7 passes 0.6, but the lower bound 0.55 does not."""
+    out = gates(use_lower_bound=True)
+    assert set(out) == {"win_rate_ci_low", "finite_losses"}
+    assert out["win_rate_ci_low"].value == 0.55 and not out["win_rate_ci_low"].passed
+    assert not all_passed(list(out.values()))
+    assert gates(use_lower_bound=True, win_rate_ci_low=0.61)["win_rate_ci_low"].passed
+
+
+@pytest.mark.parametrize("losses", [
+    {"sft": 1.0, "dpo": math.nan},
+    {"sft": math.inf, "dpo": 0.5},
+    {"orpo": -math.inf},
+    {},  # no losses at all is not evidence of a healthy run
+])
+def test_non_finite_or_missing_losses_fail(losses: dict[str, float]) -> None:
+    out = gates(final_losses=losses)
+    assert out["win_rate"].passed
+    assert not out["finite_losses"].passed
+    assert not all_passed(list(out.values()))
+
+
+def test_gate_result_to_dict() -> None:
+    assert gates()["win_rate"].to_dict() == {"name": "win_rate", "value": 0.7, "threshold": 0.6, "passed": True}

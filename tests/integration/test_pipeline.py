@@ -1,0 +1,99 @@
+"""The whole flow on a very small budget, against the real Prefect test harness and a real SQLite MLflow
+store: runs, metrics, artifacts, registry versions and aliases, load-back, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from alignment.config import load_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SMALL = [
+    "sft.optim.max_steps=12", "dpo.optim.max_steps=6", "orpo.optim.max_steps=6",
+    "sft.optim.save_every=5", "eval.max_prompts=12", "model.tiny.hidden_size=64",
+    "model.tiny.intermediate_size=128", "model.tiny.num_layers=2",
+]
+STAGES = {"prepare_data", "base_model", "sft", "dpo", "evaluate", "compare", "register"}
+
+
+def run_small(tmp_path: Path, *extra: str) -> dict:
+    from flows.pipeline import alignment_pipeline
+
+    cfg = load_config("configs/quickstart.yaml", [*SMALL, f"run.output_dir={tmp_path}", *extra])
+    result = alignment_pipeline(cfg)
+    return json.loads(Path(result["summary_path"]).read_text())
+
+
+@pytest.fixture(scope="module")
+def champion_run(prefect_api, tmp_path_factory) -> dict:
+    # min_win_rate 0: the gates pass whatever this tiny budget reaches, so `champion` is set.
+    return run_small(tmp_path_factory.mktemp("champion"), "promotion.min_win_rate=0.0",
+                     "promotion.model_name=it-champion")
+
+
+def test_runs_metrics_and_artifacts(champion_run: dict) -> None:
+    s = champion_run
+    client = MlflowClient(s["tracking_uri"])
+    assert set(s["stage_runs"]) == STAGES
+    parent = client.get_run(s["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["dpo.beta"] == "0.1"  # the full config is logged as params
+    for stage, run_id in s["stage_runs"].items():
+        run = client.get_run(run_id)
+        assert run.data.tags["mlflow.parentRunId"] == s["parent_run_id"], stage
+        assert run.info.status == "FINISHED", stage
+    dpo = s["stage_runs"]["dpo"]
+    history = client.get_metric_history(dpo, "loss")
+    assert len(history) >= 2 and [m.step for m in history] == sorted(m.step for m in history)
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                 "logps/chosen", "logps/rejected", "learning_rate", "grad_norm", "tokens_per_sec"):
+        assert client.get_metric_history(dpo, name), name
+    artifacts = {f.path for f in client.list_artifacts(dpo, "plots")}
+    assert "plots/curves.png" in artifacts
+    compare = s["stage_runs"]["compare"]
+    assert {f.path for f in client.list_artifacts(compare, "comparison")} >= {
+        "comparison/side_by_side.json", "comparison/side_by_side_table.json"}
+    data = {f.path for f in client.list_artifacts(s["stage_runs"]["prepare_data"], "data")}
+    assert "data/report.json" in data
+    assert 0.0 <= s["metrics"]["compare/win_rate"] <= 1.0
+    assert s["metrics"]["compare/win_rate_ci_low"] <= s["metrics"]["compare/win_rate"]
+
+
+def test_registry_aliases_and_load_back(champion_run: dict) -> None:
+    s = champion_run
+    reg = s["registered_model"]
+    assert reg["aliases"] == ["candidate", "champion"]
+    client = MlflowClient(s["tracking_uri"])
+    version = client.get_model_version_by_alias(reg["name"], "champion")
+    assert str(version.version) == reg["version"]
+    assert version.tags["gates.passed"] == "true"
+    mlflow.set_tracking_uri(s["tracking_uri"])
+    pipe = mlflow.transformers.load_model(f"models:/{reg['name']}@champion")
+    out = pipe([{"role": "user", "content": "What sound does a cow make?"}], max_new_tokens=8, do_sample=False)
+    assert out[0]["generated_text"][-1]["role"] == "assistant"
+
+
+def test_failed_gate_gives_candidate_only(prefect_api, tmp_path: Path) -> None:
+    # The Wilson lower bound is below 1 for any finite sample, so this gate cannot pass.
+    s = run_small(tmp_path, "promotion.min_win_rate=1.0", "promotion.use_lower_bound=true",
+                  "promotion.model_name=it-refused", "preference.method=orpo")
+    assert s["registered_model"]["aliases"] == ["candidate"]
+    gates = {g["name"]: g for g in s["gates"]}
+    assert gates["win_rate_ci_low"]["passed"] is False
+    client = MlflowClient(s["tracking_uri"])
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("it-refused", "champion")
+    version = client.get_model_version("it-refused", s["registered_model"]["version"])
+    assert version.tags["gates.passed"] == "false"
+    assert "orpo" in s["stage_runs"] and "nll_loss" in client.get_run(s["stage_runs"]["orpo"]).data.metrics
+
+
+def test_same_seed_same_metrics(prefect_api, tmp_path: Path, champion_run: dict) -> None:
+    again = run_small(tmp_path, "promotion.min_win_rate=0.0", "promotion.model_name=it-champion")
+    assert again["metrics"] == champion_run["metrics"]
