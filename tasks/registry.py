@@ -7,6 +7,7 @@ fails, the version is deleted again, so the registry never holds a half-register
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import mlflow
@@ -67,6 +68,8 @@ def log_policy(cfg: PipelineConfig, trained: TrainOutput, run_id: str) -> str:
     """Log the trained policy (model + tokenizer) as an MLflow transformers model; returns its URI."""
     tok = load_tokenizer(trained.model.path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_causal_lm(trained.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    # The model card is looked up on the hub; for a local model that only produces warnings.
+    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.transformers.log_model(
             {"model": model, "tokenizer": tok}, name="model", task="text-generation",

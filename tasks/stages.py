@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -62,8 +62,10 @@ def build_model_task(cfg: PipelineConfig, prepared: PreparedData, ctx: RunContex
 
 
 def progress_reporter(title: str) -> Any:
-    """A Prefect progress artifact updated as training logs (created lazily on the first report)."""
-    state: dict[str, Any] = {}
+    """A Prefect progress artifact updated as training logs (created lazily on the first report), and a log
+    line at every tenth of the run."""
+    state: dict[str, Any] = {"next_pct": 10.0}
+    logger = get_run_logger()
 
     def report(step: int, total: int, metrics: dict[str, float]) -> None:
         pct = 100.0 * step / max(1, total)
@@ -71,6 +73,10 @@ def progress_reporter(title: str) -> Any:
             state["id"] = create_progress_artifact(progress=pct, description=title)
         else:
             update_progress_artifact(artifact_id=state["id"], progress=pct)
+        if pct >= state["next_pct"] or step == total:
+            logger.info("%s: step %d/%d loss %.4f (%.0f tokens/s)", title, step, total, metrics.get("loss", float("nan")),
+                        metrics.get("tokens_per_sec", 0.0))
+            state["next_pct"] = pct + 10.0
 
     return report
 
