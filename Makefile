@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo demo-embedded stack-up stack-down test test-fast clean
 
 install: $(STAMP)
 
@@ -25,14 +25,32 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The quickstart against the local stack (S3, MLflow server, Prefect server and workers on loopback); the stack
+# stays up afterwards so the UIs can be browsed: `make stack-down` stops it.
 demo: install
+	@mkdir -p $(PREFECT_HOME)
+	$(VENV)/bin/alignflow stack up
 	$(VENV)/bin/alignflow run --config configs/quickstart.yaml $(ARGS)
+	@$(VENV)/bin/alignflow stack status
+
+# The same pipeline with no services at all: temporary Prefect server, SQLite MLflow store.
+demo-embedded: install
+	@mkdir -p $(PREFECT_HOME)
+	$(VENV)/bin/alignflow run --no-stack --config configs/quickstart.yaml $(ARGS)
+
+stack-up: install
+	$(VENV)/bin/alignflow stack up
+
+stack-down:
+	$(VENV)/bin/alignflow stack down
 
 test: install
+	@mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
+	-$(VENV)/bin/alignflow stack down
 	rm -rf runs .alignflow .pytest_cache

@@ -47,15 +47,39 @@ class QuickTaskConfig(_Section):
 class DataConfig(_Section):
     source: Literal["quickstart", "files"] = Field(
         "quickstart", description="'quickstart' generates the task; 'files' reads the paths below.")
-    sft_path: str | None = Field(None, description="SFT data: file, folder, or hub id (messages or prompt/completion).")
-    train_path: str | None = Field(None, description="Preference pairs used for training.")
+    sft_path: str | None = Field(
+        None, description="SFT data: file, folder, s3:// URI or hub id (messages, prompt/completion, or "
+                          "preference rows, whose prompt + chosen response become the conversation).")
+    train_path: str | None = Field(None, description="Preference pairs used for training (file, folder, s3:// "
+                                                     "URI or hub id).")
     heldout_path: str | None = Field(None, description="Held-out preference pairs; if unset, split from train.")
     heldout_fraction: float = Field(0.1, gt=0.0, lt=0.9, description="Held-out share when heldout_path is unset.")
+    subset: str | None = Field(None, min_length=1, description="Hub data set configuration (subset) name.")
+    sft_split: str = Field("train", min_length=1, pattern=r"^[\w.\[\]:%+-]+$",
+                           description="Hub split read for sft_path (ignored for files).")
+    train_split: str = Field("train", min_length=1, pattern=r"^[\w.\[\]:%+-]+$",
+                             description="Hub split read for train_path (ignored for files).")
+    heldout_split: str = Field("test", min_length=1, pattern=r"^[\w.\[\]:%+-]+$",
+                               description="Hub split read for heldout_path (ignored for files).")
+    max_rows: int | None = Field(None, ge=1, description="Read at most this many rows from each source "
+                                                         "(unset: all); rows past it are not read.")
     format: Literal["auto", "standard", "conversational", "implicit", "hh", "ultrafeedback"] = "auto"
+    min_score_gap: float | None = Field(
+        None, ge=0.0, le=1e6, description="UltraFeedback: drop pairs whose score_chosen - score_rejected is "
+                                          "below this (reason score_gap). Unset: keep all.")
     on_invalid: Literal["strict", "drop"] = Field(
         "strict", description="strict: stop and name file, row and field; drop: drop and count by reason.")
     max_prompt_tokens: int = Field(96, ge=4, le=32768)
     max_response_tokens: int = Field(48, ge=2, le=32768)
+    truncation: Literal["keep_end", "reject"] = Field(
+        "keep_end", description="Over-long rows. keep_end: the prompt keeps its last max_prompt_tokens tokens "
+                                "(so the assistant header stays), each response its first max_response_tokens, "
+                                "an SFT conversation its first max_prompt_tokens + max_response_tokens; "
+                                "reject: the row is invalid with reason too_long (on_invalid decides: error "
+                                "or drop).")
+    num_proc: int = Field(1, ge=1, le=64, description="Worker processes for tokenization (datasets.map).")
+    cache_dir: str | None = Field(None, min_length=1, description="Where s3:// sources are downloaded. Unset: "
+                                                                  "$ALIGNFLOW_CACHE_DIR or ~/.cache/alignflow.")
     quick: QuickTaskConfig = QuickTaskConfig()
 
     @model_validator(mode="after")
@@ -149,6 +173,20 @@ class TrackingConfig(_Section):
         None, description="Artifact root for a new experiment. Unset: a folder under output_dir.")
 
 
+class TrainingConfig(_Section):
+    """How the training stages (SFT, DPO, ORPO) are launched: in-process, or one process per device."""
+
+    num_processes: int = Field(
+        1, ge=1, le=64,
+        description="Training processes (data parallel, global batch = optim.batch_size x num_processes). "
+                    "> 1: `accelerate launch` on CUDA, `torchrun` (gloo) on CPU.")
+    accelerate_config: str | None = Field(
+        None, description="accelerate config YAML for multi-GPU runs (e.g. infra/accelerate/ddp.yaml or "
+                          "fsdp.yaml); used on CUDA only. Unset: plain DDP.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="Autocast precision of training; overrides the accelerate config file's.")
+
+
 class PipelineConfig(_Section):
     """The whole pipeline; every stage reads its own section."""
 
@@ -162,6 +200,7 @@ class PipelineConfig(_Section):
     eval: EvalConfig = EvalConfig()
     promotion: PromotionConfig = PromotionConfig()
     tracking: TrackingConfig = TrackingConfig()
+    training: TrainingConfig = TrainingConfig()
 
     @model_validator(mode="after")
     def _dpo_needs_reference(self) -> PipelineConfig:

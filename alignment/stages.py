@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from alignment import quicktask
 from alignment.config import PipelineConfig
 from alignment.data import DataError, load_preferences, load_sft, split_by_hash, write_jsonl
 from alignment.logprobs import collate_pairs, collate_sft, reference_logps
-from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, save_model
+from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer
 from alignment.objectives import Objective, make_dpo_objective, make_orpo_objective, sft_objective
 from alignment.tiny_model import make_tiny_model
 from alignment.tokenization import encode_pairs, encode_sft
@@ -168,26 +169,38 @@ def build_base_model(cfg: PipelineConfig, prepared: PreparedData, out_dir: Path)
 
 
 def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir: Path, logger: MetricsLogger,
-            on_log: ProgressCallback | None = None) -> TrainOutput:
-    """Supervised fine-tuning with the chat template, loss on assistant tokens only."""
+            on_log: ProgressCallback | None = None, accelerator: Any = None) -> TrainOutput:
+    """Supervised fine-tuning with the chat template, loss on assistant tokens only. With
+    training.num_processes > 1 (and no accelerator given) it runs in that many processes (alignment/launch.py)."""
+    if cfg.training.num_processes > 1 and accelerator is None:
+        from alignment.launch import launch_training
+        return launch_training("sft", cfg, prepared=prepared, base=base, out_dir=out_dir, logger=logger,
+                               on_log=on_log)
     tok = load_tokenizer(base.path, trust_remote_code=cfg.model.trust_remote_code)
     enc = encode_sft(tok, read_jsonl(prepared.path("sft")),
                      max_tokens=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens)
     rows = [{"input_ids": i, "labels": lab} for i, lab in zip(enc["input_ids"], enc["labels"], strict=True)]
     model = load_causal_lm(base.path, trust_remote_code=cfg.model.trust_remote_code)
     return fit_and_save(model, tok, rows, sft_objective, lambda b: collate_sft(b, tok.pad_token_id), "sft",
-                        cfg, cfg.sft.optim, out_dir, logger, on_log)
+                        cfg, cfg.sft.optim, out_dir, logger, on_log, accelerator)
 
 
 def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: TrainOutput | None,
-                   out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None = None) -> TrainOutput:
-    """DPO from the SFT model against its precomputed log-probs, or ORPO (no reference) from base or SFT."""
+                   out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None = None,
+                   accelerator: Any = None) -> TrainOutput:
+    """DPO from the SFT model against its precomputed log-probs, or ORPO (no reference) from base or SFT.
+    With training.num_processes > 1 (and no accelerator given) it runs in that many processes."""
+    if cfg.training.num_processes > 1 and accelerator is None:
+        from alignment.launch import launch_training
+        return launch_training("preference", cfg, prepared=prepared, base=base, sft=sft, out_dir=out_dir,
+                               logger=logger, on_log=on_log)
     method = cfg.preference.method
     if method == "dpo":
         d = cfg.dpo
         if sft is None:
             raise ValueError("DPO needs the SFT model as its reference")
-        rows = reference_annotated_pairs(cfg, prepared, sft.model, "train")
+        with accelerator.main_process_first() if accelerator else nullcontext():  # one writes the cache
+            rows = reference_annotated_pairs(cfg, prepared, sft.model, "train")
         init: ModelRef = sft.model
         objective: Objective = make_dpo_objective(beta=d.beta, loss_type=d.loss_type,
                                                   label_smoothing=d.label_smoothing)
@@ -200,16 +213,23 @@ def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, 
     tok = load_tokenizer(init.path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_causal_lm(init.path, trust_remote_code=cfg.model.trust_remote_code)
     return fit_and_save(model, tok, rows, objective, lambda b: collate_pairs(b, tok.pad_token_id), method,
-                        cfg, optim, out_dir, logger, on_log)
+                        cfg, optim, out_dir, logger, on_log, accelerator)
 
 
 def fit_and_save(model: torch.nn.Module, tok: Any, rows: list[dict], objective: Objective,
                  collate: Callable[[list[dict]], dict[str, torch.Tensor]], method: str, cfg: PipelineConfig,
-                 optim: Any, out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None) -> TrainOutput:
+                 optim: Any, out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None,
+                 accelerator: Any = None) -> TrainOutput:
+    """Train, then save the model from the main process (every process of a multi-process run gets here;
+    only rank 0's record is used, the others carry no fingerprint)."""
+    from alignment.launch import make_accelerator, save_trained_model
+
+    acc = accelerator or make_accelerator(cfg.training)
     result = train(model, rows, objective=objective, collate=collate, optim=optim, output_dir=out_dir,
-                   seed=cfg.run.seed, logger=logger, on_log=on_log)
-    model_dir = save_model(model, tok, out_dir / "model")
-    return TrainOutput(model=ModelRef(path=str(model_dir), fingerprint=fingerprint_model(str(model_dir))),
+                   seed=cfg.run.seed, logger=logger, accelerator=acc, on_log=on_log)
+    model_dir = save_trained_model(acc, result.model or model, tok, out_dir / "model")
+    fingerprint = fingerprint_model(str(model_dir)) if acc.is_main_process else ""
+    return TrainOutput(model=ModelRef(path=str(model_dir), fingerprint=fingerprint),
                        method=method, steps=result.steps, resumed_from_step=result.resumed_from_step,
                        final_metrics=result.final_metrics, seconds=result.seconds, tokens=result.tokens)
 

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,7 +41,9 @@ class TrainResult:
     resumed_from_step: int
     final_metrics: dict[str, float]
     seconds: float
-    tokens: int
+    tokens: int  # non-padding tokens seen, summed over all processes
+    # the model as prepared by accelerate (DDP/FSDP/DeepSpeed wrapper); save it through the accelerator
+    model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -105,7 +107,7 @@ def train(model: torch.nn.Module, rows: list[dict], *, objective: Objective, col
         if (step + 1) % optim.save_every == 0 or step + 1 == loop.total_steps:
             save_checkpoint(loop, ckpt_root, step + 1, last)
     return TrainResult(steps=loop.total_steps, resumed_from_step=start_step, final_metrics=last,
-                       seconds=time.perf_counter() - started, tokens=tokens)
+                       seconds=time.perf_counter() - started, tokens=tokens, model=loop.model)
 
 
 def setup(model: torch.nn.Module, num_rows: int, optim: OptimConfig, seed: int,
@@ -117,12 +119,17 @@ def setup(model: torch.nn.Module, num_rows: int, optim: OptimConfig, seed: int,
     scheduler = get_scheduler(optim.lr_scheduler, optimizer, num_warmup_steps=int(optim.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    # total_steps already counts optimizer steps of the global batch (plan_steps divides by the world size):
+    # one scheduler step per optimizer step. By default accelerate steps a prepared scheduler num_processes
+    # times per call (it assumes a schedule planned for one process), which ends the schedule early under DDP.
+    scheduler.split_batches = True
     return _Loop(acc, model, optimizer, scheduler, total_steps, micro_per_epoch)
 
 
 def run_step(loop: _Loop, rows: list[dict], step: int, objective: Objective, collate: Collate,
              optim: OptimConfig, seed: int) -> tuple[dict[str, float], int]:
-    """One optimizer step over grad_accum_steps micro-batches; returns averaged metrics and token count."""
+    """One optimizer step over grad_accum_steps micro-batches; returns metrics averaged over micro-batches
+    and processes, and the step's token count summed over processes."""
     acc, accum = loop.accelerator, optim.grad_accum_steps
     sums: dict[str, float] = {}
     tokens = 0
@@ -145,7 +152,9 @@ def run_step(loop: _Loop, rows: list[dict], step: int, objective: Objective, col
     loop.optimizer.step()
     loop.scheduler.step()
     loop.optimizer.zero_grad(set_to_none=True)
+    sums["_tokens"] = float(tokens)
     sums = average_across_processes(acc, sums)
+    tokens = round(sums.pop("_tokens") * acc.num_processes)
     sums["grad_norm"] = float(grad_norm)
     sums["learning_rate"] = loop.scheduler.get_last_lr()[0]
     return sums, tokens
@@ -155,7 +164,8 @@ def average_across_processes(acc: Accelerator, metrics: dict[str, float]) -> dic
     if acc.num_processes == 1:
         return metrics
     names = sorted(metrics)
-    values = acc.reduce(torch.tensor([metrics[n] for n in names], device=acc.device), reduction="mean")
+    values = acc.reduce(torch.tensor([metrics[n] for n in names], dtype=torch.float64, device=acc.device),
+                        reduction="mean")
     return dict(zip(names, values.tolist(), strict=True))
 
 

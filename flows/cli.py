@@ -16,6 +16,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", help="YAML preset (see configs/); defaults apply where unset")
     run.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override one field, e.g. --set preference.method=orpo (repeatable)")
+    run.add_argument("--no-stack", action="store_true",
+                     help="ignore a running local stack; use the embedded Prefect API and a SQLite MLflow store")
+    run.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack or $ALIGNFLOW_STACK_DIR)")
+    stack = sub.add_parser("stack", help="the local service stack: S3, MLflow server, Prefect server, workers")
+    stack.add_argument("action", choices=["up", "down", "status", "logs", "env"])
+    stack.add_argument("--dir", help="stack directory (default .alignflow/stack or $ALIGNFLOW_STACK_DIR)")
+    stack.add_argument("--prefect-port", type=int)
+    stack.add_argument("--mlflow-port", type=int)
+    stack.add_argument("--s3-port", type=int)
+    stack.add_argument("--weed-port-base", type=int, help="first of 13 consecutive ports SeaweedFS uses inside")
+    stack.add_argument("--wipe", action="store_true", help="with down: also delete the stack's data")
+    stack.add_argument("--service", help="with logs: one service (s3, mlflow, prefect, worker-cpu, worker-gpu)")
+    stack.add_argument("--lines", type=int, default=40, help="with logs: lines per service")
+    deploy = sub.add_parser("deploy", help="register the pipeline deployment (cron schedule) on a work pool")
+    deploy.add_argument("--pool", default="cpu", help="work pool (default cpu)")
+    deploy.add_argument("--cron", default="0 3 * * *", help="cron schedule, UTC (default: daily at 03:00)")
+    deploy.add_argument("--paused", action="store_true", help="create the schedule paused")
+    deploy.add_argument("--config", "-c", help="YAML preset used as the deployment's default parameters")
+    deploy.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    deploy.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack)")
     show = sub.add_parser("config", help="print the resolved config as JSON")
     show.add_argument("--config", "-c")
     show.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -27,8 +47,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from alignment.data import DataError
     from alignment.models import ModelLoadError
     from alignment.tokenization import TemplateError
+    from flows.stack import StackError
 
-    return (ConfigError, DataError, ModelLoadError, TemplateError)
+    return (ConfigError, DataError, ModelLoadError, TemplateError, StackError)
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -36,6 +57,7 @@ def command_run(args: argparse.Namespace) -> int:
     from alignment.preflight import check_inputs
 
     cfg = load_config(args.config, args.overrides)
+    use_local_stack(args)
     if not cfg.model.name_or_path:  # the local model needs no hub; never let a library reach for it
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     check_inputs(cfg)
@@ -48,6 +70,68 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def use_local_stack(args: argparse.Namespace) -> None:
+    """Point Prefect, MLflow and S3 clients at the local stack when it is running (explicit settings win)."""
+    if args.no_stack:
+        return
+    from flows.stack import Stack
+
+    stack = Stack.load(args.stack_dir)
+    if not stack.running():
+        return
+    for key, value in stack.client_env().items():
+        os.environ.setdefault(key, value)
+    print(f"using the local stack in {stack.dir}: Prefect {stack.urls['prefect']}, MLflow {stack.urls['mlflow']}")
+
+
+def command_stack(args: argparse.Namespace) -> int:
+    from flows.stack import Ports, Stack
+
+    stack = Stack.load(args.dir)
+    for name, value in (("prefect", args.prefect_port), ("mlflow", args.mlflow_port), ("s3", args.s3_port),
+                        ("weed_base", args.weed_port_base)):
+        if value is not None:
+            if args.action != "up":
+                raise SystemExit("ports are chosen with `alignflow stack up`")
+            setattr(stack.ports, name, value)
+    if args.action == "up":
+        stack.up()
+        print(f"Prefect UI {stack.urls['prefect']}   MLflow UI {stack.urls['mlflow']}   S3 {stack.urls['s3']}")
+    elif args.action == "down":
+        stack.down(wipe=args.wipe)
+    elif args.action == "status":
+        report = stack.status()
+        for name, info in report.items():
+            print(f"{name:11s} {'healthy' if info['healthy'] else 'DOWN':8s} {info['url']}")
+        return 0 if all(i["healthy"] for i in report.values()) else 1
+    elif args.action == "logs":
+        names = [args.service] if args.service else [s.name for s in stack.services()]
+        for name in names:
+            log = stack.dir / "logs" / f"{name}.log"
+            lines = log.read_text(errors="replace").splitlines()[-args.lines:] if log.is_file() else []
+            print(f"==> {name} ({log})")
+            print("\n".join(lines))
+    elif args.action == "env":
+        for key, value in stack.client_env().items():
+            print(f"export {key}={value}")
+    return 0
+
+
+def command_deploy(args: argparse.Namespace) -> int:
+    from alignment.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    args.no_stack = False
+    use_local_stack(args)
+    from flows.deploy import deploy_pipeline
+
+    deployment_id = deploy_pipeline(pool=args.pool, cron=args.cron, paused=args.paused,
+                                    parameters={"config": cfg.model_dump(mode="json")})
+    print(f"deployment alignment-pipeline/scheduled ({deployment_id}) on pool {args.pool}, cron '{args.cron}'"
+          f"{' (paused)' if args.paused else ''}")
+    return 0
+
+
 def command_config(args: argparse.Namespace) -> int:
     from alignment.config import load_config
 
@@ -55,7 +139,7 @@ def command_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "config": command_config}
+COMMANDS = {"run": command_run, "config": command_config, "stack": command_stack, "deploy": command_deploy}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

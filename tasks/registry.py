@@ -57,15 +57,15 @@ def register_task(cfg: PipelineConfig, trained: TrainOutput, comparison_metrics:
         if not promo.register_model:
             return Registration(name=promo.model_name, version=None, aliases=[], model_uri=None,
                                 gates=[g.to_dict() for g in gates], champion=False)
-        model_uri = log_policy(cfg, trained, run.run_id)
-        version, aliases = register_version(ctx, promo.model_name, model_uri, run.run_id, gates)
+        model_uri, model_id = log_policy(cfg, trained, run.run_id)
+        version, aliases = register_version(ctx, promo.model_name, model_uri, model_id, run.run_id, gates)
         run.set_tags({"alignflow.registered_model": promo.model_name, "alignflow.registered_version": version})
     return Registration(name=promo.model_name, version=version, aliases=aliases, model_uri=model_uri,
                         gates=[g.to_dict() for g in gates], champion="champion" in aliases)
 
 
-def log_policy(cfg: PipelineConfig, trained: TrainOutput, run_id: str) -> str:
-    """Log the trained policy (model + tokenizer) as an MLflow transformers model; returns its URI."""
+def log_policy(cfg: PipelineConfig, trained: TrainOutput, run_id: str) -> tuple[str, str]:
+    """Log the trained policy (model + tokenizer) as an MLflow transformers model; returns its URI and id."""
     tok = load_tokenizer(trained.model.path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_causal_lm(trained.model.path, trust_remote_code=cfg.model.trust_remote_code)
     # The model card is looked up on the hub; for a local model that only produces warnings.
@@ -75,10 +75,10 @@ def log_policy(cfg: PipelineConfig, trained: TrainOutput, run_id: str) -> str:
             {"model": model, "tokenizer": tok}, name="model", task="text-generation",
             pip_requirements=PIP_REQUIREMENTS,
             metadata={"alignflow.method": trained.method, "alignflow.fingerprint": trained.model.fingerprint})
-    return info.model_uri
+    return info.model_uri, info.model_id
 
 
-def register_version(ctx: RunContext, name: str, model_uri: str, run_id: str,
+def register_version(ctx: RunContext, name: str, model_uri: str, model_id: str, run_id: str,
                      gates: list[GateResult]) -> tuple[str, list[str]]:
     """Create the version with its gate tags, then aliases; undo the version if any later step fails."""
     client = MlflowClient(ctx.tracking_uri)
@@ -89,7 +89,8 @@ def register_version(ctx: RunContext, name: str, model_uri: str, run_id: str,
             client.create_registered_model(name, description="Aligned by alignflow.")
         except mlflow.exceptions.MlflowException:
             pass  # created concurrently
-    mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=gate_tags(gates))
+    mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=gate_tags(gates),
+                                     model_id=model_id)
     aliases = ["candidate"] + (["champion"] if all_passed(gates) else [])
     try:
         for alias in aliases:

@@ -94,7 +94,7 @@ def log_training(run: Any, out: TrainOutput, name: str) -> None:
 def sft_task(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, ctx: RunContext) -> TrainOutput:
     params = flatten("sft", cfg.sft.model_dump())
     with stage_run(ctx, "sft", params) as run:
-        out_dir = stage_dir(ctx, "sft", cfg.sft.model_dump(), cfg.data.max_prompt_tokens,
+        out_dir = stage_dir(ctx, "sft", cfg.sft.model_dump(), cfg.training.model_dump(), cfg.data.max_prompt_tokens,
                             cfg.data.max_response_tokens, prepared.fingerprint, base.fingerprint, cfg.run.seed)
         out = stages.run_sft(cfg, prepared, base, out_dir, run.logger, progress_reporter("SFT training"))
         log_training(run, out, "SFT")
@@ -109,7 +109,7 @@ def preference_task(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef,
     params = flatten(method, section.model_dump())
     with stage_run(ctx, method, params) as run:
         inputs = [prepared.fingerprint, base.fingerprint, sft.model.fingerprint if sft else None]
-        out_dir = stage_dir(ctx, method, section.model_dump(), cfg.data.max_prompt_tokens,
+        out_dir = stage_dir(ctx, method, section.model_dump(), cfg.training.model_dump(), cfg.data.max_prompt_tokens,
                             cfg.data.max_response_tokens, inputs, cfg.run.seed)
         out = stages.run_preference(cfg, prepared, base, sft, out_dir, run.logger,
                                     progress_reporter(f"{method.upper()} training"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import queue
 import re
 import threading
@@ -38,12 +39,14 @@ class RunContext(BaseModel):
 
 
 def resolve_tracking(cfg: PipelineConfig) -> tuple[str, str | None]:
-    """(tracking URI, artifact location for a new experiment). Default: SQLite store and a local artifact
-    folder under output_dir (MLflow refuses the plain file store in recent versions)."""
+    """(tracking URI, artifact location for a new experiment): tracking.uri, else $MLFLOW_TRACKING_URI (set by
+    the local stack: a server that proxies artifacts to S3), else a SQLite store and a local artifact folder
+    under output_dir (MLflow refuses the plain file store in recent versions)."""
     out = Path(cfg.run.output_dir).resolve()
-    uri = cfg.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"
+    configured = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = configured or f"sqlite:///{out / 'mlflow.db'}"
     artifacts = cfg.tracking.artifact_location
-    if artifacts is None and not cfg.tracking.uri:
+    if artifacts is None and not configured:
         artifacts = (out / "mlartifacts").as_uri()
     return uri, artifacts
 

@@ -1,0 +1,173 @@
+"""The local stack for real: SeaweedFS, the MLflow server with proxied S3 artifacts, the Prefect server and
+both workers, on loopback ports chosen for this test. The CLI runs the pipeline against it in a subprocess,
+as a user would; then everything the run wrote is scanned for planted secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from flows.stack import HOST, Ports, Stack, free_ports, group_alive, s3_client
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PLANTED = "hf_PLANTEDsecretTOKEN0123456789abcdef"
+SMALL = ["sft.optim.max_steps=8", "dpo.optim.max_steps=4", "eval.max_prompts=8", "model.tiny.hidden_size=64",
+         "model.tiny.intermediate_size=128", "model.tiny.num_layers=2"]
+
+
+def consecutive_free_base(count: int = 13) -> int:
+    for _ in range(200):
+        base = random.randrange(20000, 60000)
+        with_all = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                s.bind((HOST, port))
+                with_all.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in with_all:
+                s.close()
+    raise RuntimeError("no run of free ports found")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Stack:
+    prefect, mlflow_port, s3 = free_ports(3)
+    st = Stack(tmp_path_factory.mktemp("stack"), Ports(prefect=prefect, mlflow=mlflow_port, s3=s3,
+                                                      weed_base=consecutive_free_base()))
+    try:
+        st.up(timeout=180, echo=lambda _: None)
+        yield st
+    finally:
+        st.down(wipe=False, echo=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def run_summary(stack: Stack, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("run")
+    env = {**os.environ, "HF_TOKEN": PLANTED, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    cmd = [str(Path(sys.executable).parent / "alignflow"), "run", "--config", "configs/quickstart.yaml",
+           "--stack-dir", str(stack.dir), "--set", f"run.output_dir={out}", *sum((["--set", s] for s in SMALL), [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (out / "cli-output.txt").write_text(proc.stdout + proc.stderr)
+    assert proc.stdout.strip().splitlines()[-1] == f"summary: {out / 'summary.json'}"
+    summary = json.loads((out / "summary.json").read_text())
+    summary["_out"] = str(out)
+    return summary
+
+
+def test_status_is_healthy(stack: Stack) -> None:
+    assert all(info["healthy"] for info in stack.status().values())
+    assert (stack.dir / "credentials.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_run_tracked_by_the_server_with_artifacts_in_s3(stack: Stack, run_summary: dict) -> None:
+    assert run_summary["tracking_uri"] == stack.urls["mlflow"]
+    keys = [o["Key"] for o in s3_client(stack.client_env()).list_objects_v2(Bucket="mlflow", MaxKeys=1000)["Contents"]]
+    model_id = run_summary["registered_model"]["model_uri"].split("/")[-1]
+    assert any(k.endswith(f"models/{model_id}/artifacts/model/model.safetensors") for k in keys)
+    assert any(k.endswith("plots/curves.png") for k in keys)
+    assert any(k.endswith("data/report.json") for k in keys)
+
+
+def test_wrong_s3_keys_are_refused(stack: Stack) -> None:
+    env = {**stack.client_env(), "AWS_SECRET_ACCESS_KEY": "wrong"}
+    with pytest.raises(Exception, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+        s3_client(env).list_objects_v2(Bucket="mlflow")
+
+
+def test_no_secret_reaches_mlflow_prefect_or_files(stack: Stack, run_summary: dict, tmp_path: Path) -> None:
+    secrets = [PLANTED, stack.credentials()["secret_key"]]
+    client = MlflowClient(stack.urls["mlflow"])
+    texts: list[str] = [json.dumps(run_summary)]
+    runs = client.search_runs([run_summary["experiment_id"]], max_results=100)
+    for run in runs:
+        texts.append(json.dumps(run.data.params) + json.dumps(run.data.tags))
+    dest = tmp_path / "artifacts"
+    for run in runs:
+        client.download_artifacts(run.info.run_id, "", str(dest / run.info.run_id))
+    for version in client.search_model_versions(f"name='{run_summary['registered_model']['name']}'"):
+        texts.append(json.dumps(version.tags))
+    for path in [*dest.rglob("*"), *Path(run_summary["_out"]).rglob("*")]:
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            texts.append(path.read_bytes().decode("utf-8", errors="replace"))
+    texts += prefect_logs_and_artifacts(stack)
+    for secret in secrets:
+        leaks = [t[:200] for t in texts if secret in t]
+        assert not leaks, f"secret found in {len(leaks)} places"
+
+
+def prefect_logs_and_artifacts(stack: Stack) -> list[str]:
+    import urllib.request
+
+    out = []
+    for path in ("/logs/filter", "/artifacts/filter", "/flow_runs/filter"):
+        req = urllib.request.Request(stack.urls["prefect_api"] + path, data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read().decode()
+        assert body.strip() not in ("", "[]") or path != "/logs/filter"
+        out.append(body)
+    return out
+
+
+TRIGGER = """
+import sys, time
+from prefect import get_client
+from prefect.client.schemas.filters import DeploymentFilter
+from prefect.states import StateType
+with get_client(sync_client=True) as client:
+    dep = client.read_deployment_by_name("alignment-pipeline/scheduled")
+    assert dep.schedules and dep.work_pool_name == "cpu", dep
+    params = dict(dep.parameters)
+    params["config"]["run"]["output_dir"] = sys.argv[1]          # one field changed, as in the UI form
+    run = client.create_flow_run_from_deployment(dep.id, parameters=params)
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        state = client.read_flow_run(run.id).state
+        if state.is_final():
+            break
+        time.sleep(2)
+    print(state.type.value)
+"""
+
+
+def test_deployed_pipeline_runs_on_the_worker(stack: Stack, tmp_path: Path) -> None:
+    env = {**os.environ, **stack.client_env()}
+    small = sum((["--set", s] for s in SMALL), [])
+    alignflow = str(Path(sys.executable).parent / "alignflow")
+    deployed = subprocess.run([alignflow, "deploy", "--config", "configs/quickstart.yaml", "--stack-dir",
+                               str(stack.dir), "--cron", "0 3 * * *", *small], capture_output=True, text=True,
+                              env=env, timeout=120)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    out = tmp_path / "from-ui"
+    run = subprocess.run([sys.executable, "-c", TRIGGER, str(out)], capture_output=True, text=True, env=env,
+                         timeout=480)
+    assert run.stdout.strip().splitlines()[-1] == "COMPLETED", run.stdout[-2000:] + run.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["registered_model"]["version"]
+
+
+def test_down_stops_every_process_group_and_keeps_data(stack: Stack, run_summary: dict) -> None:
+    """Runs last in this module: `down` ends every process group it started; data stays without --wipe."""
+    groups = [info["pgid"] for info in stack.read_state()["services"].values()]
+    assert len(groups) == 5
+    stack.down(echo=lambda _: None)
+    alive = [subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(g)], capture_output=True, text=True).stdout
+             for g in groups if group_alive(g)]
+    assert not alive, alive
+    assert (stack.dir / "mlflow" / "mlflow.db").is_file() and (stack.dir / "s3").is_dir()
+    assert not stack.running()
