@@ -14,6 +14,12 @@ Row numbers are 0-based everywhere: ``row_index`` and "row 3" in an error both m
 fourth data row of the file (for JSON Lines the line index, blank lines included; for CSV
 the fourth row after the header). Problems with a whole file or source (missing, unreadable,
 no CSV header, not parquet) raise :class:`DataError` under both policies.
+
+Sources are local files or folders (``.jsonl``, ``.json``, ``.parquet``, ``.csv``), Hugging Face
+Hub ids (``owner/name`` or ``hf://owner/name``, with a subset and split) and ``s3://bucket/key``
+URIs (an object or a prefix; downloaded to a local cache by :mod:`alignment.s3io`). Reading
+streams: :func:`iter_preferences` / :func:`iter_sft` yield records one by one, holding only a
+16-byte hash per kept row for de-duplication.
 """
 
 from __future__ import annotations
@@ -76,8 +82,9 @@ HH = "hh"
 ULTRAFEEDBACK = "ultrafeedback"
 SFT_MESSAGES = "sft_messages"
 SFT_PROMPT_COMPLETION = "sft_prompt_completion"
+SFT_CHOSEN = "sft_chosen"  # a preference row read as SFT data: its prompt and chosen response
 PREFERENCE_FORMATS = (STANDARD, CONVERSATIONAL, IMPLICIT, HH, ULTRAFEEDBACK)
-SFT_FORMATS = (SFT_MESSAGES, SFT_PROMPT_COMPLETION)
+SFT_FORMATS = (SFT_MESSAGES, SFT_PROMPT_COMPLETION, SFT_CHOSEN)
 
 ROLES = ("system", "user", "assistant")
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -156,6 +163,7 @@ class DropReport:
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rows_read: int = 0
     rows_kept: int = 0
+    formats: dict[str, str] = field(default_factory=dict)  # source file -> detected (or given) format
 
     @property
     def rows_dropped(self) -> int:
@@ -179,6 +187,7 @@ class DropReport:
             "rows_read": self.rows_read,
             "rows_kept": self.rows_kept,
             "rows_dropped": self.rows_dropped,
+            "formats": dict(self.formats),
         }
 
 
@@ -442,7 +451,20 @@ def _hub_dataset_id(source: str) -> str | None:
     return source if _HUB_ID.fullmatch(source) else None
 
 
-def _open_source(source: str, subset: str | None, split: str) -> Iterator[tuple[str, Iterator[RowItem]]]:
+def _s3_files(source: str, cache_dir: str | os.PathLike[str] | None) -> Iterator[tuple[str, Iterator[RowItem]]]:
+    """Download an s3:// object or every supported object under a prefix; read the local copies."""
+    from alignment import s3io
+
+    for name, local in s3io.fetch(source, cache_dir):
+        yield name, _read_file(local, name)
+
+
+def _open_source(
+    source: str, subset: str | None, split: str, cache_dir: str | os.PathLike[str] | None = None
+) -> Iterator[tuple[str, Iterator[RowItem]]]:
+    if source.startswith("s3://"):
+        yield from _s3_files(source, cache_dir)
+        return
     hub_id = _hub_dataset_id(source)
     if hub_id is None:
         yield from _local_files(source)
@@ -716,6 +738,8 @@ def _detect_sft(row: Mapping[str, Any]) -> str:
         return SFT_MESSAGES
     if "completion" in row:
         return SFT_PROMPT_COMPLETION
+    if "chosen" in row:
+        return SFT_CHOSEN
     keys = ", ".join(sorted(map(str, row))[:8])
     raise DataError(
         MISSING_FIELD, f"no 'messages' or 'prompt'/'completion' fields (keys: {keys})", field="messages"
@@ -767,9 +791,16 @@ def _parse_sft_prompt_completion(row: Mapping[str, Any]) -> list[Message]:
     return _with_system(_prompt_messages(row), row) + _responses(row, "completion")
 
 
+def _parse_sft_chosen(row: Mapping[str, Any]) -> list[Message]:
+    """Any preference format: the prompt followed by the chosen response (HH-RLHF's usual SFT data)."""
+    prompt, chosen, _ = _PREFERENCE_PARSERS[_detect_preference(row)](row)
+    return _with_system(prompt, row) + chosen
+
+
 _SFT_PARSERS: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
     SFT_MESSAGES: _parse_sft_messages,
     SFT_PROMPT_COMPLETION: _parse_sft_prompt_completion,
+    SFT_CHOSEN: _parse_sft_chosen,
 }
 
 
@@ -811,7 +842,6 @@ class _LoadState:
     """Records kept, the drop report, strict-mode errors and the de-duplication index."""
 
     policy: str
-    records: list[Record] = field(default_factory=list)
     report: DropReport = field(default_factory=DropReport)
     errors: list[DataError] = field(default_factory=list)
     error_count: int = 0
@@ -826,19 +856,18 @@ class _LoadState:
         if len(self.errors) < MAX_STRICT_ERRORS:
             self.errors.append(error)
 
-    def keep(self, record: Record, name: str, index: int) -> None:
-        """Keep a record unless its text was seen before."""
+    def keep(self, record: Record, name: str, index: int) -> Record:
+        """Return the record with its provenance unless its text was seen before."""
         first = self.seen.setdefault(_record_key(record), (name, index))
         if first != (name, index):
             raise DataError(DUPLICATE, f"duplicate of {first[0]} row {first[1]}")
-        self.records.append({**record, "source": name, "row_index": index})
+        self.report.rows_kept += 1
+        return {**record, "source": name, "row_index": index}
 
-    def finish(self) -> tuple[list[Record], DropReport]:
-        """Raise the strict-mode errors, if any; else return the records and report."""
+    def finish(self) -> None:
+        """Raise the strict-mode errors, if any."""
         if self.error_count:
             raise DataValidationError(self.errors, self.error_count)
-        self.report.rows_kept = len(self.records)
-        return self.records, self.report
 
 
 def _load_file(
@@ -848,18 +877,27 @@ def _load_file(
     formats: Sequence[str],
     parse: Callable[[Mapping[str, Any], str], Record],
     state: _LoadState,
-) -> None:
+    max_rows: int | None = None,
+) -> Iterator[Record]:
     file_fmt = None if fmt == AUTO else fmt
     for index, row in rows:
+        if max_rows is not None and state.report.rows_read >= max_rows:
+            break
         state.report.rows_read += 1
         try:
             if isinstance(row, DataError):
                 raise row
             row_fmt = file_fmt or _detect_in_family(row, formats)
+            if file_fmt is None:
+                state.report.formats[name] = row_fmt
             file_fmt = row_fmt
-            state.keep(parse(row, row_fmt), name, index)
+            record = state.keep(parse(row, row_fmt), name, index)
         except DataError as error:
             state.reject(error.locate(name, index))
+            continue
+        yield record
+    if fmt != AUTO:
+        state.report.formats[name] = fmt
 
 
 def _check_options(fmt: str, policy: str, formats: Sequence[str]) -> None:
@@ -869,7 +907,7 @@ def _check_options(fmt: str, policy: str, formats: Sequence[str]) -> None:
         raise ValueError(f"unknown format {fmt!r}; expected 'auto' or one of {', '.join(formats)}")
 
 
-def _load(
+def _iter_load(
     source: str,
     fmt: str,
     policy: str,
@@ -877,12 +915,67 @@ def _load(
     parse: Callable[[Mapping[str, Any], str], Record],
     subset: str | None,
     split: str,
-) -> tuple[list[Record], DropReport]:
+    cache_dir: str | os.PathLike[str] | None,
+    report: DropReport | None,
+    max_rows: int | None = None,
+) -> Iterator[Record]:
     _check_options(fmt, policy, formats)
-    state = _LoadState(policy)
-    for name, rows in _open_source(os.fspath(source), subset, split):
-        _load_file(name, rows, fmt, formats, parse, state)
-    return state.finish()
+    if max_rows is not None and (isinstance(max_rows, bool) or max_rows < 1):
+        raise ValueError(f"max_rows must be a positive integer, not {max_rows!r}")
+    state = _LoadState(policy, report if report is not None else DropReport())
+    for name, rows in _open_source(os.fspath(source), subset, split, cache_dir):
+        if max_rows is not None and state.report.rows_read >= max_rows:
+            break
+        yield from _load_file(name, rows, fmt, formats, parse, state, max_rows)
+    state.finish()
+
+
+def _preference_parser(min_score_gap: float | None) -> Callable[[Mapping[str, Any], str], Record]:
+    if min_score_gap is not None and (isinstance(min_score_gap, bool) or math.isnan(float(min_score_gap))):
+        raise ValueError(f"min_score_gap must be a number, not {min_score_gap!r}")
+
+    def parse(row: Mapping[str, Any], row_fmt: str) -> Record:
+        return canonicalize_preference(row, row_fmt, min_score_gap=min_score_gap)
+
+    return parse
+
+
+def iter_preferences(
+    source: str,
+    *,
+    fmt: str = AUTO,
+    policy: Policy = "strict",
+    min_score_gap: float | None = None,
+    subset: str | None = None,
+    split: str = "train",
+    cache_dir: str | os.PathLike[str] | None = None,
+    report: DropReport | None = None,
+    max_rows: int | None = None,
+) -> Iterator[Record]:
+    """Stream canonical preference records; counts and drops go into ``report`` as rows are read.
+
+    Same rules as :func:`load_preferences`; in strict mode the DataValidationError is raised after
+    the last row (so it lists the first 10 failures and the total). ``max_rows`` stops reading
+    after that many rows (over all files of the source).
+    """
+    parse = _preference_parser(min_score_gap)
+    return _iter_load(source, fmt, policy, PREFERENCE_FORMATS, parse, subset, split, cache_dir, report, max_rows)
+
+
+def iter_sft(
+    source: str,
+    *,
+    fmt: str = AUTO,
+    policy: Policy = "strict",
+    subset: str | None = None,
+    split: str = "train",
+    cache_dir: str | os.PathLike[str] | None = None,
+    report: DropReport | None = None,
+    max_rows: int | None = None,
+) -> Iterator[Record]:
+    """Stream canonical SFT records; see :func:`iter_preferences`. Preference rows (any format)
+    are read as their prompt followed by the chosen response."""
+    return _iter_load(source, fmt, policy, SFT_FORMATS, canonicalize_sft, subset, split, cache_dir, report, max_rows)
 
 
 def load_preferences(
@@ -893,21 +986,24 @@ def load_preferences(
     min_score_gap: float | None = None,
     subset: str | None = None,
     split: str = "train",
+    cache_dir: str | os.PathLike[str] | None = None,
+    max_rows: int | None = None,
 ) -> tuple[list[Record], DropReport]:
-    """Load preference pairs from a file, folder or hub data set as canonical records.
+    """Load preference pairs from a file, folder, hub data set or s3:// URI as canonical records.
 
     ``fmt`` is detected per file from its first usable row unless given. ``policy="strict"``
     raises DataValidationError listing the first 10 bad rows (0-based row numbers) and the
     total; ``"drop"`` drops and counts them. Duplicates and rows below ``min_score_gap`` are
     always dropped and counted, never errors.
     """
-    if min_score_gap is not None and (isinstance(min_score_gap, bool) or math.isnan(float(min_score_gap))):
-        raise ValueError(f"min_score_gap must be a number, not {min_score_gap!r}")
-
-    def parse(row: Mapping[str, Any], row_fmt: str) -> Record:
-        return canonicalize_preference(row, row_fmt, min_score_gap=min_score_gap)
-
-    return _load(source, fmt, policy, PREFERENCE_FORMATS, parse, subset, split)
+    report = DropReport()
+    records = list(
+        iter_preferences(
+            source, fmt=fmt, policy=policy, min_score_gap=min_score_gap, subset=subset, split=split,
+            cache_dir=cache_dir, report=report, max_rows=max_rows,
+        )
+    )
+    return records, report
 
 
 def load_sft(
@@ -917,12 +1013,19 @@ def load_sft(
     policy: Policy = "strict",
     subset: str | None = None,
     split: str = "train",
+    cache_dir: str | os.PathLike[str] | None = None,
+    max_rows: int | None = None,
 ) -> tuple[list[Record], DropReport]:
-    """Load SFT conversations (``messages`` or ``prompt``/``completion``) as canonical records.
+    """Load SFT conversations (``messages``, ``prompt``/``completion`` or preference rows) as canonical records.
 
     Policies, row numbering and de-duplication as in :func:`load_preferences`.
     """
-    return _load(source, fmt, policy, SFT_FORMATS, canonicalize_sft, subset, split)
+    report = DropReport()
+    records = list(
+        iter_sft(source, fmt=fmt, policy=policy, subset=subset, split=split, cache_dir=cache_dir, report=report,
+                 max_rows=max_rows)
+    )
+    return records, report
 
 
 # ---------------------------------------------------------------------------- split, hash, write
@@ -961,9 +1064,14 @@ def split_by_hash(
     train: list[Record] = []
     heldout: list[Record] = []
     for record in records:
-        side = heldout if _hash_fraction(_prompt_text(record) + seed_salt) < heldout_fraction else train
+        side = heldout if is_heldout(record, heldout_fraction, seed_salt) else train
         side.append(record)
     return train, heldout
+
+
+def is_heldout(record: Mapping[str, Any], heldout_fraction: float, seed_salt: str = "") -> bool:
+    """The side :func:`split_by_hash` puts one record on (True: held out), for streaming splits."""
+    return _hash_fraction(_prompt_text(record) + seed_salt) < heldout_fraction
 
 
 def _jsonl_line(record: Mapping[str, Any]) -> str:
@@ -980,17 +1088,56 @@ def fingerprint(records: Iterable[Mapping[str, Any]]) -> str:
 
 def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
     """Write canonical JSON lines atomically (temporary file in the same folder, then rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.writelines(_jsonl_line(record) for record in records)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with JsonlWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+
+
+class JsonlWriter:
+    """Stream canonical JSON lines to a temporary file; on a clean exit fsync and rename it into place.
+
+    ``count`` and ``fingerprint`` (SHA-256 of the bytes, equal to :func:`fingerprint`) are kept as
+    lines are written. An exception inside the ``with`` block removes the temporary file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self._digest = hashlib.sha256()
+        self._temporary: str | None = None
+        self._stream: io.BufferedWriter | None = None
+
+    def __enter__(self) -> JsonlWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, self._temporary = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        )
+        self._stream = os.fdopen(handle, "wb", buffering=1 << 20)
+        return self
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append one record as a canonical JSON line."""
+        assert self._stream is not None, "JsonlWriter used outside its with-block"
+        line = _jsonl_line(record).encode("utf-8")
+        self._digest.update(line)
+        self._stream.write(line)
+        self.count += 1
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 hex digest of what was written so far."""
+        return self._digest.hexdigest()
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        assert self._stream is not None and self._temporary is not None
+        try:
+            if exc_type is None:
+                self._stream.flush()
+                os.fsync(self._stream.fileno())
+            self._stream.close()
+            if exc_type is None:
+                os.chmod(self._temporary, 0o644)
+                os.replace(self._temporary, self.path)
+        finally:
+            if os.path.exists(self._temporary):
+                os.unlink(self._temporary)

@@ -19,12 +19,12 @@ from pydantic import BaseModel
 
 from alignment import quicktask
 from alignment.config import PipelineConfig
-from alignment.data import DataError, load_preferences, load_sft, split_by_hash, write_jsonl
+from alignment.data import write_jsonl
 from alignment.logprobs import collate_pairs, collate_sft, reference_logps
 from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer
 from alignment.objectives import Objective, make_dpo_objective, make_orpo_objective, sft_objective
+from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
 from alignment.tiny_model import make_tiny_model
-from alignment.tokenization import encode_pairs, encode_sft
 from alignment.tracking import MetricsLogger
 from alignment.trainer import train
 
@@ -93,52 +93,17 @@ def as_conversational(row: dict[str, str]) -> dict[str, Any]:
 
 
 def prepare_data(cfg: PipelineConfig, out_dir: Path) -> PreparedData:
-    """Read, validate, de-duplicate and split the data; write canonical files and a report."""
+    """Read, validate, de-duplicate and split the data; write canonical files, a report and length plots
+    (alignment/prepare.py). The quickstart's generated files go through the same loader as users' data."""
     d = cfg.data
     if d.source == "quickstart":
         raw = write_quickstart_files(cfg, out_dir / "raw")
         sources = {"sft": str(raw["sft"]), "train": str(raw["train"]), "heldout": str(raw["heldout"])}
     else:
         sources = {"sft": d.sft_path, "train": d.train_path, "heldout": d.heldout_path}
-    fmt = d.format
-    sft, sft_report = load_sft(sources["sft"], policy=d.on_invalid)
-    train_rows, train_report = load_preferences(sources["train"], fmt=fmt, policy=d.on_invalid)
-    reports = {"sft": sft_report.to_dict(), "train": train_report.to_dict()}
-    if sources["heldout"]:
-        heldout, held_report = load_preferences(sources["heldout"], fmt=fmt, policy=d.on_invalid)
-        reports["heldout"] = held_report.to_dict()
-    else:
-        train_rows, heldout = split_by_hash(train_rows, d.heldout_fraction, seed_salt=str(cfg.run.seed))
-    splits = {"sft": sft, "train": train_rows, "heldout": heldout}
-    for name, rows in splits.items():
-        if not rows:
-            raise DataError("missing_field", f"no usable {name} rows after validation",
-                            file=str(sources.get(name) or sources["train"]))
-    prepared = out_dir / "prepared"
-    fingerprints = {}
-    for name, rows in splits.items():
-        write_jsonl(rows, prepared / f"{name}.jsonl")
-        fingerprints[name] = hashlib.sha256((prepared / f"{name}.jsonl").read_bytes()).hexdigest()
-    counts = {name: len(rows) for name, rows in splits.items()}
-    report = {"counts": counts, "drops": reports, "sources": sources, "fingerprints": fingerprints,
-              "lengths": length_stats(splits)}
-    (prepared / "report.json").write_text(json.dumps(report, indent=2))
-    return PreparedData(dir=str(prepared), fingerprint=stage_key(fingerprints), counts=counts, report=report)
-
-
-def length_stats(splits: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    """Character-length statistics of prompts and responses (tokens are counted at training time)."""
-    def describe(values: list[int]) -> dict[str, float]:
-        values = sorted(values)
-        return {"min": values[0], "median": values[len(values) // 2], "max": values[-1],
-                "mean": sum(values) / len(values)} if values else {}
-
-    stats = {}
-    for key in ("chosen", "rejected"):
-        stats[key] = describe([sum(len(m["content"]) for m in r[key]) for r in splits["train"]])
-    stats["prompt"] = describe([sum(len(m["content"]) for m in r["prompt"]) for r in splits["train"]])
-    stats["sft"] = describe([sum(len(m["content"]) for m in r["messages"]) for r in splits["sft"]])
-    return stats
+    result = prepare(sources, out_dir / "prepared", PrepareOptions.from_config(d, cfg.run.seed))
+    return PreparedData(dir=result.dir, fingerprint=stage_key(result.fingerprints), counts=result.counts,
+                        report=result.report)
 
 
 def corpus_texts(prepared: PreparedData) -> Iterable[str]:
@@ -177,9 +142,8 @@ def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir
         return launch_training("sft", cfg, prepared=prepared, base=base, out_dir=out_dir, logger=logger,
                                on_log=on_log)
     tok = load_tokenizer(base.path, trust_remote_code=cfg.model.trust_remote_code)
-    enc = encode_sft(tok, read_jsonl(prepared.path("sft")),
-                     max_tokens=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens)
-    rows = [{"input_ids": i, "labels": lab} for i, lab in zip(enc["input_ids"], enc["labels"], strict=True)]
+    with accelerator.main_process_first() if accelerator else nullcontext():  # one writes the token cache
+        rows = tokenized_rows(cfg, prepared, base, "sft")
     model = load_causal_lm(base.path, trust_remote_code=cfg.model.trust_remote_code)
     return fit_and_save(model, tok, rows, sft_objective, lambda b: collate_sft(b, tok.pad_token_id), "sft",
                         cfg, cfg.sft.optim, out_dir, logger, on_log, accelerator)
@@ -207,7 +171,8 @@ def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, 
         optim = d.optim
     else:
         init = sft.model if (cfg.orpo.init == "sft" and sft is not None) else base
-        rows = tokenized_pairs(cfg, prepared, init, "train")
+        with accelerator.main_process_first() if accelerator else nullcontext():
+            rows = tokenized_rows(cfg, prepared, init, "train")
         objective = make_orpo_objective(lam=cfg.orpo.lam)
         optim = cfg.orpo.optim
     tok = load_tokenizer(init.path, trust_remote_code=cfg.model.trust_remote_code)
@@ -234,11 +199,13 @@ def fit_and_save(model: torch.nn.Module, tok: Any, rows: list[dict], objective: 
                        final_metrics=result.final_metrics, seconds=result.seconds, tokens=result.tokens)
 
 
-def tokenized_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef, split: str) -> list[dict]:
+def tokenized_rows(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef, split: str) -> list[dict]:
+    """Token ids of one prepared split with the model's chat template (alignment/prepare.py: datasets.map,
+    cached beside the prepared data, over-long rows truncated or rejected per data.truncation)."""
     tok = load_tokenizer(model.path, trust_remote_code=cfg.model.trust_remote_code)
-    enc = encode_pairs(tok, read_jsonl(prepared.path(split)), max_prompt_tokens=cfg.data.max_prompt_tokens,
-                       max_response_tokens=cfg.data.max_response_tokens)
-    return [dict(zip(enc, values, strict=True)) for values in zip(*enc.values(), strict=True)]
+    tokenized = tokenize_prepared(prepared.dir, tok, PrepareOptions.from_config(cfg.data, cfg.run.seed),
+                                  splits=[split])
+    return load_tokenized_rows(tokenized.splits[split].path)
 
 
 def reference_annotated_pairs(cfg: PipelineConfig, prepared: PreparedData, reference: ModelRef,
@@ -248,9 +215,9 @@ def reference_annotated_pairs(cfg: PipelineConfig, prepared: PreparedData, refer
     Computed once per (data, reference model, truncation) and stored beside the prepared data, so a beta
     sweep or a second method does not pay for the reference again, and the reference model is freed before
     the policy trains."""
-    rows = tokenized_pairs(cfg, prepared, reference, split)
+    rows = tokenized_rows(cfg, prepared, reference, split)
     key = stage_key(prepared.fingerprint, reference.fingerprint, cfg.data.max_prompt_tokens,
-                    cfg.data.max_response_tokens)
+                    cfg.data.max_response_tokens, cfg.data.truncation)
     cache = Path(prepared.dir) / "reference" / f"{split}-{key}.json"
     if cache.is_file():
         cached = json.loads(cache.read_text())

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignflow", description="Align language models with preferences.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--config", "-c", help="YAML preset used as the deployment's default parameters")
     deploy.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     deploy.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack)")
+    from flows.data_cli import add_data_commands
+
+    COMMANDS.update(add_data_commands(sub))
     show = sub.add_parser("config", help="print the resolved config as JSON")
     show.add_argument("--config", "-c")
     show.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -85,7 +89,7 @@ def use_local_stack(args: argparse.Namespace) -> None:
 
 
 def command_stack(args: argparse.Namespace) -> int:
-    from flows.stack import Ports, Stack
+    from flows.stack import Stack
 
     stack = Stack.load(args.dir)
     for name, value in (("prefect", args.prefect_port), ("mlflow", args.mlflow_port), ("s3", args.s3_port),

@@ -9,16 +9,9 @@ from prefect import flow
 from alignment.config import PipelineConfig
 from alignment.runtime import setup_runtime
 from tasks.registry import register_task
-from tasks.stages import (
-    build_model_task,
-    compare_task,
-    evaluate_task,
-    prepare_data_task,
-    preference_task,
-    sft_task,
-)
-from tasks.summary import write_summary
-from tasks.tracking import finish_run, start_pipeline_run, stage_run_ids
+from tasks.stages import build_base, compare_task, evaluate_task, prepare, train_preference, train_sft
+from tasks.summary import publish_summary, write_summary
+from tasks.tracking import finish_run, stage_run_ids, start_pipeline_run
 
 
 @flow(name="alignment-pipeline", log_prints=True)
@@ -29,10 +22,10 @@ def alignment_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, A
     ctx = start_pipeline_run(config)
     ok = False
     try:
-        prepared = prepare_data_task(config, ctx)
-        base = build_model_task(config, prepared, ctx)
-        sft = sft_task(config, prepared, base, ctx) if config.sft.enabled else None
-        policy = preference_task(config, prepared, base, sft, ctx)
+        prepared = prepare(config, ctx)
+        base = build_base(config, prepared, ctx)
+        sft = train_sft(config, prepared, base, ctx) if config.sft.enabled else None
+        policy = train_preference(config, prepared, base, sft, ctx)
         reference = sft.model if sft else base
         heldout = evaluate_task(config, prepared, policy.model, reference, ctx)
         comparison = compare_task(config, prepared, policy.model, reference, ctx)
@@ -41,6 +34,7 @@ def alignment_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, A
         registration = register_task(config, policy, comparison.metrics, final_losses, ctx)
         path = write_summary(ctx, stage_run_ids(ctx), trained, {**heldout, **comparison.metrics}, registration,
                              config.preference.method)
+        publish_summary(path)
         ok = True
         return {"summary_path": str(path), "parent_run_id": ctx.parent_run_id,
                 "registered_version": registration.version, "aliases": registration.aliases}

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.filesystems import LocalFileSystem
+from pydantic import BaseModel
 
 from alignment import stages
 from alignment.config import PipelineConfig
 from alignment.stages import ModelRef, PreparedData, TrainOutput
 from evaluation.plots import plot_curves, plot_verdicts
 from evaluation.stages import Comparison, compare_with_reference, heldout_preference_metrics
+from tasks.datasets import log_dataset_inputs
 from tasks.tracking import RunContext, stage_run
 
 TRAIN_CURVES = ["loss", "rewards/margins", "rewards/accuracies", "learning_rate", "grad_norm", "nll_loss"]
@@ -32,33 +36,121 @@ def flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def stage_dir(ctx: RunContext, name: str, *key_parts: Any) -> Path:
-    """Stage output folder keyed by content: a re-run with the same inputs resumes in the same folder, a
-    changed config or input never resumes someone else's checkpoints."""
-    return Path(ctx.output_dir) / f"{name}-{stages.stage_key(*key_parts)}"
+T = TypeVar("T")
+COMPLETE = "COMPLETE"  # written last into a stage folder: the stage's outputs are all there
 
 
-@task(name="prepare-data", cache_policy=NO_CACHE)
-def prepare_data_task(cfg: PipelineConfig, ctx: RunContext) -> PreparedData:
+class StageResult(BaseModel, Generic[T]):
+    """A stage's record plus where it was produced, so a cached result can name the run it reuses."""
+
+    record: T
+    stage: str
+    run_id: str
+    parent_run_id: str
+
+
+def stage_keys(cfg: PipelineConfig, prepared: PreparedData | None = None, base: ModelRef | None = None,
+               sft: TrainOutput | None = None) -> dict[str, str]:
+    """Content keys of the cacheable stages: each stage's config section, its inputs' fingerprints and the
+    code version (alignment.stages.CODE_VERSION). A stage re-runs exactly when its key changes."""
+    keys = {"data": stages.stage_key("data", cfg.data.model_dump(), cfg.run.seed)}
+    if prepared is not None:
+        keys["base"] = stages.stage_key("base", cfg.model.model_dump(), prepared.fingerprint, cfg.run.seed)
+    if prepared is not None and base is not None:
+        common = [cfg.training.model_dump(), cfg.data.max_prompt_tokens, cfg.data.max_response_tokens,
+                  prepared.fingerprint, base.fingerprint, cfg.run.seed, cfg.model.trust_remote_code]
+        keys["sft"] = stages.stage_key("sft", cfg.sft.model_dump(), *common)
+        method = cfg.preference.method
+        keys[method] = stages.stage_key(method, getattr(cfg, method).model_dump(), *common,
+                                        sft.model.fingerprint if sft else None)
+    return keys
+
+
+def run_cached(stage_task: Any, stage: str, key: str, ctx: RunContext, *args: Any) -> StageResult:
+    """Run a stage task under Prefect's cache, keyed by content. Results are persisted beside the outputs
+    (<output_dir>/.prefect-results); a folder whose outputs are incomplete forces a refresh. A cached result
+    is recorded in MLflow as a child run tagged with the run it reuses."""
+    out_dir = Path(ctx.output_dir) / f"{stage}-{key}"
+    storage = result_storage(ctx)
+    cached_task = stage_task.with_options(
+        cache_key_fn=lambda *_: f"{stage}-{key}", persist_result=True, result_storage=storage,
+        refresh_cache=not (out_dir / COMPLETE).is_file())
+    result: StageResult = cached_task(*args, ctx, out_dir)
+    if result.parent_run_id != ctx.parent_run_id:
+        record_reuse(ctx, result)
+    return result
+
+
+def prepare(cfg: PipelineConfig, ctx: RunContext) -> PreparedData:
+    return run_cached(prepare_data_task, "data", stage_keys(cfg)["data"], ctx, cfg).record
+
+
+def build_base(cfg: PipelineConfig, prepared: PreparedData, ctx: RunContext) -> ModelRef:
+    return run_cached(build_model_task, "base", stage_keys(cfg, prepared)["base"], ctx, cfg, prepared).record
+
+
+def train_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, ctx: RunContext) -> TrainOutput:
+    key = stage_keys(cfg, prepared, base)["sft"]
+    return run_cached(sft_task, "sft", key, ctx, cfg, prepared, base).record
+
+
+def train_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: TrainOutput | None,
+                     ctx: RunContext) -> TrainOutput:
+    method = cfg.preference.method
+    key = stage_keys(cfg, prepared, base, sft)[method]
+    return run_cached(preference_task, method, key, ctx, cfg, prepared, base, sft).record
+
+
+def result_storage(ctx: RunContext) -> LocalFileSystem:
+    """The result store of an output folder, saved as a Prefect block (Prefect requires saved blocks)."""
+    basepath = str(Path(ctx.output_dir) / ".prefect-results")
+    name = "alignflow-results-" + hashlib.sha256(basepath.encode()).hexdigest()[:12]
+    try:
+        return LocalFileSystem.load(name)
+    except ValueError:
+        block = LocalFileSystem(basepath=basepath)
+        block.save(name, overwrite=True)
+        return block
+
+
+def record_reuse(ctx: RunContext, result: StageResult) -> None:
+    tags = {"alignflow.cached": "true", "alignflow.reused_run_id": result.run_id,
+            "alignflow.reused_pipeline_run_id": result.parent_run_id}
+    with stage_run(ctx, result.stage, tags=tags) as run:
+        if isinstance(result.record, TrainOutput):
+            run.log_metrics({k: v for k, v in result.record.final_metrics.items()})
+    get_run_logger().info("%s: reused the result of MLflow run %s (cached)", result.stage, result.run_id)
+
+
+def finish(out_dir: Path, record: T, stage: str, run_id: str, ctx: RunContext) -> StageResult[T]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / COMPLETE).write_text(run_id)
+    return StageResult(record=record, stage=stage, run_id=run_id, parent_run_id=ctx.parent_run_id)
+
+
+@task(name="prepare-data")
+def prepare_data_task(cfg: PipelineConfig, ctx: RunContext, out_dir: Path) -> StageResult[PreparedData]:
     with stage_run(ctx, "prepare_data", flatten("data", cfg.data.model_dump())) as run:
-        prepared = stages.prepare_data(cfg, stage_dir(ctx, "data", cfg.data.model_dump(), cfg.run.seed))
+        prepared = stages.prepare_data(cfg, out_dir)
         run.log_metrics({f"rows/{k}": float(v) for k, v in prepared.counts.items()})
         dropped = {f"dropped/{split}": float(r["rows_dropped"]) for split, r in prepared.report["drops"].items()}
         run.log_metrics(dropped)
         run.set_tags({"alignflow.data_fingerprint": prepared.fingerprint})
+        log_dataset_inputs(run.run_id, run.client, prepared)
         run.log_artifact(Path(prepared.dir) / "report.json", "data")
+        run.log_artifact(Path(prepared.dir) / "lengths.png", "data")
         for split in ("train", "heldout"):
             run.log_artifact(prepared.path(split), "data")
-    return prepared
+    return finish(out_dir, prepared, "prepare_data", run.run_id, ctx)
 
 
-@task(name="build-base-model", cache_policy=NO_CACHE)
-def build_model_task(cfg: PipelineConfig, prepared: PreparedData, ctx: RunContext) -> ModelRef:
+@task(name="build-base-model")
+def build_model_task(cfg: PipelineConfig, prepared: PreparedData, ctx: RunContext,
+                     out_dir: Path) -> StageResult[ModelRef]:
     with stage_run(ctx, "base_model", flatten("model", cfg.model.model_dump())) as run:
-        base = stages.build_base_model(cfg, prepared, stage_dir(ctx, "base", cfg.model.model_dump(),
-                                                                 prepared.fingerprint, cfg.run.seed))
+        base = stages.build_base_model(cfg, prepared, out_dir)
         run.set_tags({"alignflow.model_path": base.path, "alignflow.model_fingerprint": base.fingerprint})
-    return base
+    return finish(out_dir, base, "base_model", run.run_id, ctx)
 
 
 def progress_reporter(title: str) -> Any:
@@ -90,31 +182,25 @@ def log_training(run: Any, out: TrainOutput, name: str) -> None:
         run.log_artifact(png, "plots")
 
 
-@task(name="sft", cache_policy=NO_CACHE)
-def sft_task(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, ctx: RunContext) -> TrainOutput:
+@task(name="sft")
+def sft_task(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, ctx: RunContext,
+             out_dir: Path) -> StageResult[TrainOutput]:
     params = flatten("sft", cfg.sft.model_dump())
     with stage_run(ctx, "sft", params) as run:
-        out_dir = stage_dir(ctx, "sft", cfg.sft.model_dump(), cfg.training.model_dump(), cfg.data.max_prompt_tokens,
-                            cfg.data.max_response_tokens, prepared.fingerprint, base.fingerprint, cfg.run.seed)
         out = stages.run_sft(cfg, prepared, base, out_dir, run.logger, progress_reporter("SFT training"))
         log_training(run, out, "SFT")
-    return out
+    return finish(out_dir, out, "sft", run.run_id, ctx)
 
 
-@task(name="preference", cache_policy=NO_CACHE)
+@task(name="preference")
 def preference_task(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: TrainOutput | None,
-                    ctx: RunContext) -> TrainOutput:
+                    ctx: RunContext, out_dir: Path) -> StageResult[TrainOutput]:
     method = cfg.preference.method
-    section = getattr(cfg, method)
-    params = flatten(method, section.model_dump())
-    with stage_run(ctx, method, params) as run:
-        inputs = [prepared.fingerprint, base.fingerprint, sft.model.fingerprint if sft else None]
-        out_dir = stage_dir(ctx, method, section.model_dump(), cfg.training.model_dump(), cfg.data.max_prompt_tokens,
-                            cfg.data.max_response_tokens, inputs, cfg.run.seed)
+    with stage_run(ctx, method, flatten(method, getattr(cfg, method).model_dump())) as run:
         out = stages.run_preference(cfg, prepared, base, sft, out_dir, run.logger,
                                     progress_reporter(f"{method.upper()} training"))
         log_training(run, out, method.upper())
-    return out
+    return finish(out_dir, out, method, run.run_id, ctx)
 
 
 @task(name="evaluate-heldout", cache_policy=NO_CACHE)

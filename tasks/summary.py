@@ -40,3 +40,35 @@ def write_summary(ctx: RunContext, stage_runs: dict[str, str], trained: dict[str
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, path)
     return path
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A link to the run in the MLflow UI when tracking goes to a server; the bare id otherwise."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"[{run_id[:8]}]({tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+    return f"`{run_id}`"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    uri, exp = summary["tracking_uri"], summary["experiment_id"]
+    reg = summary["registered_model"]
+    lines = [f"## alignflow pipeline ({summary['method']})", "",
+             f"MLflow parent run: {run_link(uri, exp, summary['parent_run_id'])} (tracking `{uri}`)", "",
+             "| stage | MLflow run |", "|---|---|"]
+    lines += [f"| {stage} | {run_link(uri, exp, rid)} |" for stage, rid in summary["stage_runs"].items()]
+    lines += ["", "| metric | value |", "|---|---|"]
+    for name, value in summary["metrics"].items():
+        lines.append(f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |")
+    lines += ["", "| gate | value | threshold | passed |", "|---|---|---|---|"]
+    lines += [f"| {g['name']} | {g['value']:.4g} | {g['threshold']:.4g} | {'yes' if g['passed'] else 'no'} |"
+              for g in summary["gates"]]
+    lines += ["", f"Registered **{reg['name']}** version {reg['version']}, aliases: {', '.join(reg['aliases']) or '—'}"]
+    return "\n".join(lines)
+
+
+def publish_summary(path: Path) -> None:
+    """The run's summary as a Prefect markdown artifact (links to the MLflow runs, headline metrics, gates)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown=summary_markdown(json.loads(path.read_text())), key="pipeline-summary",
+                             description="alignflow run summary")

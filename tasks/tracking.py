@@ -148,11 +148,11 @@ class MlflowMetricsLogger:
 class StageRun:
     """A child run for one stage: params, batched metrics, artifacts."""
 
-    def __init__(self, ctx: RunContext, stage: str) -> None:
+    def __init__(self, ctx: RunContext, stage: str, tags: dict[str, str] | None = None) -> None:
         self.ctx, self.stage = ctx, stage
         self.client = MlflowClient(ctx.tracking_uri)
         run = self.client.create_run(ctx.experiment_id, run_name=stage, tags={
-            "mlflow.parentRunId": ctx.parent_run_id, "alignflow.stage": stage})
+            "mlflow.parentRunId": ctx.parent_run_id, "alignflow.stage": stage, **(tags or {})})
         self.run_id = run.info.run_id
         self.logger = MlflowMetricsLogger(self.client, self.run_id)
 
@@ -174,9 +174,10 @@ class StageRun:
 
 
 @contextlib.contextmanager
-def stage_run(ctx: RunContext, stage: str, params: dict[str, Any] | None = None) -> Iterator[StageRun]:
+def stage_run(ctx: RunContext, stage: str, params: dict[str, Any] | None = None,
+              tags: dict[str, str] | None = None) -> Iterator[StageRun]:
     """Open a child run; mark it FINISHED or FAILED on exit, flushing queued metrics either way."""
-    run = StageRun(ctx, stage)
+    run = StageRun(ctx, stage, tags)
     if params:
         run.log_params(params)
     ok = False

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from torch.testing import assert_close
 
-from alignment.config import ConfigError, PipelineConfig, load_config
 from alignment import launch
+from alignment.config import ConfigError, PipelineConfig, load_config
 from alignment.launch import build_command, forward_record, launch_training
 from alignment.models import fingerprint_model, load_causal_lm
 from alignment.stages import ModelRef, PreparedData, prepare_data, read_jsonl, run_preference, run_sft

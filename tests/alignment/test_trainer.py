@@ -19,7 +19,14 @@ from alignment.objectives import StepOutput, sft_objective
 from alignment.tiny_model import build_model
 from alignment.tokenization import IGNORE_INDEX, encode_sft
 from alignment.tracking import InMemoryLogger
-from alignment.trainer import NonFiniteLossError, TrainResult, batch_indices, latest_checkpoint, plan_steps, train
+from alignment.trainer import (
+    NonFiniteLossError,
+    TrainResult,
+    batch_indices,
+    latest_checkpoint,
+    plan_steps,
+    train,
+)
 
 OPTIM = OptimConfig(learning_rate=1e-3, warmup_ratio=0.25, lr_scheduler="cosine", batch_size=4, max_steps=8,
                     log_every=1, save_every=100)

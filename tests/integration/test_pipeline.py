@@ -97,3 +97,29 @@ def test_failed_gate_gives_candidate_only(prefect_api, tmp_path: Path) -> None:
 def test_same_seed_same_metrics(prefect_api, tmp_path: Path, champion_run: dict) -> None:
     again = run_small(tmp_path, "promotion.min_win_rate=0.0", "promotion.model_name=it-champion")
     assert again["metrics"] == champion_run["metrics"]
+
+
+def stage_seconds(summary: dict, stage: str) -> float:
+    run = MlflowClient(summary["tracking_uri"]).get_run(summary["stage_runs"][stage])
+    return (run.info.end_time - run.info.start_time) / 1000.0
+
+
+def test_rerun_reuses_cached_stages_and_beta_reruns_only_dpo(prefect_api, tmp_path: Path) -> None:
+    # A real SFT budget (the quickstart's is ~200 steps), so the comparison is not all fixed overhead.
+    more = ["promotion.model_name=it-cache", "sft.optim.max_steps=80"]
+    first = run_small(tmp_path, *more)
+    second = run_small(tmp_path, *more)
+    client = MlflowClient(second["tracking_uri"])
+    for stage in ("prepare_data", "base_model", "sft", "dpo"):
+        tags = client.get_run(second["stage_runs"][stage]).data.tags
+        assert tags.get("alignflow.cached") == "true", stage
+        assert tags["alignflow.reused_run_id"] == first["stage_runs"][stage], stage
+    assert second["metrics"] == first["metrics"]  # the cached stages' results are the same results
+    cached = stage_seconds(second, "prepare_data") + stage_seconds(second, "sft")
+    fresh = stage_seconds(first, "prepare_data") + stage_seconds(first, "sft")
+    assert cached < 0.05 * fresh, (cached, fresh)
+    third = run_small(tmp_path, *more, "dpo.beta=0.3")
+    tags = {s: client.get_run(third["stage_runs"][s]).data.tags for s in ("sft", "dpo")}
+    assert tags["sft"].get("alignflow.cached") == "true"
+    assert "alignflow.cached" not in tags["dpo"]
+    assert third["registered_model"]["version"] == "3"
