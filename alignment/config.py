@@ -185,6 +185,10 @@ class TrainingConfig(_Section):
                           "fsdp.yaml); used on CUDA only. Unset: plain DDP.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Autocast precision of training; overrides the accelerate config file's.")
+    pool: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=63,
+        description="Prefect work pool that runs SFT and DPO/ORPO (e.g. gpu), through the deployment "
+                    "alignment-training/<pool>; inputs and outputs travel as s3:// URIs. Unset: in process.")
 
 
 class PipelineConfig(_Section):

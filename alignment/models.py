@@ -43,12 +43,15 @@ def first_line(err: BaseException) -> str:
 
 
 def fingerprint_model(name_or_path: str) -> str:
-    """Content hash of a local model directory (weights, config, tokenizer); the id itself for a hub id."""
+    """Content hash of a local model directory (weights, config, tokenizer; hidden files skipped); the id
+    itself for a hub id."""
     path = Path(name_or_path)
     if not path.is_dir():
         return hashlib.sha256(f"hub:{name_or_path}".encode()).hexdigest()
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    files = (p for p in path.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(path).parts))  # skip caches' hidden metadata
+    for file in sorted(files):
         digest.update(str(file.relative_to(path)).encode())
         stat = file.stat()
         if stat.st_size <= HASH_CONTENT_LIMIT:

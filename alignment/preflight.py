@@ -6,6 +6,7 @@ from __future__ import annotations
 from alignment.config import PipelineConfig
 from alignment.data import load_preferences, load_sft
 from alignment.models import load_tokenizer
+from alignment.stages import local_model_path
 from alignment.tokenization import split_response
 
 
@@ -18,5 +19,6 @@ def check_inputs(cfg: PipelineConfig) -> None:
         if d.heldout_path:
             load_preferences(d.heldout_path, fmt=d.format, policy=d.on_invalid)
     if cfg.model.name_or_path:
-        tok = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+        path = local_model_path(cfg.model.name_or_path, cfg.data.cache_dir)
+        tok = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
         split_response(tok, [{"role": "user", "content": "hi"}], [{"role": "assistant", "content": "hello"}])

@@ -229,3 +229,24 @@ def fetch(uri: str, cache_dir: str | os.PathLike[str] | None = None, *, client: 
     client = client if client is not None else make_client()
     objects = list_objects(client, uri)
     return [(obj.uri, download(client, obj, local_path(cache, obj), progress)) for obj in objects]
+
+
+def fetch_folder(uri: str, cache_dir: str | os.PathLike[str] | None = None, *, client: Any = None,
+                 progress: Progress | None = log_progress) -> Path:
+    """Download every object under the prefix `uri` (a model directory, say) into the cache, each verified
+    and reused while unchanged; returns the local folder that mirrors the prefix."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    client = client if client is not None else make_client()
+    bucket, key = parse_s3_uri(uri)
+    prefix = f"{key.rstrip('/')}/" if key else ""
+    try:
+        objects = [S3Object(bucket, item["Key"], int(item["Size"]), item["ETag"].strip('"'))
+                   for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                   for item in page.get("Contents", []) if not _hidden(item["Key"][len(prefix):])]
+    except _botocore_errors() as exc:
+        raise _s3_error(exc, uri) from exc
+    if not objects:
+        raise DataError(BAD_FILE, "no objects under this prefix", file=uri)
+    for obj in objects:
+        download(client, obj, local_path(cache, obj), progress)
+    return cache / "s3" / bucket / Path(*PurePosixPath(prefix).parts) if prefix else cache / "s3" / bucket

@@ -24,6 +24,7 @@ from alignment.logprobs import collate_pairs, collate_sft, reference_logps
 from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer
 from alignment.objectives import Objective, make_dpo_objective, make_orpo_objective, sft_objective
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
+from alignment.s3io import fetch_folder, is_s3_uri
 from alignment.tiny_model import make_tiny_model
 from alignment.tracking import MetricsLogger
 from alignment.trainer import train
@@ -118,10 +119,18 @@ def corpus_texts(prepared: PreparedData) -> Iterable[str]:
 # ---- model -----------------------------------------------------------------------------------------------
 
 
+def local_model_path(name_or_path: str, cache_dir: str | None = None) -> str:
+    """Hub ids and local folders as given; an s3:// model folder is downloaded (verified, cached) first."""
+    if is_s3_uri(name_or_path):
+        return str(fetch_folder(name_or_path, cache_dir))
+    return name_or_path
+
+
 def build_base_model(cfg: PipelineConfig, prepared: PreparedData, out_dir: Path) -> ModelRef:
     """The configured model (hub id or local path), or the tiny Llama made from the data's corpus."""
     if cfg.model.name_or_path:
-        return ModelRef(path=cfg.model.name_or_path, fingerprint=fingerprint_model(cfg.model.name_or_path))
+        path = local_model_path(cfg.model.name_or_path, cfg.data.cache_dir)
+        return ModelRef(path=path, fingerprint=fingerprint_model(path))
     t = cfg.model.tiny
     path = make_tiny_model(out_dir / "base_model", list(corpus_texts(prepared)), vocab_size=t.vocab_size,
                            hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,

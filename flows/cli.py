@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--pool", default="cpu", help="work pool (default cpu)")
     deploy.add_argument("--cron", default="0 3 * * *", help="cron schedule, UTC (default: daily at 03:00)")
     deploy.add_argument("--paused", action="store_true", help="create the schedule paused")
+    deploy.add_argument("--training-pool", default="gpu",
+                        help="work pool of the training deployment alignment-training/<pool> (default gpu)")
     deploy.add_argument("--config", "-c", help="YAML preset used as the deployment's default parameters")
     deploy.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     deploy.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack)")
@@ -127,12 +129,15 @@ def command_deploy(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     args.no_stack = False
     use_local_stack(args)
-    from flows.deploy import deploy_pipeline
+    from flows.deploy import deploy_pipeline, deploy_training
 
     deployment_id = deploy_pipeline(pool=args.pool, cron=args.cron, paused=args.paused,
                                     parameters={"config": cfg.model_dump(mode="json")})
     print(f"deployment alignment-pipeline/scheduled ({deployment_id}) on pool {args.pool}, cron '{args.cron}'"
           f"{' (paused)' if args.paused else ''}")
+    training_id = deploy_training(pool=args.training_pool)
+    print(f"deployment alignment-training/{args.training_pool} ({training_id}) on pool {args.training_pool}: "
+          f"runs SFT/DPO/ORPO when a config sets training.pool={args.training_pool}")
     return 0
 
 

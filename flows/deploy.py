@@ -13,6 +13,7 @@ from prefect import flow
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/pipeline.py:alignment_pipeline"
+TRAINING_ENTRYPOINT = "flows/training.py:training_stage"
 
 
 def deploy_pipeline(*, pool: str = "cpu", cron: str = "0 3 * * *", paused: bool = False,
@@ -25,4 +26,14 @@ def deploy_pipeline(*, pool: str = "cpu", cron: str = "0 3 * * *", paused: bool 
         paused=paused, parameters=parameters or {}, build=False, push=False, print_next_steps=False,
         tags=["alignflow"], description="data -> SFT -> DPO/ORPO -> evaluation -> comparison -> registration",
     )
+    return str(deployment_id)
+
+
+def deploy_training(*, pool: str = "gpu") -> str:
+    """The training stages' flow on a training pool: `alignment-training/<pool>`, started by the pipeline
+    with run_deployment when `training.pool` names that pool (no schedule of its own)."""
+    remote = flow.from_source(source=str(ROOT), entrypoint=TRAINING_ENTRYPOINT)
+    deployment_id = remote.deploy(name=pool, work_pool_name=pool, build=False, push=False,
+                                  print_next_steps=False, tags=["alignflow"],
+                                  description="SFT / DPO / ORPO on a training work pool")
     return str(deployment_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -11,7 +10,7 @@ from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.filesystems import LocalFileSystem
+from prefect.deployments import run_deployment
 from pydantic import BaseModel
 
 from alignment import stages
@@ -19,7 +18,9 @@ from alignment.config import PipelineConfig
 from alignment.stages import ModelRef, PreparedData, TrainOutput
 from evaluation.plots import plot_curves, plot_verdicts
 from evaluation.stages import Comparison, compare_with_reference, heldout_preference_metrics
+from tasks import remote
 from tasks.datasets import log_dataset_inputs
+from tasks.results import result_storage
 from tasks.tracking import RunContext, stage_run
 
 TRAIN_CURVES = ["loss", "rewards/margins", "rewards/accuracies", "learning_rate", "grad_norm", "nll_loss"]
@@ -67,11 +68,12 @@ def stage_keys(cfg: PipelineConfig, prepared: PreparedData | None = None, base: 
 
 
 def run_cached(stage_task: Any, stage: str, key: str, ctx: RunContext, *args: Any) -> StageResult:
-    """Run a stage task under Prefect's cache, keyed by content. Results are persisted beside the outputs
-    (<output_dir>/.prefect-results); a folder whose outputs are incomplete forces a refresh. A cached result
-    is recorded in MLflow as a child run tagged with the run it reuses."""
+    """Run a stage task under Prefect's cache, keyed by content. Results are persisted in S3 when the run
+    has an S3 endpoint, else beside the outputs (tasks/results.py); a stage folder whose outputs are
+    incomplete forces a refresh. A cached result is recorded in MLflow as a child run tagged with the run
+    it reuses."""
     out_dir = Path(ctx.output_dir) / f"{stage}-{key}"
-    storage = result_storage(ctx)
+    storage = result_storage(ctx.output_dir)
     cached_task = stage_task.with_options(
         cache_key_fn=lambda *_: f"{stage}-{key}", persist_result=True, result_storage=storage,
         refresh_cache=not (out_dir / COMPLETE).is_file())
@@ -89,28 +91,82 @@ def build_base(cfg: PipelineConfig, prepared: PreparedData, ctx: RunContext) -> 
     return run_cached(build_model_task, "base", stage_keys(cfg, prepared)["base"], ctx, cfg, prepared).record
 
 
-def train_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, ctx: RunContext) -> TrainOutput:
+def train_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, ctx: RunContext,
+              full: bool = False) -> Any:
+    """SFT in process, or on the training pool when training.pool is set. `full` returns the StageResult."""
     key = stage_keys(cfg, prepared, base)["sft"]
-    return run_cached(sft_task, "sft", key, ctx, cfg, prepared, base).record
+    if cfg.training.pool:
+        result = run_remote(cfg, "sft", key, ctx, prepared=prepared, base=base)
+    else:
+        result = run_cached(sft_task, "sft", key, ctx, cfg, prepared, base)
+    return result if full else result.record
 
 
 def train_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: TrainOutput | None,
-                     ctx: RunContext) -> TrainOutput:
+                     ctx: RunContext, full: bool = False) -> Any:
     method = cfg.preference.method
     key = stage_keys(cfg, prepared, base, sft)[method]
-    return run_cached(preference_task, method, key, ctx, cfg, prepared, base, sft).record
+    if cfg.training.pool:
+        result = run_remote(cfg, method, key, ctx, prepared=prepared, base=base, sft=sft)
+    else:
+        result = run_cached(preference_task, method, key, ctx, cfg, prepared, base, sft)
+    return result if full else result.record
 
 
-def result_storage(ctx: RunContext) -> LocalFileSystem:
-    """The result store of an output folder, saved as a Prefect block (Prefect requires saved blocks)."""
-    basepath = str(Path(ctx.output_dir) / ".prefect-results")
-    name = "alignflow-results-" + hashlib.sha256(basepath.encode()).hexdigest()[:12]
-    try:
-        return LocalFileSystem.load(name)
-    except ValueError:
-        block = LocalFileSystem(basepath=basepath)
-        block.save(name, overwrite=True)
-        return block
+def s3_stage_uri(local: str | Path) -> str:
+    """Where a stage folder's part lives in S3: s3://<bucket>/stages/<stage>-<key>/<part>."""
+    path = Path(local)
+    return f"s3://{remote.bucket()}/stages/{path.parent.name}/{path.name}"
+
+
+def publish_model(ref: ModelRef) -> ModelRef:
+    """The record with its model folder published to S3 (hub ids and s3:// URIs are kept)."""
+    if remote.is_s3_uri(ref.path) or not Path(ref.path).is_dir():
+        return ref
+    return ref.model_copy(update={"path": remote.publish_dir(ref.path, s3_stage_uri(ref.path))})
+
+
+def publish_stage_output(result: StageResult) -> StageResult:
+    """A training StageResult whose model lives in S3 (what a remote stage hands back)."""
+    trained: TrainOutput = result.record
+    return result.model_copy(update={"record": trained.model_copy(update={"model": publish_model(trained.model)})})
+
+
+def run_remote(cfg: PipelineConfig, stage: str, key: str, ctx: RunContext, *, prepared: PreparedData,
+               base: ModelRef, sft: TrainOutput | None = None) -> StageResult:
+    """Run a training stage on the `training.pool` work pool via run_deployment, passing only s3:// URIs and
+    the run context; the result comes back as a record in S3. A result already in S3 for this content key
+    is reused (and recorded in MLflow as such) without starting a run."""
+    result_uri = f"s3://{remote.bucket()}/stages/{stage}-{key}/result.json"
+    found = remote.get_json(result_uri)
+    reused = found is not None
+    if found is None:
+        params = {
+            "stage": "sft" if stage == "sft" else "preference",
+            "config": cfg.model_dump(mode="json"),
+            "prepared": prepared.model_copy(update={"dir": remote.publish_dir(
+                prepared.dir, s3_stage_uri(prepared.dir))}).model_dump(mode="json"),
+            "base": publish_model(base).model_dump(mode="json"),
+            "sft": sft.model_copy(update={"model": publish_model(sft.model)}).model_dump(mode="json") if sft else None,
+            "ctx": ctx.model_dump(mode="json"), "result_uri": result_uri,
+        }
+        name = f"alignment-training/{cfg.training.pool}"
+        get_run_logger().info("%s: running on work pool %r through deployment %s", stage, cfg.training.pool, name)
+        flow_run = run_deployment(name, parameters=params, timeout=None)
+        if not flow_run.state or not flow_run.state.is_completed():
+            raise RuntimeError(f"{stage} on pool {cfg.training.pool!r} ended {flow_run.state!r} "
+                               f"(flow run {flow_run.id}); see the worker's log")
+        found = remote.get_json(result_uri)
+        if found is None:
+            raise RuntimeError(f"{stage}: the training flow finished but wrote no result at {result_uri}")
+    result = StageResult[TrainOutput].model_validate(found)
+    trained = result.record
+    local = trained.model_copy(update={"model": trained.model.model_copy(
+        update={"path": remote.materialize(trained.model.path)})})
+    result = result.model_copy(update={"record": local})
+    if reused and result.parent_run_id != ctx.parent_run_id:
+        record_reuse(ctx, result)
+    return result
 
 
 def record_reuse(ctx: RunContext, result: StageResult) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,30 +13,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from flows.stack import HOST, Ports, Stack, free_ports, group_alive, s3_client
+from flows.stack import Ports, Stack, free_ports, group_alive, s3_client
+from tests.integration.stackutil import SMALL, consecutive_free_base
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PLANTED = "hf_PLANTEDsecretTOKEN0123456789abcdef"
-SMALL = ["sft.optim.max_steps=8", "dpo.optim.max_steps=4", "eval.max_prompts=8", "model.tiny.hidden_size=64",
-         "model.tiny.intermediate_size=128", "model.tiny.num_layers=2"]
-
-
-def consecutive_free_base(count: int = 13) -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000)
-        with_all = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                s.bind((HOST, port))
-                with_all.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in with_all:
-                s.close()
-    raise RuntimeError("no run of free ports found")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +61,9 @@ def test_run_tracked_by_the_server_with_artifacts_in_s3(stack: Stack, run_summar
     assert any(k.endswith(f"models/{model_id}/artifacts/model/model.safetensors") for k in keys)
     assert any(k.endswith("plots/curves.png") for k in keys)
     assert any(k.endswith("data/report.json") for k in keys)
+    results = s3_client(stack.client_env()).list_objects_v2(Bucket="alignflow", Prefix="prefect-results/")
+    cached = {o["Key"].rsplit("/", 1)[1].split("-")[0] for o in results.get("Contents", [])}
+    assert {"data", "base", "sft", "dpo"} <= cached  # the stage cache is persisted in S3
 
 
 def test_wrong_s3_keys_are_refused(stack: Stack) -> None:
@@ -115,7 +97,7 @@ def prefect_logs_and_artifacts(stack: Stack) -> list[str]:
     import urllib.request
 
     out = []
-    for path in ("/logs/filter", "/artifacts/filter", "/flow_runs/filter"):
+    for path in ("/logs/filter", "/artifacts/filter", "/flow_runs/filter", "/block_documents/filter"):
         req = urllib.request.Request(stack.urls["prefect_api"] + path, data=b"{}",
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -159,6 +141,32 @@ def test_deployed_pipeline_runs_on_the_worker(stack: Stack, tmp_path: Path) -> N
                          timeout=480)
     assert run.stdout.strip().splitlines()[-1] == "COMPLETED", run.stdout[-2000:] + run.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["registered_model"]["version"]
+
+
+def test_training_runs_on_the_gpu_pool_through_s3(stack: Stack, tmp_path: Path) -> None:
+    """With training.pool=gpu, SFT and DPO run as `alignment-training/gpu` flow runs on the gpu worker;
+    inputs and the trained models travel through S3; a second run reuses the results stored in S3."""
+    env = {**os.environ, **stack.client_env()}
+    cmd = [str(Path(sys.executable).parent / "alignflow"), "run", "--config", "configs/quickstart.yaml",
+           "--stack-dir", str(stack.dir), "--set", f"run.output_dir={tmp_path}", "--set", "training.pool=gpu",
+           *sum((["--set", s] for s in SMALL), [])]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "sft: running on work pool 'gpu'" in first.stdout + first.stderr
+    keys = [o["Key"] for o in s3_client(stack.client_env()).list_objects_v2(
+        Bucket="alignflow", Prefix="stages/", MaxKeys=1000)["Contents"]]
+    for stage in ("sft", "dpo"):
+        assert any(k.startswith(f"stages/{stage}-") and k.endswith("/model/model.safetensors") for k in keys)
+        assert any(k.startswith(f"stages/{stage}-") and k.endswith("/result.json") for k in keys)
+    worker_log = (stack.dir / "logs" / "worker-gpu.log").read_text()
+    assert "alignment-training" in worker_log
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    second = json.loads((tmp_path / "summary.json").read_text())
+    tags = MlflowClient(stack.urls["mlflow"]).get_run(second["stage_runs"]["sft"]).data.tags
+    assert tags["alignflow.cached"] == "true" and tags["alignflow.reused_run_id"] == summary["stage_runs"]["sft"]
+    assert second["metrics"]["sft/final_loss"] == summary["metrics"]["sft/final_loss"]
 
 
 def test_down_stops_every_process_group_and_keeps_data(stack: Stack, run_summary: dict) -> None:
