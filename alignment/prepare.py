@@ -215,7 +215,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -298,7 +299,7 @@ def tokenize_prepared(prepared_dir: str | os.PathLike[str], tokenizer: Any,
 def _tokenized_key(prepared: Path, splits: Sequence[str], tokenizer: Any, options: PrepareOptions) -> str:
     parts = [TOKENIZED_VERSION, tokenizer_fingerprint(tokenizer), options.max_prompt_tokens,
              options.max_response_tokens, options.truncation, options.policy,
-             {s: _file_sha256(prepared / f"{s}.jsonl") for s in splits}]
+             {s: file_sha256(prepared / f"{s}.jsonl") for s in splits}]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -361,7 +362,7 @@ def _encode_split(datasets: Any, path: Path, split: str, tokenizer: Any, options
         kwargs = {"tokenizer": tokenizer, "max_prompt_tokens": options.max_prompt_tokens,
                   "max_response_tokens": options.max_response_tokens, "truncation": options.truncation}
     drop = [c for c in dataset.column_names if c not in ("source", "row_index")]
-    fingerprint = hashlib.sha256(f"{path}:{_file_sha256(path)}:{sorted(options.__dict__.items())}".encode())
+    fingerprint = hashlib.sha256(f"{path}:{file_sha256(path)}:{sorted(options.__dict__.items())}".encode())
     return dataset.map(function, batched=True, batch_size=MAP_BATCH_SIZE, fn_kwargs=kwargs,
                        num_proc=options.num_proc if options.num_proc > 1 else None, remove_columns=drop,
                        load_from_cache_file=False, new_fingerprint=fingerprint.hexdigest()[:16],

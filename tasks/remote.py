@@ -9,13 +9,13 @@ against the manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from alignment.prepare import file_sha256
 from alignment.s3io import default_cache_dir, is_s3_uri, make_client, parse_s3_uri
 
 MANIFEST = "_MANIFEST.json"
@@ -23,14 +23,6 @@ MANIFEST = "_MANIFEST.json"
 
 def bucket() -> str:
     return os.environ.get("ALIGNFLOW_S3_BUCKET", "alignflow")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(client: Any, uri: str) -> dict[str, Any] | None:
@@ -57,7 +49,7 @@ def publish_dir(local: str | Path, uri: str, client: Any = None) -> str:
     for path in files:
         rel = path.relative_to(root).as_posix()
         client.upload_file(str(path), b, f"{prefix}/{rel}")
-        manifest["files"][rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        manifest["files"][rel] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     client.put_object(Bucket=b, Key=f"{prefix}/{MANIFEST}", Body=json.dumps(manifest).encode())
     return uri
 
@@ -74,13 +66,13 @@ def materialize(path_or_uri: str, client: Any = None, cache_dir: Path | None = N
     target = (cache_dir or default_cache_dir()) / "stages" / b / prefix
     for rel, meta in manifest["files"].items():
         dest = target / rel
-        if dest.is_file() and dest.stat().st_size == meta["size"] and sha256_file(dest) == meta["sha256"]:
+        if dest.is_file() and dest.stat().st_size == meta["size"] and file_sha256(dest) == meta["sha256"]:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
         os.close(fd)
         client.download_file(b, f"{prefix}/{rel}", tmp)
-        if sha256_file(Path(tmp)) != meta["sha256"]:
+        if file_sha256(Path(tmp)) != meta["sha256"]:
             os.unlink(tmp)
             raise OSError(f"{path_or_uri}/{rel}: checksum mismatch after download")
         os.replace(tmp, dest)

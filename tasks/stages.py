@@ -58,8 +58,10 @@ def stage_keys(cfg: PipelineConfig, prepared: PreparedData | None = None, base: 
     if prepared is not None:
         keys["base"] = stages.stage_key("base", cfg.model.model_dump(), prepared.fingerprint, cfg.run.seed)
     if prepared is not None and base is not None:
-        common = [cfg.training.model_dump(), cfg.data.max_prompt_tokens, cfg.data.max_response_tokens,
-                  prepared.fingerprint, base.fingerprint, cfg.run.seed, cfg.model.trust_remote_code]
+        # Where training runs (training.pool) does not change what it produces: not part of the key.
+        common = [cfg.training.model_dump(exclude={"pool"}), cfg.data.max_prompt_tokens,
+                  cfg.data.max_response_tokens, prepared.fingerprint, base.fingerprint, cfg.run.seed,
+                  cfg.model.trust_remote_code]
         keys["sft"] = stages.stage_key("sft", cfg.sft.model_dump(), *common)
         method = cfg.preference.method
         keys[method] = stages.stage_key(method, getattr(cfg, method).model_dump(), *common,

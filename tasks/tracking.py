@@ -70,6 +70,8 @@ def redact_params(params: dict[str, str]) -> dict[str, str]:
 
 
 def start_pipeline_run(cfg: PipelineConfig, run_name: str | None = None) -> RunContext:
+    # MLflow prints a "View run" line per run it ends; the Prefect summary artifact links them all instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri, artifacts = resolve_tracking(cfg)
     Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
