@@ -54,8 +54,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from alignment.models import ModelLoadError
     from alignment.tokenization import TemplateError
     from flows.stack import StackError
+    from tasks.preflight import ServiceError
 
-    return (ConfigError, DataError, ModelLoadError, TemplateError, StackError)
+    return (ConfigError, DataError, ModelLoadError, TemplateError, StackError, ServiceError)
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -67,6 +68,9 @@ def command_run(args: argparse.Namespace) -> int:
     if not cfg.model.name_or_path:  # the local model needs no hub; never let a library reach for it
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     check_inputs(cfg)
+    from tasks.preflight import check_services
+
+    check_services(cfg)
     from flows.pipeline import alignment_pipeline
 
     result = alignment_pipeline(cfg)
