@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +169,44 @@ def test_training_runs_on_the_gpu_pool_through_s3(stack: Stack, tmp_path: Path) 
     tags = MlflowClient(stack.urls["mlflow"]).get_run(second["stage_runs"]["sft"]).data.tags
     assert tags["alignflow.cached"] == "true" and tags["alignflow.reused_run_id"] == summary["stage_runs"]["sft"]
     assert second["metrics"]["sft/final_loss"] == summary["metrics"]["sft/final_loss"]
+
+
+def alignflow_run(stack: Stack, out: Path, *extra: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "alignflow"), "run", "--config", "configs/quickstart.yaml",
+            "--stack-dir", str(stack.dir), "--set", f"run.output_dir={out}",
+            *sum((["--set", s] for s in [*SMALL, *extra]), [])]
+
+
+def test_killed_training_resumes_to_the_same_result(stack: Stack, tmp_path: Path) -> None:
+    """kill -9 of the whole run in the middle of DPO; the re-run resumes from the last checkpoint and ends
+    with the metrics of an uninterrupted run, with exactly one registered version."""
+    env = {**os.environ, **stack.client_env()}
+    longer = ["dpo.optim.max_steps=300", "dpo.optim.save_every=20"]
+    ref = subprocess.run(alignflow_run(stack, tmp_path / "ref", *longer, "promotion.model_name=it-ref"),
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-2000:]
+    out = tmp_path / "killed"
+    cmd = alignflow_run(stack, out, *longer, "promotion.model_name=it-resume")
+    log = (tmp_path / "killed.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(out.glob("dpo-*/checkpoints/step-*/trainer_state.json")):
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before DPO wrote its first checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists()
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    first = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    again = json.loads((out / "summary.json").read_text())
+    client = MlflowClient(stack.urls["mlflow"])
+    assert client.get_run(again["stage_runs"]["dpo"]).data.metrics["resumed_from_step"] >= 20
+    for name, value in first["metrics"].items():
+        assert again["metrics"][name] == pytest.approx(value, abs=1e-4), name
+    assert len(client.search_model_versions("name='it-resume'")) == 1
 
 
 def test_down_stops_every_process_group_and_keeps_data(stack: Stack, run_summary: dict) -> None:
