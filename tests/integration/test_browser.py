@@ -132,17 +132,28 @@ def start_run_from_prefect_ui(page: Page, stack: Stack, shots: Path) -> str:
     page.screenshot(path=str(shots / "03-prefect-custom-run-form.png"))
     page.get_by_role("button", name="Submit", exact=True).click()
 
-    # The UI goes back to the deployment's Runs tab; the new run is listed there by its name.
-    page.wait_for_url(f"**/deployments/deployment/{deployment_id}*")
-    run_link = page.get_by_role("link", name=run_name, exact=True)
-    expect(run_link.first).to_be_visible()
+    # The submit creates the run through the API; where the UI goes next (the deployment's Runs tab, or
+    # the run itself) varies with load, so find the run by its unique name and open its page directly.
+    flow_run_id = wait_run_named(stack, run_name, page)
     page.screenshot(path=str(shots / "04-prefect-run-created.png"))
-    run_link.first.click()
-    page.wait_for_url("**/runs/flow-run/*")
-    flow_run_id = page.url.split("/runs/flow-run/")[1].split("?")[0].split("/")[0]
+    page.goto(f"{prefect}/runs/flow-run/{flow_run_id}")
+    expect(page.get_by_text(run_name).first).to_be_visible()
     params = api_get(stack, f"/flow_runs/{flow_run_id}")["parameters"]
     assert params["config"]["dpo"]["beta"] == 0.2, params["config"]["dpo"]
     return flow_run_id
+
+
+def wait_run_named(stack: Stack, run_name: str, page: Page, timeout: float = 120) -> str:
+    """The id of the flow run the UI created under `run_name` (polled through the API)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = api_post(stack, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [run_name]}}})
+        if found:
+            return found[0]["id"]
+        time.sleep(1)
+    text = page.locator("body").inner_text()[:2000]
+    raise AssertionError(f"the Prefect UI created no flow run named {run_name} in {timeout:.0f} s; "
+                         f"the page ({page.url}) shows:\n{text}")
 
 
 def wait_completed_in_prefect_ui(page: Page, stack: Stack, flow_run_id: str, shots: Path) -> None:
@@ -198,7 +209,12 @@ def find_run_in_mlflow_ui(page: Page, stack: Stack, summary: dict, shots: Path) 
 
 
 def save_failure(page: Page, stack: Stack, shots: Path) -> None:
-    """What CI keeps when the test fails: the page as it was, its HTML, and the stack's service logs."""
+    """What CI keeps when the test fails: the page as it was, its HTML, and the stack's service logs; the
+    page's visible text also goes to the test's output (CI prints it), since the files may not be kept."""
+    try:
+        print(f"page {page.url} at the failure:\n{page.locator('body').inner_text()[:3000]}")
+    except Exception as err:  # noqa: BLE001 - never hide the test's own failure
+        print(f"could not read the page: {err}")
     for name, save in (("failure.png", lambda: page.screenshot(path=str(shots / "failure.png"))),
                        ("failure.html", lambda: (shots / "failure.html").write_text(page.content())),
                        ("stack-logs", lambda: shutil.copytree(stack.dir / "logs", shots / "stack-logs",
@@ -220,4 +236,11 @@ def close_assistant(page: Page) -> None:
 
 def api_get(stack: Stack, path: str) -> dict:
     with urllib.request.urlopen(stack.urls["prefect_api"] + path, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def api_post(stack: Stack, path: str, body: dict) -> list | dict:
+    request = urllib.request.Request(stack.urls["prefect_api"] + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
