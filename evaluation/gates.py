@@ -1,4 +1,13 @@
-"""Promotion gates: a model becomes `champion` only when every gate passes."""
+"""Promotion gates: a model becomes `champion` only when every gate passes.
+
+Gates (each optional one is skipped when its threshold is unset, i.e. None):
+- win_rate (or win_rate_ci_low with use_lower_bound): judged win rate over the reference >= min_win_rate;
+- reward_accuracy: held-out implicit reward accuracy >= min_reward_accuracy;
+- benchmark_regression.<task>: the alignment tax, reference minus policy on the task's main metric, <= the
+  allowed regression (one gate per benchmark task);
+- contamination.<eval set>: share of the set's items sharing an n-gram with training prompts <= the ceiling;
+- finite_losses: every training stage ended with a finite loss.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +26,35 @@ class GateResult:
         return asdict(self)
 
 
+def at_least(name: str, value: float, threshold: float) -> GateResult:
+    return GateResult(name, value, threshold, math.isfinite(value) and value >= threshold)
+
+
+def at_most(name: str, value: float, threshold: float) -> GateResult:
+    return GateResult(name, value, threshold, math.isfinite(value) and value <= threshold)
+
+
 def check_gates(*, win_rate: float, win_rate_ci_low: float, min_win_rate: float, use_lower_bound: bool,
-                final_losses: dict[str, float]) -> list[GateResult]:
-    """Win rate (or the lower bound of its 95 % interval) at least `min_win_rate`; every stage's final
-    training loss finite."""
+                final_losses: dict[str, float], reward_accuracy: float | None = None,
+                min_reward_accuracy: float | None = None,
+                benchmarks: dict[str, tuple[float, float]] | None = None,
+                max_benchmark_regression: float | None = None,
+                contamination: dict[str, float] | None = None,
+                max_contamination: float | None = None) -> list[GateResult]:
+    """Every configured gate's value, threshold and verdict. `benchmarks` maps a task to (policy, reference)
+    main-metric values; `contamination` maps an eval set to its contaminated share. A gate whose value is
+    missing or not finite fails (no evidence is not a pass)."""
     value = win_rate_ci_low if use_lower_bound else win_rate
-    name = "win_rate_ci_low" if use_lower_bound else "win_rate"
-    gates = [GateResult(name, value, min_win_rate, value >= min_win_rate)]
+    gates = [at_least("win_rate_ci_low" if use_lower_bound else "win_rate", value, min_win_rate)]
+    if min_reward_accuracy is not None:
+        gates.append(at_least("reward_accuracy", math.nan if reward_accuracy is None else reward_accuracy,
+                              min_reward_accuracy))
+    if max_benchmark_regression is not None:
+        for task, (policy, reference) in sorted((benchmarks or {}).items()):
+            gates.append(at_most(f"benchmark_regression.{task}", reference - policy, max_benchmark_regression))
+    if max_contamination is not None:
+        for name, share in sorted((contamination or {}).items()):
+            gates.append(at_most(f"contamination.{name}", share, max_contamination))
     finite = all(math.isfinite(v) for v in final_losses.values()) and bool(final_losses)
     gates.append(GateResult("finite_losses", float(finite), 1.0, finite))
     return gates

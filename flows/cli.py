@@ -39,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--config", "-c", help="YAML preset used as the deployment's default parameters")
     deploy.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     deploy.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack)")
+    promote = sub.add_parser("promote", help="point an alias (default champion) at a registered model version")
+    promote.add_argument("name", help="registered model name")
+    promote.add_argument("version", help="model version to promote")
+    promote.add_argument("--alias", default="champion", help="alias to set (default champion)")
+    promote.add_argument("--reason", required=True, help="why; recorded on the version with who and when")
+    promote.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the "
+                                                "running local stack, or the --config's tracking store)")
+    promote.add_argument("--config", "-c", help="YAML preset whose tracking settings locate the registry")
+    promote.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    promote.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack)")
     from flows.data_cli import add_data_commands
 
     COMMANDS.update(add_data_commands(sub))
@@ -55,8 +65,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from alignment.tokenization import TemplateError
     from flows.stack import StackError
     from tasks.preflight import ServiceError
+    from tasks.promotion import PromotionError
 
-    return (ConfigError, DataError, ModelLoadError, TemplateError, StackError, ServiceError)
+    return (ConfigError, DataError, ModelLoadError, TemplateError, StackError, ServiceError, PromotionError)
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -145,6 +156,31 @@ def command_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_promote(args: argparse.Namespace) -> int:
+    from alignment.config import load_config
+    from tasks.promotion import PromotionError, promote
+    from tasks.tracking import resolve_tracking
+
+    args.no_stack = bool(args.tracking_uri or args.config)
+    use_local_stack(args)
+    if args.tracking_uri:
+        uri = args.tracking_uri
+    elif args.config or args.overrides:
+        uri = resolve_tracking(load_config(args.config, args.overrides))[0]
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+    else:
+        raise PromotionError("no MLflow registry to promote in: start the local stack, set MLFLOW_TRACKING_URI, "
+                             "or pass --tracking-uri or --config")
+    done = promote(uri, args.name, args.version, alias=args.alias, reason=args.reason)
+    if done.changed:
+        was = f" (was version {done.previous_version})" if done.previous_version else ""
+        print(f"{done.name} version {done.version} is now '{done.alias}'{was}; by {done.by}: {done.reason}")
+    else:
+        print(f"{done.name} version {done.version} already is '{done.alias}': nothing changed")
+    return 0
+
+
 def command_config(args: argparse.Namespace) -> int:
     from alignment.config import load_config
 
@@ -152,7 +188,8 @@ def command_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "config": command_config, "stack": command_stack, "deploy": command_deploy}
+COMMANDS = {"run": command_run, "config": command_config, "stack": command_stack, "deploy": command_deploy,
+            "promote": command_promote}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

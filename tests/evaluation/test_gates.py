@@ -59,3 +59,35 @@ def test_non_finite_or_missing_losses_fail(losses: dict[str, float]) -> None:
 
 def test_gate_result_to_dict() -> None:
     assert gates()["win_rate"].to_dict() == {"name": "win_rate", "value": 0.7, "threshold": 0.6, "passed": True}
+
+
+def test_reward_accuracy_gate() -> None:
+    out = gates(reward_accuracy=0.74, min_reward_accuracy=0.75)
+    assert out["reward_accuracy"].value == 0.74 and not out["reward_accuracy"].passed
+    assert gates(reward_accuracy=0.75, min_reward_accuracy=0.75)["reward_accuracy"].passed
+    assert "reward_accuracy" not in gates(reward_accuracy=0.1)  # no threshold: no gate
+    assert not gates(min_reward_accuracy=0.5)["reward_accuracy"].passed  # threshold but no value: fails
+
+
+def test_benchmark_regression_is_one_gate_per_task() -> None:
+    """Alignment tax: reference minus policy on each task's main metric, at most the allowed regression."""
+    out = gates(benchmarks={"mc": (0.80, 0.82), "sanity": (0.50, 0.95), "gen": (0.9, 0.6)},
+                max_benchmark_regression=0.05)
+    mc, sanity, gen = (out[f"benchmark_regression.{t}"] for t in ("mc", "sanity", "gen"))
+    assert mc.value == pytest.approx(0.02) and mc.passed
+    assert sanity.value == pytest.approx(0.45) and not sanity.passed
+    assert gen.value == pytest.approx(-0.3) and gen.passed  # an improvement is no regression
+    assert not all_passed(list(out.values()))
+    assert not any(k.startswith("benchmark_regression") for k in gates(benchmarks={"mc": (0.1, 0.9)}))
+
+
+def test_contamination_ceiling_per_eval_set() -> None:
+    out = gates(contamination={"heldout": 0.0, "mc": 0.25}, max_contamination=0.2)
+    assert out["contamination.heldout"].passed
+    assert out["contamination.mc"].value == 0.25 and not out["contamination.mc"].passed
+
+
+def test_nan_values_fail_their_gate() -> None:
+    assert not gates(win_rate=math.nan)["win_rate"].passed
+    out = gates(benchmarks={"mc": (math.nan, 0.5)}, max_benchmark_regression=0.05)
+    assert not out["benchmark_regression.mc"].passed
