@@ -152,17 +152,72 @@ class ORPOConfig(_Section):
     optim: OptimConfig = OptimConfig(learning_rate=3e-3, epochs=16.0, batch_size=16)
 
 
+class JudgeConfig(_Section):
+    """Who decides each (policy, reference) answer pair on a held-out prompt (evaluation/judges.py)."""
+
+    kind: Literal["program", "reward_model", "endpoint"] = Field(
+        "program", description="program: the quickstart task's checker; reward_model: a Hugging Face sequence "
+                               "classification model scores both answers; endpoint: an OpenAI-compatible "
+                               "chat-completions server gives a pairwise verdict, asked in both orders.")
+    reward_model: str | None = Field(None, description="reward_model: hub id or local path of the classifier.")
+    tie_margin: float = Field(0.0, ge=0.0, le=1e6, description="reward_model: |score difference| at or below "
+                                                               "this is a tie.")
+    endpoint_url: str | None = Field(None, pattern=r"^https?://", description="endpoint: base URL of the API, "
+                                                                             "e.g. http://127.0.0.1:8000/v1.")
+    endpoint_model: str | None = Field(None, min_length=1, description="endpoint: the model name sent.")
+    api_key_env: str = Field("ALIGNFLOW_JUDGE_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="endpoint: the environment variable holding the API key (the key itself "
+                                         "never goes into a config, a log or MLflow).")
+    timeout_s: float = Field(30.0, gt=0.0, le=600.0, description="endpoint: seconds per request.")
+    max_retries: int = Field(3, ge=0, le=20, description="endpoint: retries of a failed or timed-out request "
+                                                         "(exponential backoff); then the pair counts as an error.")
+
+    @model_validator(mode="after")
+    def _needs(self) -> JudgeConfig:
+        if self.kind == "reward_model" and not self.reward_model:
+            raise ValueError("judge.kind=reward_model needs judge.reward_model")
+        if self.kind == "endpoint" and not (self.endpoint_url and self.endpoint_model):
+            raise ValueError("judge.kind=endpoint needs judge.endpoint_url and judge.endpoint_model")
+        return self
+
+
+class BenchmarkConfig(_Section):
+    """lm-eval harness benchmarks run on policy and reference (evaluation/benchmarks.py)."""
+
+    enabled: bool = True
+    tasks: list[str] = Field(
+        ["alignflow_animal_mc", "alignflow_animal_gen", "alignflow_sanity"],
+        description="Task names: the project's own (alignflow_*, shipped with the package) or any lm-eval "
+                    "task name (arc_easy, hellaswag, ... need hub access).")
+    batch_size: int = Field(16, ge=1, le=4096)
+    limit: int | None = Field(None, ge=1, description="Documents per task (unset: all).")
+    max_gen_tokens: int = Field(32, ge=1, le=4096, description="Generation tasks: new tokens per answer.")
+
+
 class EvalConfig(_Section):
     max_new_tokens: int = Field(24, ge=1, le=4096)
     max_prompts: int | None = Field(None, ge=1, description="Cap on held-out prompts generated for.")
     batch_size: int = Field(32, ge=1, le=4096)
-    judge: Literal["program"] = Field("program", description="Who decides each policy/reference pair.")
+    judge: JudgeConfig = JudgeConfig()
+    benchmarks: BenchmarkConfig = BenchmarkConfig()
+    contamination_ngram: int = Field(8, ge=1, le=50, description="n of the word n-grams compared between "
+                                                                 "training prompts and each eval set.")
 
 
 class PromotionConfig(_Section):
+    """Gates for the `champion` alias; every gate's value and verdict is tagged on the model version."""
+
     model_name: str = Field("alignflow-quickstart", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
-    min_win_rate: float = Field(0.6, ge=0.0, le=1.0, description="Gate for the champion alias.")
+    min_win_rate: float = Field(0.6, ge=0.0, le=1.0, description="Gate: win rate over the reference.")
     use_lower_bound: bool = Field(False, description="Gate on the 95 % interval's lower bound, not the point.")
+    min_reward_accuracy: float | None = Field(
+        0.5, ge=0.0, le=1.0, description="Gate: held-out implicit reward accuracy (unset: no gate).")
+    max_benchmark_regression: float | None = Field(
+        0.05, ge=0.0, le=1.0, description="Gate (alignment tax): largest allowed drop of each benchmark task's "
+                                          "main metric below the reference's (unset: no gate).")
+    max_contamination: float | None = Field(
+        0.2, ge=0.0, le=1.0, description="Gate: largest share of any eval set's items sharing an n-gram with "
+                                         "the training prompts (unset: no gate).")
     register_model: bool = Field(True, description="Log and register the policy in the MLflow registry.")
 
 

@@ -1,7 +1,9 @@
-"""Evaluation stages as plain functions: held-out preference metrics of policy vs reference, and the
-generate-and-judge comparison with the reference model."""
+"""Evaluation stages as plain functions: held-out preference metrics of policy vs reference, lm-eval
+benchmarks of both, train/eval contamination, and the generate-and-judge comparison with the reference."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from pydantic import BaseModel
@@ -10,14 +12,45 @@ from alignment.config import PipelineConfig
 from alignment.logprobs import collate_pairs, sequence_logps
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.stages import ModelRef, PreparedData, read_jsonl, reference_annotated_pairs
+from evaluation.benchmarks import eval_set_texts, run_benchmarks
+from evaluation.contamination import contamination
 from evaluation.generate import generate_responses
-from evaluation.judges import make_judge
-from evaluation.stats import win_rate
+from evaluation.judges import judge_pairs, make_judge
+from evaluation.stats import length_controlled, win_rate
 
 
 class Comparison(BaseModel):
-    metrics: dict[str, float]
-    table: list[dict[str, str]]  # prompt, reference, policy, verdict
+    metrics: dict[str, float]  # compare/...: win rate and its interval, counts, judge errors, length view
+    table: list[dict[str, str]]  # prompt, reference, policy, verdict ("error" when the judge failed)
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def benchmark_model(cfg: PipelineConfig, ref: ModelRef) -> dict[str, Any]:
+    """lm-eval results of one model (loaded in memory, handed to HFLM) on eval.benchmarks.tasks."""
+    tok = load_tokenizer(ref.path, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_causal_lm(ref.path, trust_remote_code=cfg.model.trust_remote_code)
+    try:
+        return run_benchmarks(model, tok, cfg.eval.benchmarks, device=device(), seed=cfg.run.seed)
+    finally:
+        del model
+
+
+def prompt_text(messages: list[dict[str, str]]) -> str:
+    return "\n".join(m["content"] for m in messages if m["role"] != "assistant")
+
+
+def contamination_report(cfg: PipelineConfig, prepared: PreparedData) -> dict[str, float]:
+    """Share of each eval set's items (held-out prompts, every local benchmark task) that share a word
+    n-gram (eval.contamination_ngram) with a training prompt (preference train split and SFT data)."""
+    train = [prompt_text(r["prompt"]) for r in read_jsonl(prepared.path("train"))]
+    train += [prompt_text(r["messages"]) for r in read_jsonl(prepared.path("sft"))]
+    sets = {"heldout": [prompt_text(p) for p in heldout_prompts(prepared, None)]}
+    if cfg.eval.benchmarks.enabled:
+        sets.update(eval_set_texts(cfg.eval.benchmarks.tasks))
+    return contamination(train, sets, cfg.eval.contamination_ngram)
 
 
 @torch.no_grad()
@@ -72,17 +105,27 @@ def compare_with_reference(cfg: PipelineConfig, prepared: PreparedData, policy: 
     for role, ref in (("policy", policy), ("reference", reference)):
         tok = load_tokenizer(ref.path, trust_remote_code=cfg.model.trust_remote_code)
         model = load_causal_lm(ref.path, trust_remote_code=cfg.model.trust_remote_code)
+        torch.manual_seed(cfg.run.seed)  # identical, seeded decoding for both (greedy today)
         answers[role] = generate_responses(model, tok, prompts, max_new_tokens=cfg.eval.max_new_tokens,
                                            batch_size=cfg.eval.batch_size)
         del model
-    judge = make_judge(cfg.eval.judge)
-    table = []
-    for prompt, pol, ref in zip(prompts, answers["policy"], answers["reference"], strict=True):
-        table.append({"prompt": prompt[-1]["content"], "reference": ref, "policy": pol,
-                      "verdict": judge.compare(prompt, pol, ref)})
-    metrics = {f"compare/{k}": v for k, v in win_rate(row["verdict"] for row in table).items()}
-    if hasattr(judge, "score"):
-        for role in ("policy", "reference"):
-            scores = [judge.score(p, a) for p, a in zip(prompts, answers[role], strict=True)]
-            metrics[f"compare/{role}_mean_score"] = sum(scores) / len(scores)
+    judge = make_judge(cfg.eval.judge, device=device())
+    try:
+        verdicts = judge_pairs(judge, prompts, answers["policy"], answers["reference"])
+        scores = {}
+        if hasattr(judge, "score_many") or hasattr(judge, "score"):
+            for role in ("policy", "reference"):
+                scores[role] = (judge.score_many(prompts, answers[role]) if hasattr(judge, "score_many")
+                                else [judge.score(p, a) for p, a in zip(prompts, answers[role], strict=True)])
+    finally:
+        if hasattr(judge, "close"):
+            judge.close()
+    table = [{"prompt": prompt_text(prompt), "reference": ref, "policy": pol, "verdict": verdict}
+             for prompt, pol, ref, verdict in zip(prompts, answers["policy"], answers["reference"], verdicts,
+                                                  strict=True)]
+    metrics = {f"compare/{k}": v for k, v in win_rate(verdicts).items()}
+    metrics.update({f"compare/{k}": v for k, v in length_controlled(table).items()})
+    metrics.update({f"compare/judge_{k}": float(v) for k, v in getattr(judge, "stats", {}).items()})
+    for role, values in scores.items():
+        metrics[f"compare/{role}_mean_score"] = sum(values) / len(values)
     return Comparison(metrics=metrics, table=table)

@@ -20,6 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-stack", action="store_true",
                      help="ignore a running local stack; use the embedded Prefect API and a SQLite MLflow store")
     run.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack or $ALIGNFLOW_STACK_DIR)")
+    compare = sub.add_parser("compare", help="train DPO and ORPO (and DPO betas) from the same data and SFT "
+                                             "model, evaluate all alike, write one comparison report")
+    compare.add_argument("--config", "-c", help="YAML preset shared by every variant")
+    compare.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    compare.add_argument("--methods", default="dpo,orpo", help="comma-separated methods (default dpo,orpo)")
+    compare.add_argument("--betas", help="comma-separated DPO betas, one DPO variant each (default: dpo.beta)")
+    compare.add_argument("--register-best", action="store_true",
+                         help="register the best variant (champion if it passes the gates)")
+    compare.add_argument("--no-stack", action="store_true", help="ignore a running local stack")
+    compare.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack)")
     stack = sub.add_parser("stack", help="the local service stack: S3, MLflow server, Prefect server, workers")
     stack.add_argument("action", choices=["up", "down", "status", "logs", "env"])
     stack.add_argument("--dir", help="stack directory (default .alignflow/stack or $ALIGNFLOW_STACK_DIR)")
@@ -88,6 +98,39 @@ def command_run(args: argparse.Namespace) -> int:
     # The temporary Prefect server logs its shutdown at exit; the summary line must stay the last line.
     logging.getLogger("prefect").setLevel(logging.WARNING)
     print(f"summary: {result['summary_path']}", flush=True)
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from alignment.config import ConfigError, load_config
+    from alignment.preflight import check_inputs
+
+    cfg = load_config(args.config, args.overrides)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods or set(methods) - {"dpo", "orpo"}:
+        raise ConfigError(f"--methods: choose from dpo, orpo (comma-separated), got {args.methods!r}")
+    try:
+        betas = [float(b) for b in args.betas.split(",")] if args.betas else None
+    except ValueError:
+        raise ConfigError(f"--betas: comma-separated numbers, got {args.betas!r}") from None
+    if betas and any(not 0 < b <= 100 for b in betas):
+        raise ConfigError(f"--betas: each beta must be in (0, 100], got {args.betas!r}")
+    use_local_stack(args)
+    if not cfg.model.name_or_path:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    check_inputs(cfg)
+    from tasks.preflight import check_services
+
+    check_services(cfg)
+    from flows.compare import compare_methods
+
+    result = compare_methods(cfg, methods, betas, args.register_best)
+    logging.getLogger("prefect").setLevel(logging.WARNING)
+    for row in result["rows"]:
+        print(f"{row['variant']:16s} win rate {row['win_rate']:.3f} [{row['win_rate_ci_low']:.3f}, "
+              f"{row['win_rate_ci_high']:.3f}]  gates {'pass' if row['gates_passed'] else 'FAIL'}"
+              f"{'  <- best' if row['best'] else ''}")
+    print(f"report: {result['report_path']}", flush=True)
     return 0
 
 
@@ -189,7 +232,7 @@ def command_config(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "config": command_config, "stack": command_stack, "deploy": command_deploy,
-            "promote": command_promote}
+            "promote": command_promote, "compare": command_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,14 +43,25 @@ def gate_tags(gates: list[GateResult]) -> dict[str, str]:
     return tags
 
 
-@task(name="register-model", cache_policy=NO_CACHE)
-def register_task(cfg: PipelineConfig, trained: TrainOutput, comparison_metrics: dict[str, float],
-                  final_losses: dict[str, float], ctx: RunContext) -> Registration:
+def promotion_gates(cfg: PipelineConfig, comparison_metrics: dict[str, float], heldout_metrics: dict[str, float],
+                    final_losses: dict[str, float], benchmarks: dict[str, tuple[float, float]] | None,
+                    contamination: dict[str, float]) -> list[GateResult]:
+    """Every gate of the promotion config evaluated on this run's results (evaluation/gates.py)."""
     promo = cfg.promotion
-    gates = check_gates(win_rate=comparison_metrics["compare/win_rate"],
-                        win_rate_ci_low=comparison_metrics["compare/win_rate_ci_low"],
-                        min_win_rate=promo.min_win_rate, use_lower_bound=promo.use_lower_bound,
-                        final_losses=final_losses)
+    return check_gates(win_rate=comparison_metrics["compare/win_rate"],
+                       win_rate_ci_low=comparison_metrics["compare/win_rate_ci_low"],
+                       min_win_rate=promo.min_win_rate, use_lower_bound=promo.use_lower_bound,
+                       final_losses=final_losses,
+                       reward_accuracy=heldout_metrics.get("eval/rewards/accuracies"),
+                       min_reward_accuracy=promo.min_reward_accuracy,
+                       benchmarks=benchmarks, max_benchmark_regression=promo.max_benchmark_regression,
+                       contamination=contamination, max_contamination=promo.max_contamination)
+
+
+@task(name="register-model", cache_policy=NO_CACHE)
+def register_task(cfg: PipelineConfig, trained: TrainOutput, gates: list[GateResult],
+                  ctx: RunContext) -> Registration:
+    promo = cfg.promotion
     with stage_run(ctx, "register", flatten("promotion", promo.model_dump())) as run:
         run.log_metrics({f"gate/{g.name}": float(g.passed) for g in gates})
         run.set_tags(gate_tags(gates))

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from mlflow import MlflowClient
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.deployments import run_deployment
 from pydantic import BaseModel
 
 from alignment import stages
 from alignment.config import PipelineConfig
 from alignment.stages import ModelRef, PreparedData, TrainOutput
-from evaluation.plots import plot_curves, plot_verdicts
-from evaluation.stages import Comparison, compare_with_reference, heldout_preference_metrics
+from evaluation.plots import plot_curves, plot_reward_margins
 from tasks import remote
 from tasks.datasets import log_dataset_inputs
 from tasks.results import result_storage
@@ -238,6 +234,10 @@ def log_training(run: Any, out: TrainOutput, name: str) -> None:
     png = plot_curves(run.logger.records, TRAIN_CURVES, f"{name} training", Path(out.model.path).parent / "curves.png")
     if png:
         run.log_artifact(png, "plots")
+    margins = plot_reward_margins(run.logger.records, Path(out.model.path).parent / "reward_margins.png",
+                                  f"{name} implicit rewards")
+    if margins:
+        run.log_artifact(margins, "plots")
 
 
 @task(name="sft")
@@ -259,43 +259,3 @@ def preference_task(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef,
                                     progress_reporter(f"{method.upper()} training"))
         log_training(run, out, method.upper())
     return finish(out_dir, out, method, run.run_id, ctx)
-
-
-@task(name="evaluate-heldout", cache_policy=NO_CACHE)
-def evaluate_task(cfg: PipelineConfig, prepared: PreparedData, policy: ModelRef, reference: ModelRef,
-                  ctx: RunContext) -> dict[str, float]:
-    with stage_run(ctx, "evaluate", {"dpo.beta": cfg.dpo.beta}) as run:
-        metrics = heldout_preference_metrics(cfg, prepared, policy, reference)
-        run.log_metrics(metrics)
-    return metrics
-
-
-@task(name="compare-with-reference", cache_policy=NO_CACHE)
-def compare_task(cfg: PipelineConfig, prepared: PreparedData, policy: ModelRef, reference: ModelRef,
-                 ctx: RunContext) -> Comparison:
-    with stage_run(ctx, "compare", flatten("eval", cfg.eval.model_dump())) as run:
-        result = compare_with_reference(cfg, prepared, policy, reference)
-        run.log_metrics(result.metrics)
-        out = Path(ctx.output_dir) / "compare"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "side_by_side.json").write_text(json.dumps(result.table, indent=1))
-        run.log_artifact(out / "side_by_side.json", "comparison")
-        MlflowClient(ctx.tracking_uri).log_table(
-            run.run_id, data={k: [r[k] for r in result.table] for k in ("prompt", "reference", "policy", "verdict")},
-            artifact_file="comparison/side_by_side_table.json")
-        run.log_artifact(plot_verdicts(result.metrics, out / "verdicts.png"), "plots")
-        create_markdown_artifact(markdown=side_by_side_markdown(result), key="side-by-side",
-                                 description="Policy vs reference on held-out prompts")
-    return result
-
-
-def side_by_side_markdown(result: Comparison, limit: int = 20) -> str:
-    m = result.metrics
-    lines = [f"**win rate** {m['compare/win_rate']:.3f} "
-             f"(95% CI {m['compare/win_rate_ci_low']:.3f}–{m['compare/win_rate_ci_high']:.3f}), "
-             f"{int(m['compare/wins'])} wins / {int(m['compare/ties'])} ties / {int(m['compare/losses'])} losses",
-             "", "| prompt | reference | policy | verdict |", "|---|---|---|---|"]
-    for row in result.table[:limit]:
-        cells = [row[k].replace("|", "\\|").replace("\n", " ") for k in ("prompt", "reference", "policy", "verdict")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -11,13 +11,18 @@ from alignment.stages import TrainOutput
 from tasks.registry import Registration
 from tasks.tracking import RunContext
 
-HEADLINE = ("compare/win_rate", "compare/win_rate_ci_low", "compare/win_rate_ci_high",
+HEADLINE = ("compare/win_rate", "compare/win_rate_ci_low", "compare/win_rate_ci_high", "compare/wins",
+            "compare/ties", "compare/losses", "compare/errors", "compare/lc_win_rate",
             "compare/policy_mean_score", "compare/reference_mean_score", "eval/rewards/accuracies",
             "eval/rewards/margins")
 
 
 def write_summary(ctx: RunContext, stage_runs: dict[str, str], trained: dict[str, TrainOutput],
-                  eval_metrics: dict[str, float], registration: Registration, method: str) -> Path:
+                  eval_metrics: dict[str, float], registration: Registration, method: str,
+                  evaluation: dict[str, Any] | None = None) -> Path:
+    """`evaluation` adds the evaluation's structured results: benchmarks (lm-eval results of policy and
+    reference and each task's main-metric delta), contamination per eval set, the length-controlled view and
+    the judge."""
     metrics: dict[str, Any] = {k: eval_metrics[k] for k in HEADLINE if k in eval_metrics}
     for stage, out in trained.items():
         metrics[f"{stage}/final_loss"] = out.final_metrics.get("loss")
@@ -31,15 +36,26 @@ def write_summary(ctx: RunContext, stage_runs: dict[str, str], trained: dict[str
         "method": method,
         "metrics": metrics,
         "gates": registration.gates,
+        "train_seconds": {stage: out.seconds for stage, out in trained.items()},  # wall time, not a result
         "registered_model": {"name": registration.name, "version": registration.version,
-                             "aliases": registration.aliases, "model_uri": registration.model_uri},
+                             "aliases": registration.aliases, "model_uri": registration.model_uri,
+                             "champion": registration.champion},
         "output_dir": ctx.output_dir,
+        **(evaluation or {}),
     }
     path = Path(ctx.output_dir) / "summary.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, path)
     return path
+
+
+def add_to_summary(path: Path, values: dict[str, Any]) -> None:
+    """Add keys to a written summary (atomically, like write_summary)."""
+    summary = {**json.loads(path.read_text()), **values}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, path)
 
 
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:

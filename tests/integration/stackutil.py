@@ -14,7 +14,7 @@ from pathlib import Path
 from flows.stack import HOST, Ports, Stack, free_ports
 
 # A small training budget: the whole pipeline finishes in well under a minute on 2 cores.
-SMALL = ["sft.optim.max_steps=8", "dpo.optim.max_steps=4", "eval.max_prompts=8", "model.tiny.hidden_size=64",
+SMALL = ["sft.optim.max_steps=8", "dpo.optim.max_steps=4", "eval.max_prompts=8", "eval.benchmarks.limit=16", "model.tiny.hidden_size=64",
          "model.tiny.intermediate_size=128", "model.tiny.num_layers=2"]
 ALIGNFLOW = str(Path(sys.executable).parent / "alignflow")
 

@@ -17,9 +17,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SMALL = [
     "sft.optim.max_steps=12", "dpo.optim.max_steps=6", "orpo.optim.max_steps=6",
     "sft.optim.save_every=5", "eval.max_prompts=12", "model.tiny.hidden_size=64",
-    "model.tiny.intermediate_size=128", "model.tiny.num_layers=2",
+    "model.tiny.intermediate_size=128", "model.tiny.num_layers=2", "eval.benchmarks.limit=16",
 ]
-STAGES = {"prepare_data", "base_model", "sft", "dpo", "evaluate", "compare", "register"}
+STAGES = {"prepare_data", "base_model", "sft", "dpo", "evaluate", "benchmarks", "compare", "register"}
+# A 12-step SFT model answers little, so quality gates would be noise here; the quickstart tests gate for real.
+NO_QUALITY_GATES = ["promotion.min_win_rate=0.0", "promotion.min_reward_accuracy=null",
+                    "promotion.max_benchmark_regression=null"]
 
 
 def run_small(tmp_path: Path, *extra: str) -> dict:
@@ -33,8 +36,7 @@ def run_small(tmp_path: Path, *extra: str) -> dict:
 @pytest.fixture(scope="module")
 def champion_run(prefect_api, tmp_path_factory) -> dict:
     # min_win_rate 0: the gates pass whatever this tiny budget reaches, so `champion` is set.
-    return run_small(tmp_path_factory.mktemp("champion"), "promotion.min_win_rate=0.0",
-                     "promotion.model_name=it-champion")
+    return run_small(tmp_path_factory.mktemp("champion"), *NO_QUALITY_GATES, "promotion.model_name=it-champion")
 
 
 def test_runs_metrics_and_artifacts(champion_run: dict) -> None:
@@ -59,6 +61,14 @@ def test_runs_metrics_and_artifacts(champion_run: dict) -> None:
     compare = s["stage_runs"]["compare"]
     assert {f.path for f in client.list_artifacts(compare, "comparison")} >= {
         "comparison/side_by_side.json", "comparison/side_by_side_table.json"}
+    bench = s["stage_runs"]["benchmarks"]
+    assert {f.path for f in client.list_artifacts(bench, "lm_eval")} == {
+        "lm_eval/lm_eval_policy.json", "lm_eval/lm_eval_reference.json"}
+    bench_metrics = client.get_run(bench).data.metrics
+    for prefix in ("lm_eval", "lm_eval_reference", "lm_eval_delta"):
+        assert f"{prefix}/alignflow_animal_mc/acc" in bench_metrics, prefix
+    assert {f.path for f in client.list_artifacts(s["parent_run_id"], "report")} == {"report/report.html"}
+    assert "contamination/heldout" in client.get_run(s["stage_runs"]["evaluate"]).data.metrics
     data = {f.path for f in client.list_artifacts(s["stage_runs"]["prepare_data"], "data")}
     assert "data/report.json" in data
     assert 0.0 <= s["metrics"]["compare/win_rate"] <= 1.0
@@ -95,7 +105,7 @@ def test_failed_gate_gives_candidate_only(prefect_api, tmp_path: Path) -> None:
 
 
 def test_same_seed_same_metrics(prefect_api, tmp_path: Path, champion_run: dict) -> None:
-    again = run_small(tmp_path, "promotion.min_win_rate=0.0", "promotion.model_name=it-champion")
+    again = run_small(tmp_path, *NO_QUALITY_GATES, "promotion.model_name=it-champion")
     assert again["metrics"] == champion_run["metrics"]
 
 
