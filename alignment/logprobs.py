@@ -1,8 +1,16 @@
 """Batching and sequence log-probabilities, kept apart from the loss maths.
 
-A preference batch is one concatenated forward pass: rows [chosen_1..chosen_B, rejected_1..rejected_B],
-each `prompt + response`, right-padded, with labels masked (IGNORE_INDEX) on prompt and padding.
-`sequence_logps` returns per-row sums and token counts of log p(response token | prefix).
+Two layouts of a preference batch, both giving `sequence_logps` -> per-response sums and token counts of
+log p(response token | prefix), chosen rows first, then rejected:
+
+- concatenated (`collate_pairs`): rows [chosen_1..chosen_B, rejected_1..rejected_B], each `prompt +
+  response`, right-padded, labels masked (IGNORE_INDEX) on prompt and padding. The prompt is encoded twice.
+- prefix-shared (`collate_shared_pairs`, what training uses): one row per pair, `prompt + chosen + rejected`,
+  with position ids restarting after the prompt for the rejected response and a 4D attention mask in which
+  rejected tokens see the prompt and the earlier rejected tokens but never the chosen ones. Each response
+  token is predicted from the logits of the position before it in its own branch (the first rejected token
+  from the last prompt token), so the log-probs equal the concatenated layout's while the prompt is encoded
+  once per pair: for HH-RLHF-like pairs (prompt ~200 tokens, responses ~120) that is ~30 % fewer tokens.
 """
 
 from __future__ import annotations
@@ -58,25 +66,88 @@ def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
+def collate_shared_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Preference rows -> one prefix-shared row per pair (see the module docstring).
+
+    Returns input_ids and position_ids (B, T); attention_mask (B, 1, T, T), additive float (0 = attend,
+    dtype min = blocked; padding queries attend to themselves only, so no row is all-blocked); and, for the
+    M labelled tokens of all responses: `pred_index` (M,) flat index (b * T + t) of the position whose logits
+    predict the token, `target_ids` (M,), `segment` (M,) = b for a chosen token and B + b for a rejected one.
+    """
+    B = len(rows)
+    lengths = [len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows]
+    T = max(lengths)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((B, T), dtype=torch.long)
+    allowed = torch.zeros((B, T, T), dtype=torch.bool)
+    causal = torch.ones((T, T), dtype=torch.bool).tril()
+    pred, target, segment = [], [], []
+    for b, row in enumerate(rows):
+        p, c, r = row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]
+        P, C, R = len(p), len(c), len(r)
+        n = P + C + R
+        input_ids[b, :n] = torch.tensor(p + c + r, dtype=torch.long)
+        position_ids[b, :P + C] = torch.arange(P + C)
+        position_ids[b, P + C:n] = torch.arange(P, P + R)
+        allowed[b, :n, :n] = causal[:n, :n]
+        allowed[b, P + C:n, P:P + C] = False  # rejected never sees chosen
+        idx = torch.arange(n, T)
+        allowed[b, idx, idx] = True  # padding queries: themselves only
+        base = b * T
+        pred += [base + P - 1 + j for j in range(C)]  # chosen token j from position P-1+j
+        pred += [base + P - 1] + [base + P + C + j - 1 for j in range(1, R)]  # rejected: from the prompt's end
+        target += c + r
+        segment += [b] * C + [B + b] * R
+    mask = torch.zeros((B, 1, T, T), dtype=torch.float32)
+    mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(torch.float32).min)
+    batch = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask,
+             "pred_index": torch.tensor(pred, dtype=torch.long), "target_ids": torch.tensor(target, dtype=torch.long),
+             "segment": torch.tensor(segment, dtype=torch.long),
+             "num_tokens": torch.tensor(sum(lengths), dtype=torch.long)}
+    if "ref_chosen_logps" in rows[0]:
+        batch["ref_chosen_logps"] = torch.tensor([r["ref_chosen_logps"] for r in rows], dtype=torch.float32)
+        batch["ref_rejected_logps"] = torch.tensor([r["ref_rejected_logps"] for r in rows], dtype=torch.float32)
+    return batch
+
+
 def collate_sft(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return pad_batch([r["input_ids"] for r in rows], [r["labels"] for r in rows], pad_id)
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> SequenceLogps:
-    """Summed log-probs of the labelled tokens of every row. Next-token alignment: logits at t predict t+1."""
+    """Summed log-probs of the labelled tokens of every row. Next-token alignment: logits at t predict t+1.
+    A prefix-shared batch (it has `pred_index`) gives 2B rows: B chosen, then B rejected."""
+    if "pred_index" in batch:
+        return shared_sequence_logps(model, batch)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
     labels = batch["labels"][:, 1:]  # (N, T-1)
-    logits = logits[:, :-1]  # (N, T-1, V)
-    token_logps = -F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="none",
-    ).view(labels.shape)  # (N, T-1); 0 where ignored
     mask = labels != IGNORE_INDEX
-    return SequenceLogps(sum=(token_logps * mask).sum(-1), count=mask.sum(-1))
+    rows = mask.nonzero()[:, 0]  # (M,) row of each labelled token
+    picked = logits[:, :-1][mask].float()  # (M, V): log-softmax only where a token is scored
+    token_logps = -F.cross_entropy(picked, labels[mask], reduction="none")  # (M,)
+    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, rows, token_logps)
+    return SequenceLogps(sum=sums, count=mask.sum(-1))
+
+
+def shared_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> SequenceLogps:
+    """`sequence_logps` of a prefix-shared batch: log-softmax only at the predicting positions."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits  # (B, T, V)
+    picked = logits.reshape(-1, logits.shape[-1]).index_select(0, batch["pred_index"]).float()  # (M, V)
+    token_logps = -F.cross_entropy(picked, batch["target_ids"], reduction="none")  # (M,)
+    rows = 2 * batch["input_ids"].shape[0]
+    sums = torch.zeros(rows, dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, batch["segment"], token_logps)
+    counts = torch.zeros(rows, dtype=torch.long, device=token_logps.device).index_add(
+        0, batch["segment"], torch.ones_like(batch["segment"]))
+    return SequenceLogps(sum=sums, count=counts)
 
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Non-padding tokens in a batch."""
+    """Non-padding tokens in a batch (of a prefix-shared batch: prompt + chosen + rejected per pair)."""
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"])
     return int(batch["attention_mask"].sum())
 
 
@@ -90,7 +161,7 @@ def reference_logps(model: torch.nn.Module, rows: list[dict], pad_id: int, batch
     model.eval()
     chosen, rejected = [], []
     for start in range(0, len(rows), batch_size):
-        batch = collate_pairs(rows[start:start + batch_size], pad_id)
+        batch = collate_shared_pairs(rows[start:start + batch_size], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         c, r = sequence_logps(model, batch).split()
         chosen += c.sum.tolist()

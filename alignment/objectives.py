@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignment.logprobs import sequence_logps
+from alignment.logprobs import collate_sft, collate_shared_pairs, sequence_logps
 from alignment.losses import dpo_loss, orpo_loss, sft_nll_loss
 
 
@@ -59,3 +59,21 @@ def make_orpo_objective(*, lam: float) -> Objective:
         return StepOutput(out.loss, out.metrics)
 
     return objective
+
+
+Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
+
+
+def method_plan(method: str, *, pad_id: int, beta: float = 0.1, loss_type: str = "sigmoid",
+                label_smoothing: float = 0.0, lam: float = 0.5) -> tuple[Objective, Collate]:
+    """The objective and the batch collation of one training method ("sft", "dpo" or "orpo"): what the
+    pipeline's stages and the benchmark (bench/) both train with."""
+    if method == "sft":
+        return sft_objective, lambda rows: collate_sft(rows, pad_id)
+    if method == "dpo":
+        objective = make_dpo_objective(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+    elif method == "orpo":
+        objective = make_orpo_objective(lam=lam)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return objective, lambda rows: collate_shared_pairs(rows, pad_id)  # the prompt encoded once per pair

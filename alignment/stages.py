@@ -20,9 +20,9 @@ from pydantic import BaseModel
 from alignment import quicktask
 from alignment.config import PipelineConfig
 from alignment.data import write_jsonl
-from alignment.logprobs import collate_pairs, collate_sft, reference_logps
+from alignment.logprobs import reference_logps
 from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer
-from alignment.objectives import Objective, make_dpo_objective, make_orpo_objective, sft_objective
+from alignment.objectives import Objective, method_plan
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
 from alignment.s3io import fetch_folder, is_s3_uri
 from alignment.tiny_model import make_tiny_model
@@ -154,7 +154,8 @@ def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir
     with accelerator.main_process_first() if accelerator else nullcontext():  # one writes the token cache
         rows = tokenized_rows(cfg, prepared, base, "sft")
     model = load_causal_lm(base.path, trust_remote_code=cfg.model.trust_remote_code)
-    return fit_and_save(model, tok, rows, sft_objective, lambda b: collate_sft(b, tok.pad_token_id), "sft",
+    objective, collate = method_plan("sft", pad_id=tok.pad_token_id)
+    return fit_and_save(model, tok, rows, objective, collate, "sft",
                         cfg, cfg.sft.optim, out_dir, logger, on_log, accelerator)
 
 
@@ -175,19 +176,19 @@ def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, 
         with accelerator.main_process_first() if accelerator else nullcontext():  # one writes the cache
             rows = reference_annotated_pairs(cfg, prepared, sft.model, "train")
         init: ModelRef = sft.model
-        objective: Objective = make_dpo_objective(beta=d.beta, loss_type=d.loss_type,
-                                                  label_smoothing=d.label_smoothing)
         optim = d.optim
     else:
         init = sft.model if (cfg.orpo.init == "sft" and sft is not None) else base
         with accelerator.main_process_first() if accelerator else nullcontext():
             rows = tokenized_rows(cfg, prepared, init, "train")
-        objective = make_orpo_objective(lam=cfg.orpo.lam)
         optim = cfg.orpo.optim
     tok = load_tokenizer(init.path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_causal_lm(init.path, trust_remote_code=cfg.model.trust_remote_code)
-    return fit_and_save(model, tok, rows, objective, lambda b: collate_pairs(b, tok.pad_token_id), method,
-                        cfg, optim, out_dir, logger, on_log, accelerator)
+    objective, collate = method_plan(method, pad_id=tok.pad_token_id, beta=cfg.dpo.beta,
+                                     loss_type=cfg.dpo.loss_type, label_smoothing=cfg.dpo.label_smoothing,
+                                     lam=cfg.orpo.lam)
+    return fit_and_save(model, tok, rows, objective, collate, method, cfg, optim, out_dir, logger, on_log,
+                        accelerator)
 
 
 def fit_and_save(model: torch.nn.Module, tok: Any, rows: list[dict], objective: Objective,

@@ -54,6 +54,8 @@ class _Loop:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     total_steps: int
     micro_per_epoch: int
+    lengths: list[int] | None = None  # row lengths, when batches are grouped by length
+    order_cache: dict = field(default_factory=dict)
 
 
 def plan_steps(num_examples: int, optim: OptimConfig, world_size: int = 1) -> tuple[int, int]:
@@ -65,14 +67,58 @@ def plan_steps(num_examples: int, optim: OptimConfig, world_size: int = 1) -> tu
     return max(1, math.ceil(optim.epochs * micro_per_epoch / optim.grad_accum_steps)), micro_per_epoch
 
 
-def batch_indices(micro_index: int, num_examples: int, batch_size: int, micro_per_epoch: int, seed: int,
-                  rank: int = 0, world_size: int = 1) -> list[int]:
-    """Row indices of global micro-batch `micro_index` for one process: a seeded permutation per epoch."""
-    epoch, pos = divmod(micro_index, micro_per_epoch)
+GROUP_WINDOW = 32  # global micro-batches per length-sorted window
+
+
+def epoch_order(epoch: int, num_examples: int, global_batch: int, seed: int,
+                lengths: list[int] | None = None) -> list[int]:
+    """Row order of one epoch: a seeded permutation. With `lengths` (length grouping), the permutation is cut
+    into windows of GROUP_WINDOW global micro-batches, each window sorted by length and cut into micro-batches,
+    and the micro-batches of the epoch put in a seeded random order: batches hold rows of similar length (less
+    padding) while which rows meet, and the order of batches, stay random. The global batches do not depend on
+    the number of processes, so multi-process training sees the same batches as one process."""
     order = list(range(num_examples))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    rng = random.Random(seed * 1_000_003 + epoch)
+    rng.shuffle(order)
+    if lengths is None:
+        return order
+    window = global_batch * GROUP_WINDOW
+    batches = []
+    for start in range(0, num_examples, window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + global_batch] for i in range(0, len(chunk), global_batch)]
+    full = [b for b in batches if len(b) == global_batch]  # the epoch's tail (< one batch) is skipped anyway
+    rng.shuffle(full)
+    rest = [i for b in batches if len(b) != global_batch for i in b]
+    return [i for b in full for i in b] + rest
+
+
+def batch_indices(micro_index: int, num_examples: int, batch_size: int, micro_per_epoch: int, seed: int,
+                  rank: int = 0, world_size: int = 1, lengths: list[int] | None = None, accum_steps: int = 1,
+                  _cache: dict | None = None) -> list[int]:
+    """Row indices of global micro-batch `micro_index` for one process (see `epoch_order`; with lengths,
+    the rows of one optimizer step — batch_size x world_size x accum_steps — are grouped, so gradient
+    accumulation and the number of processes do not change which rows a step trains on). `_cache` keeps the
+    epoch's order between calls (the loop passes one)."""
+    epoch, pos = divmod(micro_index, micro_per_epoch)
+    step_rows = batch_size * world_size * accum_steps
+    key = (epoch, num_examples, step_rows, seed, lengths is not None)
+    if _cache is not None and key in _cache:
+        order = _cache[key]
+    else:
+        order = epoch_order(epoch, num_examples, step_rows, seed, lengths)
+        if _cache is not None:
+            _cache.clear()
+            _cache[key] = order
     start = (pos * world_size + rank) * batch_size
     return order[start:start + batch_size]
+
+
+def row_length(row: dict) -> int:
+    """Tokens a row puts into a batch: an SFT sequence, or a pair's prompt and both responses."""
+    if "input_ids" in row:
+        return len(row["input_ids"])
+    return len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
 
 
 def train(model: torch.nn.Module, rows: list[dict], *, objective: Objective, collate: Collate,
@@ -84,6 +130,8 @@ def train(model: torch.nn.Module, rows: list[dict], *, objective: Objective, col
     if not rows:
         raise ValueError("no training rows")
     loop = setup(model, len(rows), optim, seed, accelerator)
+    if optim.group_by_length:
+        loop.lengths = [row_length(r) for r in rows]
     ckpt_root = output_dir / "checkpoints"
     start_step, last = resume(loop, ckpt_root)
     acc = loop.accelerator
@@ -135,7 +183,7 @@ def run_step(loop: _Loop, rows: list[dict], step: int, objective: Objective, col
     tokens = 0
     for micro in range(accum):
         idx = batch_indices(step * accum + micro, len(rows), optim.batch_size, loop.micro_per_epoch, seed,
-                            acc.process_index, acc.num_processes)
+                            acc.process_index, acc.num_processes, loop.lengths, accum, loop.order_cache)
         batch = {k: v.to(acc.device) for k, v in collate([rows[i] for i in idx]).items()}
         tokens += count_tokens(batch)
         sync = acc.no_sync(loop.model) if micro < accum - 1 else nullcontext()

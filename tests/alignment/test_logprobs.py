@@ -12,6 +12,7 @@ from torch.testing import assert_close
 from alignment.logprobs import (
     SequenceLogps,
     collate_pairs,
+    collate_shared_pairs,
     collate_sft,
     count_tokens,
     pad_batch,
@@ -37,7 +38,8 @@ class BigramModel(nn.Module):
         super().__init__()
         self.table = nn.Parameter(BIGRAM.log())
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> SimpleNamespace:
         return SimpleNamespace(logits=self.table[input_ids])
 
 
@@ -130,3 +132,50 @@ def test_reference_logps_per_pair() -> None:
         chosen, rejected = reference_logps(BigramModel(), rows, pad_id=PAD, batch_size=batch_size)
         assert_close(T(chosen), T([-2 * LOG2, -2 * LOG2]))
         assert_close(T(rejected), T([-LOG2, -2 * LOG2]))
+
+
+def test_collate_shared_pairs_layout() -> None:
+    """Pair (prompt [5, 6], chosen [7], rejected [8, 9]) -> one row [5, 6, 7, 8, 9]; the rejected branch
+    restarts at position 2; row 2 (prompt [5], chosen [7], rejected [8]) is padded to 5."""
+    rows = [{"prompt_ids": [5, 6], "chosen_ids": [7], "rejected_ids": [8, 9], "ref_chosen_logps": -1.0,
+             "ref_rejected_logps": -2.0},
+            {"prompt_ids": [5], "chosen_ids": [7], "rejected_ids": [8], "ref_chosen_logps": -3.0,
+             "ref_rejected_logps": -4.0}]
+    out = collate_shared_pairs(rows, pad_id=PAD)
+    assert_close(out["input_ids"], T([[5, 6, 7, 8, 9], [5, 7, 8, PAD, PAD]]))
+    assert_close(out["position_ids"], T([[0, 1, 2, 2, 3], [0, 1, 1, 0, 0]]))
+    # chosen 7 from position 1; rejected 8 from position 1 (the prompt's end), 9 from position 3; row 2
+    # (flat offset 5): chosen 7 from 5 + 0, rejected 8 from 5 + 0 too.
+    assert out["pred_index"].tolist() == [1, 1, 3, 5, 5]
+    assert out["target_ids"].tolist() == [7, 8, 9, 7, 8]
+    assert out["segment"].tolist() == [0, 2, 2, 1, 3]  # chosen rows 0..B-1, rejected B..2B-1
+    allowed = out["attention_mask"][:, 0] == 0
+    assert allowed[0].tolist() == [[True, False, False, False, False],
+                                   [True, True, False, False, False],
+                                   [True, True, True, False, False],
+                                   [True, True, False, True, False],  # 8 sees the prompt, not 7
+                                   [True, True, False, True, True]]
+    assert allowed[1, 3].tolist() == [False, False, False, True, False]  # padding sees only itself
+    assert int(out["num_tokens"]) == 8 and count_tokens(out) == 8
+    assert_close(out["ref_rejected_logps"], T([-2.0, -4.0]))
+
+
+def test_shared_and_concatenated_layouts_give_the_same_logps() -> None:
+    """On a real (random) Llama with rotary positions: the prefix-shared row reproduces the log-probs of
+    encoding prompt + chosen and prompt + rejected separately."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64, max_position_embeddings=64))
+    gen = torch.Generator().manual_seed(1)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(1, 64, (n,), generator=gen).tolist()
+
+    rows = [{"prompt_ids": ids(p), "chosen_ids": ids(c), "rejected_ids": ids(r)}
+            for p, c, r in ((7, 3, 5), (2, 6, 1), (11, 2, 4))]
+    concat = sequence_logps(model, collate_pairs(rows, pad_id=PAD))
+    shared = sequence_logps(model, collate_shared_pairs(rows, pad_id=PAD))
+    assert_close(shared.count, concat.count)
+    assert_close(shared.sum, concat.sum, atol=1e-4, rtol=1e-5)
