@@ -59,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--config", "-c", help="YAML preset whose tracking settings locate the registry")
     promote.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     promote.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack)")
+    bench = sub.add_parser("bench", help="time alignflow's SFT/DPO/ORPO against TRL's trainers on the same work "
+                                         "(needs the `bench` extra: trl)")
+    bench.add_argument("--data", choices=["quickstart", "hh", "both"], default="both",
+                       help="quickstart pairs, HH-RLHF-like lengths, or both (default)")
+    bench.add_argument("--methods", default="sft,dpo,orpo", help="comma-separated (default sft,dpo,orpo)")
+    bench.add_argument("--steps", type=int, help="optimizer steps per trial (default: 24 quickstart, 6 hh)")
+    bench.add_argument("--batch-size", type=int, help="pairs per step (default: 16 quickstart, 8 hh)")
+    bench.add_argument("--repeats", type=int, help="trials per trainer, alternating (default 2; smoke 1)")
+    bench.add_argument("--threads", type=int, default=1, help="torch threads in every trial (default 1)")
+    bench.add_argument("--max-length", type=int, help="longest prompt + response (default 1024; smoke 128)")
+    bench.add_argument("--json", help="write every number, the environment and the verdicts here")
+    bench.add_argument("--smoke", action="store_true", help="a couple of steps on tiny data; no timing claims")
     from flows.data_cli import add_data_commands
 
     COMMANDS.update(add_data_commands(sub))
@@ -224,6 +236,12 @@ def command_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_bench(args: argparse.Namespace) -> int:
+    from bench.trainers import run_from_args
+
+    return run_from_args(args)
+
+
 def command_config(args: argparse.Namespace) -> int:
     from alignment.config import load_config
 
@@ -232,7 +250,7 @@ def command_config(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": command_run, "config": command_config, "stack": command_stack, "deploy": command_deploy,
-            "promote": command_promote, "compare": command_compare}
+            "promote": command_promote, "compare": command_compare, "bench": command_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,8 +12,8 @@ from torch.testing import assert_close
 from alignment.logprobs import (
     SequenceLogps,
     collate_pairs,
-    collate_shared_pairs,
     collate_sft,
+    collate_shared_pairs,
     count_tokens,
     pad_batch,
     reference_logps,
