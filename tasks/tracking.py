@@ -74,7 +74,14 @@ def start_pipeline_run(cfg: PipelineConfig, run_name: str | None = None) -> RunC
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri, artifacts = resolve_tracking(cfg)
     Path(cfg.run.output_dir).mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # for the fluent API (model logging)
+    # MLflow also exports the URI as $MLFLOW_TRACKING_URI; here that variable is the user's setting, read by
+    # resolve_tracking, so a second run in this process (compare's variants, tests) must not inherit ours.
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
     client = MlflowClient(uri)
     exp_id = ensure_experiment(client, cfg.tracking.experiment, artifacts)
     run = client.create_run(exp_id, run_name=run_name or f"pipeline-{cfg.preference.method}",

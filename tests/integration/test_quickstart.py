@@ -72,13 +72,15 @@ def test_quickstart_aligns(prefect_api, out_dir: Path, capsys: pytest.CaptureFix
 def test_broken_policy_is_refused_champion(prefect_api, out_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """DPO at a learning rate 1000x the preset's wrecks the policy: it is registered (candidate) but the
     gates keep `champion` where it was."""
-    tracking = f"sqlite:///{out_dir / 'mlflow.db'}"
+    tracking = json.loads((out_dir / "summary.json").read_text())["tracking_uri"]  # the quickstart runs' registry
     name = "alignflow-quickstart"
     before = champion_version(tracking, name)
+    assert before is not None
     run_cli(capsys, "run", "--config", "configs/quickstart.yaml", "--set", f"run.output_dir={out_dir}",
             "--set", "dpo.optim.learning_rate=0.05", "--set", "dpo.optim.max_steps=40")
     summary = json.loads((out_dir / "summary.json").read_text())
     print(json.dumps(summary["gates"], indent=1))
+    assert summary["tracking_uri"] == tracking
     gates = {g["name"]: g for g in summary["gates"]}
     assert summary["registered_model"]["aliases"] == ["candidate"]
     assert not gates["win_rate"]["passed"]
@@ -106,7 +108,7 @@ def test_compare_reports_dpo_and_orpo(prefect_api, out_dir: Path, capsys: pytest
         assert r["win_rate"] >= 0.75 and r["gates_passed"], r
     html = report.read_text()
     assert ">dpo<" in html and ">orpo<" in html and "best" in html
-    tracking = f"sqlite:///{out_dir / 'mlflow.db'}"
+    tracking = json.loads((out_dir / "summary.json").read_text())["tracking_uri"]  # the last variant's
     runs = MlflowClient(tracking).search_runs(
         [MlflowClient(tracking).get_experiment_by_name("alignflow").experiment_id],
         "tags.`alignflow.stage` = 'compare-methods'")

@@ -23,3 +23,17 @@ def test_markdown_holds_runs_metrics_gates_and_registration() -> None:
     assert "| compare/win_rate | 0.875 |" in md and "| sft/steps | 200 |" in md
     assert "| win_rate | 0.875 | 0.6 | yes |" in md
     assert "version 2, aliases: candidate, champion" in md
+
+
+def test_a_run_does_not_leave_its_tracking_uri_in_the_environment(tmp_path, monkeypatch) -> None:
+    """mlflow.set_tracking_uri exports $MLFLOW_TRACKING_URI; a second pipeline run in the same process with
+    another output_dir must still get its own default store."""
+    from alignment.config import load_config
+    from tasks.tracking import resolve_tracking, start_pipeline_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = start_pipeline_run(load_config(None, [f"run.output_dir={tmp_path / 'a'}"]))
+    assert "MLFLOW_TRACKING_URI" not in __import__("os").environ
+    second_cfg = load_config(None, [f"run.output_dir={tmp_path / 'b'}"])
+    assert resolve_tracking(second_cfg)[0] != first.tracking_uri
+    assert resolve_tracking(second_cfg)[0].endswith(str(tmp_path / "b" / "mlflow.db"))
