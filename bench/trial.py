@@ -1,0 +1,293 @@
+"""One benchmark trial, run inside its own process: load the model and rows, train one trainer, measure.
+
+A trial is a JSON-serialisable spec (see `bench.trainers.trial_spec`). Measured:
+
+* ``seconds``: wall time of the training call with the model already loaded and the rows already tokenized.
+  alignflow: `reference_logps` (DPO only) + `alignment.trainer.train` (which builds its Accelerator, optimiser
+  and scheduler, and writes one checkpoint at the last step; that write is timed on its own as
+  ``checkpoint_s`` and stays inside ``seconds``). TRL: `trainer.train()`, plus for
+  ``precompute_ref_log_probs=True`` the reference pass TRL runs inside its constructor (``ref_s``). The rest of
+  TRL's constructor (its dataset preparation and, for default DPO, loading the reference model) is reported
+  as ``init_s`` and is not in ``seconds``.
+* memory: on CPU the peak resident set size (VmHWM, reset through /proc/self/clear_refs right before the
+  trainer is built) and its growth over the resident size at that moment; on GPU the peak allocated memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.pairs import pair_tokens, sft_rows
+
+
+def pin_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+
+
+def read_status_kib() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+class MemoryProbe:
+    """Peak memory from `start()` on: VmHWM after a reset (CPU), max_memory_allocated (GPU)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.reset_ok = False
+        self.baseline_kib = 0
+
+    def start(self) -> None:
+        import gc
+
+        gc.collect()
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+                fh.write("5")  # reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+            self.reset_ok = True
+        except OSError:
+            self.reset_ok = False
+        self.baseline_kib = read_status_kib().get("VmRSS", 0)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.gpu_baseline = torch.cuda.memory_allocated()
+
+    def result(self) -> dict[str, Any]:
+        status = read_status_kib()
+        peak_kib = status.get("VmHWM", 0) if self.reset_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out = {"rss_baseline_mib": self.baseline_kib / 1024, "rss_peak_mib": peak_kib / 1024,
+               "rss_growth_mib": (peak_kib - self.baseline_kib) / 1024, "rss_peak_reset": self.reset_ok}
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            out["gpu_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            out["gpu_growth_allocated_mib"] = (torch.cuda.max_memory_allocated() - self.gpu_baseline) / 2**20
+        return out
+
+
+def load_model(path: str, device: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.to(device)
+
+
+def load_rows(spec: dict[str, Any]) -> list[dict[str, list[int]]]:
+    pairs = json.loads(Path(spec["data_path"]).read_text())
+    return pairs[: spec["steps"] * spec["batch_size"]]
+
+
+def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], pad_id: int,
+                  probe: MemoryProbe, work: Path) -> dict[str, Any]:
+    import alignment.trainer as trainer_module
+    from alignment.config import OptimConfig
+    from alignment.logprobs import reference_logps
+    from alignment.objectives import method_plan
+    from alignment.tracking import InMemoryLogger
+
+    method, steps, batch = spec["method"], spec["steps"], spec["batch_size"]
+    objective, collate = method_plan(method, pad_id=pad_id, beta=spec["beta"], loss_type="sigmoid",
+                                     label_smoothing=0.0, lam=spec["lam"])
+    optim = OptimConfig(learning_rate=spec["learning_rate"], weight_decay=0.0, warmup_ratio=0.0,
+                        lr_scheduler="constant_with_warmup", max_grad_norm=1.0, batch_size=batch,
+                        grad_accum_steps=1, max_steps=steps, log_every=steps, save_every=10**9,
+                        **({"group_by_length": True} if spec.get("group_by_length") else {}))
+    rows = sft_rows(pairs) if method == "sft" else pairs
+    checkpoint_s = [0.0]
+    original_save = trainer_module.save_checkpoint
+
+    def timed_save(*args: Any, **kwargs: Any) -> Any:  # train() always checkpoints its last step: time it
+        started = time.perf_counter()
+        try:
+            return original_save(*args, **kwargs)
+        finally:
+            checkpoint_s[0] += time.perf_counter() - started
+
+    trainer_module.save_checkpoint = timed_save
+    probe.start()
+    started = time.perf_counter()
+    ref_s = 0.0
+    if method == "dpo":  # the cached reference: log-probs of the initial policy, computed once, inside the timing
+        chosen, rejected = reference_logps(model, rows, pad_id, batch, device=spec["device"])
+        rows = [dict(r, ref_chosen_logps=c, ref_rejected_logps=j) for r, c, j in zip(rows, chosen, rejected, strict=True)]
+        ref_s = time.perf_counter() - started
+    result = trainer_module.train(model, rows, objective=objective, collate=collate, optim=optim,
+                                  output_dir=work / "alignflow", seed=spec["seed"], logger=InMemoryLogger())
+    seconds = time.perf_counter() - started
+    trainer_module.save_checkpoint = original_save
+    return {"seconds": seconds, "ref_s": ref_s, "init_s": 0.0, "checkpoint_s": checkpoint_s[0],
+            "final_loss": result.final_metrics.get("loss"), "steps_done": result.steps, **probe.result()}
+
+
+def run_trl(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], tokenizer: Any,
+            probe: MemoryProbe, work: Path) -> dict[str, Any]:
+    from bench.trl_side import make_trainer
+
+    probe.start()
+    started = time.perf_counter()
+    trainer = make_trainer(spec["method"], spec["trainer"], model, tokenizer, pairs, work / "trl",
+                           steps=spec["steps"], batch_size=spec["batch_size"], learning_rate=spec["learning_rate"],
+                           seed=spec["seed"], max_length=spec["max_length"], beta=spec["beta"], lam=spec["lam"])
+    init_s = time.perf_counter() - started
+    ref_s = getattr(trainer, "precompute_seconds", 0.0)
+    started = time.perf_counter()
+    output = trainer.train()
+    train_s = time.perf_counter() - started
+    return {"seconds": train_s + ref_s, "ref_s": ref_s, "init_s": init_s - ref_s, "checkpoint_s": 0.0,
+            "final_loss": output.training_loss, "steps_done": trainer.state.global_step, **probe.result()}
+
+
+def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one trainer on one data set (spec from `bench.trainers.trial_spec`); returns the measurements."""
+    from transformers import AutoTokenizer
+
+    pin_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    device = spec["device"]
+    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
+    model = load_model(spec["model_dir"], device)
+    pairs = load_rows(spec)
+    if len(pairs) != spec["steps"] * spec["batch_size"]:
+        raise ValueError(f"need {spec['steps'] * spec['batch_size']} rows, have {len(pairs)}")
+    probe = MemoryProbe(device)
+    with tempfile.TemporaryDirectory(prefix="alignflow-bench-") as tmp:
+        if spec["trainer"] == "alignflow":
+            out = run_alignflow(spec, model, pairs, tokenizer.pad_token_id, probe, Path(tmp))
+        else:
+            out = run_trl(spec, model, pairs, tokenizer, probe, Path(tmp))
+    n = len(pairs)
+    data_tokens = sum(len(p["prompt_ids"]) + len(p["chosen_ids"]) for p in pairs) if spec["method"] == "sft" \
+        else sum(pair_tokens(p) for p in pairs)
+    out.update({"examples": n, "data_tokens": data_tokens, "threads_after": torch.get_num_threads(),
+                "pairs_per_s": n / out["seconds"], "tokens_per_s": data_tokens / out["seconds"]})
+    return out
+
+
+def trial_entry(spec: dict[str, Any], result_path: str) -> None:
+    """Process entry point: run the trial with its output going to a log file next to `result_path`, and write
+    its result (or the error) there as JSON."""
+    log = os.open(str(Path(result_path).with_suffix(".log")), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    try:
+        payload = {"ok": True, "result": run_trial(spec) if spec["kind"] == "train" else run_loss_check(spec)}
+    except Exception as err:  # report any failure to the parent, which shows it
+        payload = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    Path(result_path).write_text(json.dumps(payload))
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+# ---- loss agreement -----------------------------------------------------------------------------------
+
+
+def perturbed_copy(model: torch.nn.Module, seed: int, scale: float = 0.02) -> None:
+    """Add seeded Gaussian noise to every weight in place, so a policy differs from its reference."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * scale)
+
+
+def alignflow_batch_losses(method: str, policy: torch.nn.Module, reference: torch.nn.Module | None,
+                           pairs: list[dict], pad_id: int, batch_size: int, batches: int, *, beta: float,
+                           lam: float) -> list[dict[str, float]]:
+    """alignflow's loss (its objective on its own collated batch) on consecutive batches of `pairs`; for ORPO
+    also its NLL term and the NLL over prompt + response (TRL's definition of ORPO's NLL term)."""
+    from alignment.logprobs import collate_sft, reference_logps, sequence_logps
+    from alignment.losses import sft_nll_loss
+    from alignment.objectives import method_plan
+
+    objective, collate = method_plan(method, pad_id=pad_id, beta=beta, loss_type="sigmoid", label_smoothing=0.0,
+                                     lam=lam)
+    rows = sft_rows(pairs) if method == "sft" else pairs
+    rows = rows[: batches * batch_size]
+    if method == "dpo":
+        assert reference is not None
+        chosen, rejected = reference_logps(reference, rows, pad_id, batch_size)
+        rows = [dict(r, ref_chosen_logps=c, ref_rejected_logps=j) for r, c, j in zip(rows, chosen, rejected, strict=True)]
+    policy.train()
+    out = []
+    with torch.no_grad():
+        for b in range(batches):
+            chunk = rows[b * batch_size:(b + 1) * batch_size]
+            step = objective(policy, collate(chunk))
+            entry = {"loss": float(step.loss)}
+            if method == "orpo":
+                full = [{"input_ids": r["prompt_ids"] + r["chosen_ids"], "labels": r["prompt_ids"] + r["chosen_ids"]}
+                        for r in chunk]
+                logps = sequence_logps(policy, collate_sft(full, pad_id))
+                entry["nll_loss"] = float(step.metrics["nll_loss"])
+                entry["nll_full_sequence"] = float(sft_nll_loss(logps.sum, logps.count))
+            out.append(entry)
+    return out
+
+
+def run_loss_check(spec: dict[str, Any]) -> dict[str, Any]:
+    """alignflow's and TRL's losses on the same fixed batches, same initial weights, no training."""
+    from transformers import AutoTokenizer
+
+    from bench.trl_side import batch_losses, make_trainer
+
+    pin_threads(spec["threads"])
+    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
+    pairs = json.loads(Path(spec["data_path"]).read_text())
+    batch, batches = spec["batch_size"], spec["loss_batches"]
+    pairs = pairs[: batch * batches]
+    results: dict[str, Any] = {}
+
+    def policy() -> torch.nn.Module:
+        model = load_model(spec["model_dir"], "cpu")
+        perturbed_copy(model, spec["seed"])
+        return model
+
+    with tempfile.TemporaryDirectory(prefix="alignflow-bench-loss-") as tmp:
+        for method in spec["methods"]:
+            ours = alignflow_batch_losses(method, policy(), load_model(spec["model_dir"], "cpu"), pairs,
+                                          tokenizer.pad_token_id, batch, batches, beta=spec["beta"], lam=spec["lam"])
+            variants = ("trl", "trl-precompute") if method == "dpo" else ("trl",)
+            for variant in variants:
+                trainer = make_trainer(method, variant, policy(), tokenizer, pairs, Path(tmp) / variant,
+                                       steps=batches, batch_size=batch, learning_rate=spec["learning_rate"],
+                                       seed=spec["seed"], max_length=spec["max_length"], beta=spec["beta"],
+                                       lam=spec["lam"],
+                                       ref_model=load_model(spec["model_dir"], "cpu") if method == "dpo" else None)
+                theirs = batch_losses(trainer, method, batch, batches)
+                results[f"{method}/{variant}"] = compare_losses(method, ours, theirs)
+    return results
+
+
+def compare_losses(method: str, ours: list[dict[str, float]], theirs: list[dict[str, float]]) -> dict[str, Any]:
+    diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(ours, theirs, strict=True)]
+    out: dict[str, Any] = {"alignflow": [a["loss"] for a in ours], "trl": [b["loss"] for b in theirs],
+                           "max_abs_diff": max(diffs)}
+    if method == "orpo":
+        # TRL's ORPO takes its NLL term over prompt + response; alignflow's over the response only. With the NLL
+        # term swapped for the prompt + response one, the rest (the odds-ratio term) must agree.
+        aligned = [a["loss"] - a["nll_loss"] + a["nll_full_sequence"] for a in ours]
+        out["alignflow_with_trl_nll"] = aligned
+        out["max_abs_diff_with_trl_nll"] = max(abs(x - b["loss"]) for x, b in zip(aligned, theirs, strict=True))
+        out["max_abs_diff_nll_term"] = max(abs(a["nll_full_sequence"] - b["nll_loss"])
+                                           for a, b in zip(ours, theirs, strict=True))
+    return out
