@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -238,7 +239,7 @@ def reference_annotated_pairs(cfg: PipelineConfig, prepared: PreparedData, refer
         del ref_model
         cached = {"chosen": chosen, "rejected": rejected, "reference": reference.fingerprint}
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cached))
         tmp.replace(cache)
     for row, c, r in zip(rows, cached["chosen"], cached["rejected"], strict=True):

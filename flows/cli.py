@@ -89,10 +89,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from alignment.models import ModelLoadError
     from alignment.tokenization import TemplateError
     from flows.stack import StackError
+    from tasks.locks import RunInProgressError
     from tasks.preflight import ServiceError
     from tasks.promotion import PromotionError
 
-    return (ConfigError, DataError, ModelLoadError, TemplateError, StackError, ServiceError, PromotionError)
+    return (ConfigError, DataError, ModelLoadError, TemplateError, StackError, ServiceError, PromotionError,
+            RunInProgressError)
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -108,8 +110,10 @@ def command_run(args: argparse.Namespace) -> int:
 
     check_services(cfg)
     from flows.pipeline import alignment_pipeline
+    from tasks.locks import output_dir_lock
 
-    result = alignment_pipeline(cfg)
+    with output_dir_lock(cfg.run.output_dir):  # refused here, before Prefect starts; the flow re-enters it
+        result = alignment_pipeline(cfg)
     # The temporary Prefect server logs its shutdown at exit; the summary line must stay the last line.
     logging.getLogger("prefect").setLevel(logging.WARNING)
     print(f"summary: {result['summary_path']}", flush=True)

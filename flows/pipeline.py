@@ -9,6 +9,7 @@ from prefect import flow
 from alignment.config import PipelineConfig
 from alignment.runtime import setup_runtime
 from tasks.evaluation import benchmarks_task, compare_task, evaluate_task, length_view, publish_report
+from tasks.locks import output_dir_lock
 from tasks.registry import promotion_gates, register_task
 from tasks.stages import build_base, prepare, train_preference, train_sft
 from tasks.summary import add_to_summary, publish_summary, write_summary
@@ -20,6 +21,11 @@ def alignment_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, A
     """Prepare data -> SFT -> DPO or ORPO -> held-out evaluation -> comparison with the reference ->
     registration. Returns the summary (also written to <output_dir>/summary.json)."""
     setup_runtime(config.run.seed, config.run.torch_threads)
+    with output_dir_lock(config.run.output_dir):
+        return run_pipeline(config)
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     ctx = start_pipeline_run(config)
     ok = False
     try:

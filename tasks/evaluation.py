@@ -73,7 +73,7 @@ def cached_benchmark(cfg: PipelineConfig, ref: ModelRef, ctx: RunContext) -> dic
         return json.loads(path.read_text())
     results = benchmark_model(cfg, ref)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, path)
     return results
