@@ -72,8 +72,11 @@ def make_client(endpoint_url: str | None = None) -> Any:
 
     endpoint = endpoint_url or next((os.environ[v] for v in ENDPOINT_VARIABLES if os.environ.get(v)), None)
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    config = Config(signature_version="s3v4", connect_timeout=10, read_timeout=120,
-                    retries={"max_attempts": 3, "mode": "standard"})
+    # Retries with exponential backoff (botocore "standard": up to 20 s apart) ride out a short outage of
+    # the S3 endpoint, e.g. a restart; ALIGNFLOW_S3_MAX_ATTEMPTS tunes how long (default 10 attempts, ~1 min).
+    attempts = int(os.environ.get("ALIGNFLOW_S3_MAX_ATTEMPTS", "10"))
+    config = Config(signature_version="s3v4", connect_timeout=5, read_timeout=120,
+                    retries={"max_attempts": attempts, "mode": "standard"})
     # A fresh session: the default one caches credentials, so changed variables would be ignored.
     return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 

@@ -107,7 +107,10 @@ class Stack:
                   "--artifacts-destination", "s3://mlflow/artifacts", "--workers", "1"]
         prefect = [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", str(self.ports.prefect),
                    "--analytics-off"]
-        env = {**self.client_env(), "PREFECT_HOME": str(self.dir / "prefect"),
+        # AWS_RETRY_MODE/AWS_MAX_ATTEMPTS: the MLflow server's own S3 client retries with backoff too, so an S3
+        # restart under a running pipeline delays artifact uploads instead of failing them.
+        env = {**self.client_env(), "AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "10",
+               "PREFECT_HOME": str(self.dir / "prefect"),
                "PREFECT_UI_API_URL": self.urls["prefect_api"], "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
         services = [

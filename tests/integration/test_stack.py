@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from flows.stack import Ports, Stack, free_ports, group_alive, s3_client
+from flows.stack import Ports, Stack, free_ports, group_alive, s3_client, stop_group
 from tests.integration.stackutil import SMALL, consecutive_free_base
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -178,8 +179,9 @@ def alignflow_run(stack: Stack, out: Path, *extra: str) -> list[str]:
 
 
 def test_killed_training_resumes_to_the_same_result(stack: Stack, tmp_path: Path) -> None:
-    """kill -9 of the whole run in the middle of DPO; the re-run resumes from the last checkpoint and ends
-    with the metrics of an uninterrupted run, with exactly one registered version."""
+    """kill -9 of the whole run in the middle of DPO, after a random number of checkpoints; the re-run resumes
+    from the last checkpoint and ends with the metrics of an uninterrupted run, with exactly one registered
+    version."""
     env = {**os.environ, **stack.client_env()}
     longer = ["dpo.optim.max_steps=300", "dpo.optim.save_every=20"]
     ref = subprocess.run(alignflow_run(stack, tmp_path / "ref", *longer, "promotion.model_name=it-ref"),
@@ -189,12 +191,14 @@ def test_killed_training_resumes_to_the_same_result(stack: Stack, tmp_path: Path
     cmd = alignflow_run(stack, out, *longer, "promotion.model_name=it-resume")
     log = (tmp_path / "killed.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    kill_at = 20 * random.randint(1, 10)  # a random checkpoint of the 15 (every 20 of 300 steps)
+    print(f"killing the run once DPO has saved step {kill_at}")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if any(out.glob("dpo-*/checkpoints/step-*/trainer_state.json")):
+        if any(out.glob(f"dpo-*/checkpoints/step-{kill_at:07d}/trainer_state.json")):
             break
-        time.sleep(0.1)
-    assert proc.poll() is None, "the run ended before DPO wrote its first checkpoint"
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before DPO saved step {kill_at}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "summary.json").exists()
@@ -203,10 +207,43 @@ def test_killed_training_resumes_to_the_same_result(stack: Stack, tmp_path: Path
     first = json.loads((tmp_path / "ref" / "summary.json").read_text())
     again = json.loads((out / "summary.json").read_text())
     client = MlflowClient(stack.urls["mlflow"])
-    assert client.get_run(again["stage_runs"]["dpo"]).data.metrics["resumed_from_step"] >= 20
+    assert client.get_run(again["stage_runs"]["dpo"]).data.metrics["resumed_from_step"] >= kill_at
     for name, value in first["metrics"].items():
         assert again["metrics"][name] == pytest.approx(value, abs=1e-4), name
     assert len(client.search_model_versions("name='it-resume'")) == 1
+
+
+@pytest.mark.parametrize("service", ["mlflow", "s3"])
+def test_service_outage_mid_run_is_ridden_out(stack: Stack, tmp_path: Path, service: str) -> None:
+    """The MLflow server or the S3 store is stopped in the middle of DPO and started again 15 s later: the
+    clients' retries with backoff carry the run through, it completes with its artifacts and exactly one
+    registered version."""
+    env = {**os.environ, **stack.client_env()}
+    out = tmp_path / "outage"
+    name = f"it-outage-{service}"
+    cmd = alignflow_run(stack, out, "dpo.optim.max_steps=200", "dpo.optim.save_every=20",
+                        f"promotion.model_name={name}")
+    log_path = tmp_path / "outage.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(out.glob("dpo-*/checkpoints/step-0000020/trainer_state.json")):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before DPO's first checkpoint"
+        assert stop_group(stack.read_state()["services"][service]["pgid"])
+        time.sleep(15)
+        stack.up(echo=lambda _: None)  # starts what is down, as `alignflow stack up` does
+        code = proc.wait(timeout=600)
+    output = log_path.read_text()
+    assert code == 0, output[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    client = MlflowClient(stack.urls["mlflow"])
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+    assert summary["registered_model"]["version"] == "1"
+    assert {f.path for f in client.list_artifacts(summary["parent_run_id"], "report")} == {"report/report.html"}
+    assert client.get_run(summary["stage_runs"]["dpo"]).info.status == "FINISHED"
 
 
 def test_down_stops_every_process_group_and_keeps_data(stack: Stack, run_summary: dict) -> None:
