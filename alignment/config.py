@@ -8,6 +8,7 @@ Validation lives here, not in the flow: every field carries its constraint, unkn
 from __future__ import annotations
 
 import copy
+import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,8 @@ class _Section(BaseModel):
 
 
 class RuntimeConfig(_Section):
-    seed: int = Field(0, ge=0, description="Seed for data order, initialisation and sampling.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True,
+                      description="Seed for data order, initialisation and sampling (0 to 2^32 - 1).")
     torch_threads: int = Field(1, ge=1, le=256, description="torch.set_num_threads for every stage.")
     output_dir: str = Field("runs/quickstart", min_length=1,
                             description="Where stage outputs and checkpoints go; a re-run with the same "
@@ -285,19 +287,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(describe_validation_error(err, source=str(path or "defaults"))) from None
+    except RecursionError:
+        raise ConfigError(f"invalid config ({path or 'defaults'}): values are nested too deeply") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        what = "is a folder, not a file" if path.is_dir() else "not found"
+        raise ConfigError(f"config file {what}: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    except (ValueError, OverflowError) as err:  # a tagged or date-like scalar YAML cannot convert
+        raise ConfigError(f"config file {path} has a value YAML cannot convert ({err}); quote it to keep it as "
+                          f"text") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -306,16 +321,22 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one `section.field=value` override; the value is parsed as YAML (`0.2`, `true`, `[1, 2]`)."""
+    """Apply one `section.field=value` override; the value is parsed as YAML (`0.2`, `true`, `[1, 2]`).
+
+    A value YAML cannot read (`[`, `2020-13-45`) and a date are kept as the text given."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects KEY=VALUE (e.g. preference.beta=0.2), got {item!r}")
+    parts = [part.strip() for part in key.split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {key.strip()!r}: empty name between dots (expected section.field=VALUE)")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
         parsed = value
+    if isinstance(parsed, (datetime.date, datetime.datetime)):
+        parsed = value.strip()
     node = raw
-    parts = key.strip().split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
@@ -325,14 +346,52 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def describe_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {field}: unknown key")
-        else:
-            lines.append(f"  {field}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+    """One line per problem, each naming the field path and the constraint (one problem: one line)."""
+    problems = [_describe_problem(e) for e in err.errors()]
+    if len(problems) == 1:
+        return f"invalid config ({source}): {problems[0]}"
+    return "\n".join([f"invalid config ({source}): {len(problems)} problems", *(f"  {p}" for p in problems)])
+
+
+def _describe_problem(error: Any) -> str:
+    loc = tuple(error["loc"])
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        known = _section_fields(loc[:-1])
+        hint = f" (expected one of: {', '.join(known)})" if known else ""
+        return f"{_field_path(loc)}: unknown key{hint}"
+    if kind == "invalid_key":
+        return f"{_field_path(loc[:-1])}: key {_shown(value)} is not a name (keys must be text)"
+    if kind == "string_unicode":
+        return f"{_field_path(loc)}: a name or value is not valid UTF-8 text (got {_shown(value)})"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "value_error" and isinstance(value, dict):  # a check across fields: the message names them
+        return f"{_field_path(loc)}: {message}"
+    return f"{_field_path(loc)}: {message} (got {_shown(value)})"
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """`dpo.optim.learning_rate`; list positions as numbers; odd names (empty, spaces) quoted."""
+    if not loc:
+        return "(top level)"
+    return ".".join(str(p) if isinstance(p, int) or (isinstance(p, str) and p.isidentifier()) else repr(p)
+                    for p in loc)
+
+
+def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section at `loc` (empty when `loc` is not a section)."""
+    section: Any = PipelineConfig
+    for part in loc:
+        field = section.model_fields.get(part) if isinstance(part, str) else None
+        section = field.annotation if field is not None else None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return []
+    return list(section.model_fields)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def config_to_params(cfg: PipelineConfig) -> dict[str, str]:

@@ -369,11 +369,29 @@ def _read_parquet(path: Path, name: str) -> Iterator[RowItem]:
     try:
         index = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            for row in batch.to_pylist():
-                yield index, _check_row(row)
+            for row in _parquet_rows(batch):
+                yield index, row
                 index += 1
     except (pa.ArrowException, OSError) as exc:
         raise DataError(BAD_FILE, f"cannot read parquet: {exc}", file=name) from exc
+
+
+def _parquet_rows(batch: Any) -> list[dict[str, Any] | DataError]:
+    try:
+        return [_check_row(row) for row in batch.to_pylist()]
+    except (ValueError, OverflowError):  # a value Python cannot hold (a date past 9999, a huge duration)
+        return [_parquet_row(batch.slice(i, 1)) for i in range(batch.num_rows)]
+
+
+def _parquet_row(one: Any) -> dict[str, Any] | DataError:
+    row = {}
+    for name, column in zip(one.schema.names, one.columns, strict=True):
+        try:
+            row[name] = column.to_pylist()[0]
+        except (ValueError, OverflowError) as exc:
+            return DataError(WRONG_TYPE, f"'{name}' holds a {column.type} value Python cannot represent ({exc})",
+                             field=name)
+    return _check_row(row)
 
 
 _READERS: dict[str, Callable[[Path, str], Iterator[RowItem]]] = {
@@ -888,10 +906,10 @@ def _load_file(
             if isinstance(row, DataError):
                 raise row
             row_fmt = file_fmt or _detect_in_family(row, formats)
-            if file_fmt is None:
-                state.report.formats[name] = row_fmt
-            file_fmt = row_fmt
-            record = state.keep(parse(row, row_fmt), name, index)
+            parsed = parse(row, row_fmt)
+            if file_fmt is None:  # the first usable row fixes the file's format; a broken one does not
+                state.report.formats[name] = file_fmt = row_fmt
+            record = state.keep(parsed, name, index)
         except DataError as error:
             state.reject(error.locate(name, index))
             continue

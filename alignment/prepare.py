@@ -141,13 +141,27 @@ def write_canonical(sources: Mapping[str, str | None], out_dir: str | os.PathLik
 
     Without a heldout source, train rows are split by prompt hash (``heldout_fraction``, salted with
     ``seed_salt``). Under the strict policy a DataValidationError is raised after the whole source was
-    read, and no file of that split is left behind. A requested split with no usable rows is a DataError.
+    read. A requested split with no usable rows is a DataError. On any error no file this call wrote is
+    left behind (a folder never holds some splits of a failed call beside others).
     """
     unknown = set(sources) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown split(s) {sorted(unknown)}; expected {', '.join(SPLITS)}")
-    out = Path(out_dir)
-    result = CanonicalFiles(dir=str(out))
+    result = CanonicalFiles(dir=str(Path(out_dir)))
+    try:
+        _write_sources(result, sources, options)
+    except BaseException:
+        _remove_splits(result)
+        raise
+    return result
+
+
+def _remove_splits(result: CanonicalFiles) -> None:
+    for split in result.counts:
+        result.path(split).unlink(missing_ok=True)
+
+
+def _write_sources(result: CanonicalFiles, sources: Mapping[str, str | None], options: PrepareOptions) -> None:
     common = {"policy": options.policy, "subset": options.subset, "cache_dir": options.cache_dir,
               "max_rows": options.max_rows}
     if sources.get("sft"):
@@ -164,7 +178,6 @@ def write_canonical(sources: Mapping[str, str | None], out_dir: str | os.PathLik
     for split, count in result.counts.items():
         if not count:
             raise DataError("missing_field", f"no usable {split} rows after validation", file=result.sources[split])
-    return result
 
 
 def _write_split(result: CanonicalFiles, split: str, source: str, records: Any, report: DropReport) -> None:
@@ -449,10 +462,18 @@ def prepare(sources: Mapping[str, str | None], out_dir: str | os.PathLike[str],
     The report holds counts per split, drops by reason with examples (per source, and too_long after
     tokenization), the sources, the detected formats, each file's SHA-256 and length statistics in
     tokens (with a tokenizer; before truncation) or characters.
+
+    ``report.json`` is written last and marks a complete folder: a failed call leaves none (an older one is
+    removed first) and removes the canonical files it wrote.
     """
+    (Path(out_dir) / "report.json").unlink(missing_ok=True)
     canonical = write_canonical(sources, out_dir, options)
-    tokenized = (tokenize_prepared(out_dir, tokenizer, options, splits=list(canonical.counts))
-                 if tokenizer is not None else None)
+    try:
+        tokenized = (tokenize_prepared(out_dir, tokenizer, options, splits=list(canonical.counts))
+                     if tokenizer is not None else None)
+    except BaseException:
+        _remove_splits(canonical)
+        raise
     lengths = tokenized.lengths if tokenized else {k: list(v) for k, v in canonical.lengths.lengths.items()}
     unit = "tokens" if tokenized else "characters"
     limits = ({"prompt": options.max_prompt_tokens, "chosen": options.max_response_tokens,

@@ -175,7 +175,9 @@ def command_stack(args: argparse.Namespace) -> int:
                         ("weed_base", args.weed_port_base)):
         if value is not None:
             if args.action != "up":
-                raise SystemExit("ports are chosen with `alignflow stack up`")
+                from flows.stack import StackError
+
+                raise StackError("ports are chosen with `alignflow stack up`")
             setattr(stack.ports, name, value)
     if args.action == "up":
         stack.up()
