@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +86,7 @@ def publish_comparison(config: PipelineConfig, rows: list[dict[str, Any]], best:
         ok = True
         return report
     finally:
-        finish_run_uri(client, run_id, ok)
-
-
-def finish_run_uri(client: MlflowClient, run_id: str, ok: bool) -> None:
-    client.set_terminated(run_id, "FINISHED" if ok else "FAILED", end_time=int(datetime.now(UTC).timestamp() * 1000))
+        client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
 def comparison_markdown(rows: list[dict[str, Any]], best: str | None, report: Path) -> str:

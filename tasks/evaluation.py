@@ -5,7 +5,6 @@ child run; the logic lives in evaluation/."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from evaluation.stages import (
     heldout_preference_metrics,
 )
 from tasks.stages import flatten
+from tasks.summary import write_json_atomic
 from tasks.tracking import RunContext, stage_run
 
 TABLE_COLUMNS = ("prompt", "reference", "policy", "verdict")
@@ -73,9 +73,7 @@ def cached_benchmark(cfg: PipelineConfig, ref: ModelRef, ctx: RunContext) -> dic
         return json.loads(path.read_text())
     results = benchmark_model(cfg, ref)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, results)
     return results
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 from datetime import UTC, datetime
 
 import mlflow
@@ -39,8 +40,6 @@ def current_user() -> str:
 
 def promote(tracking_uri: str, name: str, version: str, *, alias: str = "champion", reason: str,
             user: str | None = None) -> Promotion:
-    import re
-
     if not reason.strip():
         raise PromotionError("a promotion needs a reason (--reason \"...\")")
     if not re.match(ALIAS_PATTERN, alias) or alias.isdigit():

@@ -44,17 +44,19 @@ def write_summary(ctx: RunContext, stage_runs: dict[str, str], trained: dict[str
         **(evaluation or {}),
     }
     path = Path(ctx.output_dir) / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(path, summary)
     return path
 
 
 def add_to_summary(path: Path, values: dict[str, Any]) -> None:
     """Add keys to a written summary (atomically, like write_summary)."""
-    summary = {**json.loads(path.read_text()), **values}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
+    write_json_atomic(path, {**json.loads(path.read_text()), **values})
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a per-process temporary file and a rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
 
 
