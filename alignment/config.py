@@ -154,6 +154,9 @@ class DPOConfig(_Section):
 
 class ORPOConfig(_Section):
     lam: float = Field(0.5, gt=0.0, le=100.0, description="Weight lambda of the odds-ratio term (Eq. 6).")
+    nll_tokens: Literal["response", "prompt_and_response"] = Field(
+        "response", description="Tokens of the NLL term: the chosen response given the prompt (the paper's "
+                                "conditional SFT loss), or the prompt's tokens too (TRL's ORPOTrainer).")
     init: Literal["base", "sft"] = Field("base", description="Start from the base or the SFT model.")
     optim: OptimConfig = OptimConfig(learning_rate=3e-3, epochs=16.0, batch_size=16)
 

@@ -27,6 +27,8 @@ from alignment.tokenization import IGNORE_INDEX
 class SequenceLogps:
     sum: torch.Tensor  # (N,) summed log-probs of the labelled tokens
     count: torch.Tensor  # (N,) number of labelled tokens
+    # of a prefix-shared batch collated with score_prompt=True: the prompts' own tokens (all but the first)
+    prompt: SequenceLogps | None = None
 
     @property
     def mean(self) -> torch.Tensor:  # (N,)
@@ -66,13 +68,14 @@ def collate_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def collate_shared_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_shared_pairs(rows: list[dict], pad_id: int, score_prompt: bool = False) -> dict[str, torch.Tensor]:
     """Preference rows -> one prefix-shared row per pair (see the module docstring).
 
     Returns input_ids and position_ids (B, T); attention_mask (B, 1, T, T), additive float (0 = attend,
     dtype min = blocked; padding queries attend to themselves only, so no row is all-blocked); and, for the
     M labelled tokens of all responses: `pred_index` (M,) flat index (b * T + t) of the position whose logits
     predict the token, `target_ids` (M,), `segment` (M,) = b for a chosen token and B + b for a rejected one.
+    With `score_prompt`, prompt tokens 1..P-1 are scored too, as segment 2B + b (TRL's ORPO NLL term).
     """
     B = len(rows)
     lengths = [len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows]
@@ -98,12 +101,18 @@ def collate_shared_pairs(rows: list[dict], pad_id: int) -> dict[str, torch.Tenso
         pred += [base + P - 1] + [base + P + C + j - 1 for j in range(1, R)]  # rejected: from the prompt's end
         target += c + r
         segment += [b] * C + [B + b] * R
+        if score_prompt:
+            pred += [base + j for j in range(P - 1)]
+            target += p[1:]
+            segment += [2 * B + b] * (P - 1)
     mask = torch.zeros((B, 1, T, T), dtype=torch.float32)
     mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(torch.float32).min)
     batch = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask,
              "pred_index": torch.tensor(pred, dtype=torch.long), "target_ids": torch.tensor(target, dtype=torch.long),
              "segment": torch.tensor(segment, dtype=torch.long),
              "num_tokens": torch.tensor(sum(lengths), dtype=torch.long)}
+    if score_prompt:
+        batch["prompt_scored"] = torch.tensor(True)
     if "ref_chosen_logps" in rows[0]:
         batch["ref_chosen_logps"] = torch.tensor([r["ref_chosen_logps"] for r in rows], dtype=torch.float32)
         batch["ref_rejected_logps"] = torch.tensor([r["ref_rejected_logps"] for r in rows], dtype=torch.float32)
@@ -132,16 +141,18 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Se
 
 def shared_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> SequenceLogps:
     """`sequence_logps` of a prefix-shared batch: log-softmax only at the predicting positions."""
+    B = batch["input_ids"].shape[0]
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=batch["position_ids"]).logits  # (B, T, V)
     picked = logits.reshape(-1, logits.shape[-1]).index_select(0, batch["pred_index"]).float()  # (M, V)
     token_logps = -F.cross_entropy(picked, batch["target_ids"], reduction="none")  # (M,)
-    rows = 2 * batch["input_ids"].shape[0]
+    rows = 3 * B  # chosen, rejected, prompt (the last B stay empty unless the prompt is scored)
     sums = torch.zeros(rows, dtype=token_logps.dtype, device=token_logps.device).index_add(
         0, batch["segment"], token_logps)
     counts = torch.zeros(rows, dtype=torch.long, device=token_logps.device).index_add(
         0, batch["segment"], torch.ones_like(batch["segment"]))
-    return SequenceLogps(sum=sums, count=counts)
+    prompt = SequenceLogps(sums[2 * B:], counts[2 * B:]) if "prompt_scored" in batch else None
+    return SequenceLogps(sum=sums[:2 * B], count=counts[:2 * B], prompt=prompt)
 
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:

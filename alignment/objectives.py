@@ -51,10 +51,22 @@ def make_dpo_objective(*, beta: float, loss_type: str, label_smoothing: float, r
     return objective
 
 
-def make_orpo_objective(*, lam: float) -> Objective:
+def make_orpo_objective(*, lam: float, nll_tokens: str = "response") -> Objective:
+    """ORPO (Hong et al., arXiv 2403.07691, Eq. 6): NLL of the chosen response + lam * odds-ratio term.
+
+    nll_tokens "response": the NLL over the chosen response given the prompt (Eq. 2's conditional SFT loss);
+    "prompt_and_response": over the prompt's tokens too, as TRL's ORPOTrainer computes it (the batch must be
+    collated with score_prompt=True). The odds-ratio term uses the responses' mean log-probs either way."""
+
     def objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        chosen, rejected = sequence_logps(model, batch).split()
-        nll = sft_nll_loss(chosen.sum, chosen.count)
+        logps = sequence_logps(model, batch)
+        chosen, rejected = logps.split()
+        if nll_tokens == "prompt_and_response":
+            if logps.prompt is None:
+                raise ValueError("ORPO nll_tokens='prompt_and_response' needs batches collated with score_prompt")
+            nll = sft_nll_loss(chosen.sum + logps.prompt.sum, chosen.count + logps.prompt.count)
+        else:
+            nll = sft_nll_loss(chosen.sum, chosen.count)
         out = orpo_loss(chosen.mean, rejected.mean, nll, lam=lam)
         return StepOutput(out.loss, out.metrics)
 
@@ -65,7 +77,8 @@ Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
 
 
 def method_plan(method: str, *, pad_id: int, beta: float = 0.1, loss_type: str = "sigmoid",
-                label_smoothing: float = 0.0, lam: float = 0.5) -> tuple[Objective, Collate]:
+                label_smoothing: float = 0.0, lam: float = 0.5,
+                orpo_nll_tokens: str = "response") -> tuple[Objective, Collate]:
     """The objective and the batch collation of one training method ("sft", "dpo" or "orpo"): what the
     pipeline's stages and the benchmark (bench/) both train with."""
     if method == "sft":
@@ -73,7 +86,9 @@ def method_plan(method: str, *, pad_id: int, beta: float = 0.1, loss_type: str =
     if method == "dpo":
         objective = make_dpo_objective(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
     elif method == "orpo":
-        objective = make_orpo_objective(lam=lam)
+        objective = make_orpo_objective(lam=lam, nll_tokens=orpo_nll_tokens)
+        score_prompt = orpo_nll_tokens == "prompt_and_response"
+        return objective, lambda rows: collate_shared_pairs(rows, pad_id, score_prompt=score_prompt)
     else:
         raise ValueError(f"unknown method {method!r}")
     return objective, lambda rows: collate_shared_pairs(rows, pad_id)  # the prompt encoded once per pair

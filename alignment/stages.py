@@ -187,7 +187,7 @@ def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, 
     model = load_causal_lm(init.path, trust_remote_code=cfg.model.trust_remote_code)
     objective, collate = method_plan(method, pad_id=tok.pad_token_id, beta=cfg.dpo.beta,
                                      loss_type=cfg.dpo.loss_type, label_smoothing=cfg.dpo.label_smoothing,
-                                     lam=cfg.orpo.lam)
+                                     lam=cfg.orpo.lam, orpo_nll_tokens=cfg.orpo.nll_tokens)
     return fit_and_save(model, tok, rows, objective, collate, method, cfg, optim, out_dir, logger, on_log,
                         accelerator)
 

@@ -358,10 +358,6 @@ def judge(run: BenchRun) -> list[dict[str, Any]]:
                 continue
             verdicts.append({"target": f"{key} loss within {LOSS_TOLERANCE} of TRL ({name})",
                              "value": entry["max_abs_diff"], "passed": entry["max_abs_diff"] <= LOSS_TOLERANCE})
-            if "max_abs_diff_with_trl_nll" in entry:
-                value = entry["max_abs_diff_with_trl_nll"]
-                verdicts.append({"target": f"{key} loss within {LOSS_TOLERANCE} of TRL with TRL's NLL term ({name})",
-                                 "value": value, "passed": value <= LOSS_TOLERANCE})
     return verdicts
 
 

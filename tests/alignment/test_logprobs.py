@@ -179,3 +179,60 @@ def test_shared_and_concatenated_layouts_give_the_same_logps() -> None:
     shared = sequence_logps(model, collate_shared_pairs(rows, pad_id=PAD))
     assert_close(shared.count, concat.count)
     assert_close(shared.sum, concat.sum, atol=1e-4, rtol=1e-5)
+
+
+def tiny_llama(vocab: int = 64) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=64, max_position_embeddings=64))
+
+
+def random_rows(shapes: tuple[tuple[int, int, int], ...], vocab: int = 64) -> list[dict]:
+    gen = torch.Generator().manual_seed(1)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(1, vocab, (n,), generator=gen).tolist()
+
+    return [{"prompt_ids": ids(p), "chosen_ids": ids(c), "rejected_ids": ids(r)} for p, c, r in shapes]
+
+
+def test_scored_prompt_equals_an_sft_row_over_prompt_and_chosen() -> None:
+    """score_prompt adds the prompts' tokens 1..P-1 as a third group; chosen + prompt then equal the log-probs
+    of prompt + chosen scored whole (TRL's ORPO NLL term), and chosen/rejected are unchanged."""
+    model = tiny_llama()
+    rows = random_rows(((7, 3, 5), (2, 6, 1), (11, 2, 4)))
+    plain = sequence_logps(model, collate_shared_pairs(rows, pad_id=PAD))
+    scored = sequence_logps(model, collate_shared_pairs(rows, pad_id=PAD, score_prompt=True))
+    assert plain.prompt is None and scored.prompt is not None
+    assert scored.prompt.count.tolist() == [6, 1, 10]
+    assert_close(scored.sum, plain.sum)
+    whole = sequence_logps(model, collate_sft([{"input_ids": r["prompt_ids"] + r["chosen_ids"],
+                                                "labels": r["prompt_ids"] + r["chosen_ids"]} for r in rows], PAD))
+    chosen, _ = scored.split()
+    assert_close(chosen.count + scored.prompt.count, whole.count)
+    assert_close(chosen.sum + scored.prompt.sum, whole.sum, atol=1e-4, rtol=1e-5)
+
+
+def test_orpo_nll_over_prompt_and_response() -> None:
+    """orpo nll_tokens="prompt_and_response": the loss is the token-mean NLL of prompt + chosen plus the same
+    odds-ratio term as the response-only variant; with plainly collated batches it refuses clearly."""
+    import pytest
+
+    from alignment.losses import sft_nll_loss
+    from alignment.objectives import method_plan
+
+    model = tiny_llama()
+    rows = random_rows(((7, 3, 5), (2, 6, 1)))
+    resp_obj, resp_collate = method_plan("orpo", pad_id=PAD, lam=0.5)
+    full_obj, full_collate = method_plan("orpo", pad_id=PAD, lam=0.5, orpo_nll_tokens="prompt_and_response")
+    with torch.no_grad():
+        resp, full = resp_obj(model, resp_collate(rows)), full_obj(model, full_collate(rows))
+        whole = sequence_logps(model, collate_sft([{"input_ids": r["prompt_ids"] + r["chosen_ids"],
+                                                    "labels": r["prompt_ids"] + r["chosen_ids"]} for r in rows], PAD))
+    expected_nll = sft_nll_loss(whole.sum, whole.count)
+    assert_close(full.metrics["nll_loss"], expected_nll, atol=1e-5, rtol=1e-5)
+    assert_close(full.loss - full.metrics["nll_loss"], resp.loss - resp.metrics["nll_loss"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="score_prompt"):
+        full_obj(model, resp_collate(rows))
