@@ -65,8 +65,27 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ALIGNFLOW_CACHE_DIR") or Path.home() / ".cache" / "alignflow")
 
 
+_CLIENTS: dict[str, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+_CLIENT_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+               "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+               "ALIGNFLOW_S3_MAX_ATTEMPTS", *ENDPOINT_VARIABLES)
+
+
 def make_client(endpoint_url: str | None = None) -> Any:
-    """A boto3 S3 client configured from the environment (SigV4, bounded retries and timeouts)."""
+    """A boto3 S3 client configured from the environment (SigV4, bounded retries and timeouts).
+
+    Clients are shared within the process (boto3 clients are thread-safe; building one costs ~0.2 s), keyed by
+    a hash of the endpoint and every variable that configures them, so changed credentials get a new one."""
+    key = hashlib.sha256(json.dumps([endpoint_url, *(os.environ.get(v) for v in _CLIENT_ENV)]).encode()).hexdigest()
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = _new_client(endpoint_url)
+        return client
+
+
+def _new_client(endpoint_url: str | None) -> Any:
     import boto3
     from botocore.config import Config
 

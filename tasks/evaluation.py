@@ -27,8 +27,10 @@ from evaluation.stages import (
     contamination_report,
     heldout_preference_metrics,
 )
+from tasks.background import submit
 from tasks.stages import flatten
 from tasks.summary import write_json_atomic
+from tasks.timing import compute
 from tasks.tracking import RunContext, stage_run
 
 TABLE_COLUMNS = ("prompt", "reference", "policy", "verdict")
@@ -57,8 +59,9 @@ def evaluate_task(cfg: PipelineConfig, prepared: PreparedData, policy: ModelRef,
                   ctx: RunContext) -> Heldout:
     with stage_run(ctx, "evaluate", {"dpo.beta": cfg.dpo.beta, "eval.contamination_ngram":
                                      cfg.eval.contamination_ngram}) as run:
-        metrics = heldout_preference_metrics(cfg, prepared, policy, reference)
-        shares = contamination_report(cfg, prepared)
+        with compute("evaluate"):
+            metrics = heldout_preference_metrics(cfg, prepared, policy, reference)
+            shares = contamination_report(cfg, prepared)
         run.log_metrics(metrics)
         run.log_metrics({f"contamination/{name}": share for name, share in shares.items()})
     return Heldout(metrics=metrics, contamination=shares)
@@ -71,7 +74,8 @@ def cached_benchmark(cfg: PipelineConfig, ref: ModelRef, ctx: RunContext) -> dic
     path = Path(ctx.output_dir) / "benchmarks" / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    results = benchmark_model(cfg, ref)
+    with compute("benchmarks"):
+        results = benchmark_model(cfg, ref)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, results)
     return results
@@ -98,7 +102,8 @@ def benchmarks_task(cfg: PipelineConfig, policy: ModelRef, reference: ModelRef, 
         for role, r in results.items():
             (out / f"lm_eval_{role}.json").write_text(json.dumps(r, indent=1))
             run.log_artifact(out / f"lm_eval_{role}.json", "lm_eval")
-        png = plot_benchmark_deltas(heads["policy"], heads["reference"], out / "benchmark_deltas.png")
+        with compute("benchmarks"):
+            png = plot_benchmark_deltas(heads["policy"], heads["reference"], out / "benchmark_deltas.png")
         if png:
             run.log_artifact(png, "plots")
     return Benchmarks(policy=results["policy"], reference=results["reference"], main=main)
@@ -108,17 +113,20 @@ def benchmarks_task(cfg: PipelineConfig, policy: ModelRef, reference: ModelRef, 
 def compare_task(cfg: PipelineConfig, prepared: PreparedData, policy: ModelRef, reference: ModelRef,
                  ctx: RunContext) -> Comparison:
     with stage_run(ctx, "compare", flatten("eval", cfg.eval.model_dump(exclude={"benchmarks"}))) as run:
-        result = compare_with_reference(cfg, prepared, policy, reference)
+        with compute("compare"):
+            result = compare_with_reference(cfg, prepared, policy, reference)
         run.log_metrics(result.metrics)
         out = Path(ctx.output_dir) / "evaluation" / ctx.parent_run_id
         out.mkdir(parents=True, exist_ok=True)
         (out / "side_by_side.json").write_text(json.dumps(result.table, indent=1))
         run.log_artifact(out / "side_by_side.json", "comparison")
-        MlflowClient(ctx.tracking_uri).log_table(
-            run.run_id, data={k: [r[k] for r in result.table] for k in TABLE_COLUMNS},
-            artifact_file="comparison/side_by_side_table.json")
-        run.log_artifact(plot_verdicts(result.metrics, out / "verdicts.png"), "plots")
-        lc = plot_length_view(length_view(result.metrics), out / "length_view.png")
+        submit(MlflowClient(ctx.tracking_uri).log_table, run.run_id,
+               data={k: [r[k] for r in result.table] for k in TABLE_COLUMNS},
+               artifact_file="comparison/side_by_side_table.json")
+        with compute("compare"):
+            verdicts_png = plot_verdicts(result.metrics, out / "verdicts.png")
+            lc = plot_length_view(length_view(result.metrics), out / "length_view.png")
+        run.log_artifact(verdicts_png, "plots")
         if lc:
             run.log_artifact(lc, "plots")
         create_table_artifact(table=[{k: r[k] for k in TABLE_COLUMNS} for r in result.table], key="side-by-side",
@@ -165,10 +173,11 @@ def publish_report(cfg: PipelineConfig, ctx: RunContext, summary_path: Path, pre
     summary = json.loads(summary_path.read_text())
     table_path = Path(ctx.output_dir) / "evaluation" / ctx.parent_run_id / "side_by_side.json"
     side = json.loads(table_path.read_text()) if table_path.is_file() else None
-    html = render_pipeline_report(summary, config=cfg.model_dump(mode="json"), data_report=prepared.report,
-                                  images=report_images(ctx, trained), side_by_side=side)
-    path = write_report(html, Path(ctx.output_dir) / "evaluation" / ctx.parent_run_id / "report.html")
-    MlflowClient(ctx.tracking_uri).log_artifact(ctx.parent_run_id, str(path), "report")
+    with compute("report"):
+        html = render_pipeline_report(summary, config=cfg.model_dump(mode="json"), data_report=prepared.report,
+                                      images=report_images(ctx, trained), side_by_side=side)
+        path = write_report(html, Path(ctx.output_dir) / "evaluation" / ctx.parent_run_id / "report.html")
+    submit(MlflowClient(ctx.tracking_uri).log_artifact, ctx.parent_run_id, str(path), "report")
     link = report_link(ctx)
     create_markdown_artifact(markdown=f"## alignflow report\n\n[Open the HTML report]({link}) "
                                       f"(MLflow run `{ctx.parent_run_id}`, artifact `report/report.html`).",

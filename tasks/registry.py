@@ -20,8 +20,9 @@ from alignment.config import PipelineConfig
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.stages import TrainOutput
 from evaluation.gates import GateResult, all_passed, check_gates
+from tasks.background import drain, submit
 from tasks.stages import flatten
-from tasks.tracking import RunContext, stage_run
+from tasks.tracking import RunContext, StageRun, stage_run
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "accelerate==1.15.0", "safetensors"]
 
@@ -58,17 +59,41 @@ def promotion_gates(cfg: PipelineConfig, comparison_metrics: dict[str, float], h
                        contamination=contamination, max_contamination=promo.max_contamination)
 
 
+class PolicyLogging(BaseModel):
+    """The register stage's MLflow run, opened as soon as the policy is trained, and the model logging into it
+    running on the pipeline's tracking thread (tasks/background.py) while evaluation computes."""
+
+    model_config = {"arbitrary_types_allowed": True}
+    run: Any  # tasks.tracking.StageRun
+    logged: Any  # Future[(model_uri, model_id)]
+
+
+def start_policy_logging(cfg: PipelineConfig, trained: TrainOutput, ctx: RunContext) -> PolicyLogging | None:
+    """Open the register run and queue the policy's model logging; None when registration is off."""
+    if not cfg.promotion.register_model:
+        return None
+    run = StageRun(ctx, "register")
+    return PolicyLogging(run=run, logged=submit(log_policy, cfg, trained, run.run_id))
+
+
 @task(name="register-model", cache_policy=NO_CACHE)
 def register_task(cfg: PipelineConfig, trained: TrainOutput, gates: list[GateResult],
-                  ctx: RunContext) -> Registration:
+                  ctx: RunContext, pending: PolicyLogging | None = None) -> Registration:
+    """Gate verdicts on the register run; with registration on, wait for the policy's model logging and every
+    other queued tracking write, then create the version (tasks/background.py: nothing is registered that
+    refers to a write that failed)."""
     promo = cfg.promotion
-    with stage_run(ctx, "register", flatten("promotion", promo.model_dump())) as run:
+    if pending is None and promo.register_model:
+        pending = start_policy_logging(cfg, trained, ctx)
+    with stage_run(ctx, "register", flatten("promotion", promo.model_dump()),
+                   opened=pending.run if pending else None) as run:
         run.log_metrics({f"gate/{g.name}": float(g.passed) for g in gates})
         run.set_tags(gate_tags(gates))
-        if not promo.register_model:
+        if pending is None:
             return Registration(name=promo.model_name, version=None, aliases=[], model_uri=None,
                                 gates=[g.to_dict() for g in gates], champion=False)
-        model_uri, model_id = log_policy(cfg, trained, run.run_id)
+        model_uri, model_id = pending.logged.result()
+        drain()
         version, aliases = register_version(ctx, promo.model_name, model_uri, model_id, run.run_id, gates)
         run.set_tags({"alignflow.registered_model": promo.model_name, "alignflow.registered_version": version})
     return Registration(name=promo.model_name, version=version, aliases=aliases, model_uri=model_uri,

@@ -58,8 +58,12 @@ def s3_configured() -> bool:
     return bool(os.environ.get("ALIGNFLOW_S3_BUCKET")) and any(os.environ.get(v) for v in ENDPOINT_VARIABLES)
 
 
+_SAVED: dict[tuple[str, str, str], WritableFileSystem] = {}  # (Prefect API, block name) -> block saved this process
+
+
 def result_storage(output_dir: str) -> WritableFileSystem:
-    """The result store for one output folder, saved as a Prefect block (Prefect requires saved blocks)."""
+    """The result store for one output folder, saved as a Prefect block (Prefect requires saved blocks);
+    saved once per process and API (the block's fields depend only on the folder and the environment)."""
     tag = hashlib.sha256(str(Path(output_dir).resolve()).encode()).hexdigest()[:12]
     if s3_configured():
         endpoint = next(os.environ[v] for v in ENDPOINT_VARIABLES if os.environ.get(v))
@@ -69,5 +73,10 @@ def result_storage(output_dir: str) -> WritableFileSystem:
     else:
         block = LocalFileSystem(basepath=str(Path(output_dir) / ".prefect-results"))
         name = f"alignflow-results-{tag}"
-    block.save(name, overwrite=True)
-    return block
+    from prefect.settings import PREFECT_API_URL
+
+    memo = (str(PREFECT_API_URL.value()), name, block.model_dump_json())
+    if memo not in _SAVED:
+        block.save(name, overwrite=True)
+        _SAVED[memo] = block
+    return _SAVED[memo]

@@ -15,8 +15,10 @@ from alignment.config import PipelineConfig
 from alignment.stages import ModelRef, PreparedData, TrainOutput
 from evaluation.plots import plot_curves, plot_reward_margins
 from tasks import remote
+from tasks.background import submit
 from tasks.datasets import log_dataset_inputs
 from tasks.results import result_storage
+from tasks.timing import compute, orchestration
 from tasks.tracking import RunContext, stage_run
 
 TRAIN_CURVES = ["loss", "rewards/margins", "rewards/accuracies", "learning_rate", "grad_norm", "nll_loss"]
@@ -185,12 +187,13 @@ def finish(out_dir: Path, record: T, stage: str, run_id: str, ctx: RunContext) -
 @task(name="prepare-data")
 def prepare_data_task(cfg: PipelineConfig, ctx: RunContext, out_dir: Path) -> StageResult[PreparedData]:
     with stage_run(ctx, "prepare_data", flatten("data", cfg.data.model_dump())) as run:
-        prepared = stages.prepare_data(cfg, out_dir)
+        with compute("prepare_data"):
+            prepared = stages.prepare_data(cfg, out_dir)
         run.log_metrics({f"rows/{k}": float(v) for k, v in prepared.counts.items()})
         dropped = {f"dropped/{split}": float(r["rows_dropped"]) for split, r in prepared.report["drops"].items()}
         run.log_metrics(dropped)
         run.set_tags({"alignflow.data_fingerprint": prepared.fingerprint})
-        log_dataset_inputs(run.run_id, run.client, prepared)
+        submit(log_dataset_inputs, run.run_id, run.client, prepared)
         run.log_artifact(Path(prepared.dir) / "report.json", "data")
         run.log_artifact(Path(prepared.dir) / "lengths.png", "data")
         for split in ("train", "heldout"):
@@ -202,7 +205,8 @@ def prepare_data_task(cfg: PipelineConfig, ctx: RunContext, out_dir: Path) -> St
 def build_model_task(cfg: PipelineConfig, prepared: PreparedData, ctx: RunContext,
                      out_dir: Path) -> StageResult[ModelRef]:
     with stage_run(ctx, "base_model", flatten("model", cfg.model.model_dump())) as run:
-        base = stages.build_base_model(cfg, prepared, out_dir)
+        with compute("base_model"):
+            base = stages.build_base_model(cfg, prepared, out_dir)
         run.set_tags({"alignflow.model_path": base.path, "alignflow.model_fingerprint": base.fingerprint})
     return finish(out_dir, base, "base_model", run.run_id, ctx)
 
@@ -215,14 +219,16 @@ def progress_reporter(title: str) -> Any:
 
     def report(step: int, total: int, metrics: dict[str, float]) -> None:
         pct = 100.0 * step / max(1, total)
-        if "id" not in state:
-            state["id"] = create_progress_artifact(progress=pct, description=title)
-        else:
-            update_progress_artifact(artifact_id=state["id"], progress=pct)
-        if pct >= state["next_pct"] or step == total:
-            logger.info("%s: step %d/%d loss %.4f (%.0f tokens/s)", title, step, total, metrics.get("loss", float("nan")),
-                        metrics.get("tokens_per_sec", 0.0))
-            state["next_pct"] = pct + 10.0
+        if pct < state["next_pct"] and step != total:
+            return
+        state["next_pct"] = pct + 10.0
+        with orchestration():  # called from inside training: an API call here is overhead, timed as such
+            if "id" not in state:
+                state["id"] = create_progress_artifact(progress=pct, description=title)
+            else:
+                update_progress_artifact(artifact_id=state["id"], progress=pct)
+            logger.info("%s: step %d/%d loss %.4f (%.0f tokens/s)", title, step, total,
+                        metrics.get("loss", float("nan")), metrics.get("tokens_per_sec", 0.0))
 
     return report
 
@@ -231,11 +237,13 @@ def log_training(run: Any, out: TrainOutput, name: str) -> None:
     run.log_metrics({"train_seconds": out.seconds, "train_tokens": float(out.tokens),
                      "resumed_from_step": float(out.resumed_from_step)})
     run.set_tags({"alignflow.model_fingerprint": out.model.fingerprint})
-    png = plot_curves(run.logger.records, TRAIN_CURVES, f"{name} training", Path(out.model.path).parent / "curves.png")
+    with compute(name.lower()):
+        png = plot_curves(run.logger.records, TRAIN_CURVES, f"{name} training",
+                          Path(out.model.path).parent / "curves.png")
+        margins = plot_reward_margins(run.logger.records, Path(out.model.path).parent / "reward_margins.png",
+                                      f"{name} implicit rewards")
     if png:
         run.log_artifact(png, "plots")
-    margins = plot_reward_margins(run.logger.records, Path(out.model.path).parent / "reward_margins.png",
-                                  f"{name} implicit rewards")
     if margins:
         run.log_artifact(margins, "plots")
 
@@ -245,7 +253,8 @@ def sft_task(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, ctx: R
              out_dir: Path) -> StageResult[TrainOutput]:
     params = flatten("sft", cfg.sft.model_dump())
     with stage_run(ctx, "sft", params) as run:
-        out = stages.run_sft(cfg, prepared, base, out_dir, run.logger, progress_reporter("SFT training"))
+        with compute("sft"):
+            out = stages.run_sft(cfg, prepared, base, out_dir, run.logger, progress_reporter("SFT training"))
         log_training(run, out, "SFT")
     return finish(out_dir, out, "sft", run.run_id, ctx)
 
@@ -255,7 +264,8 @@ def preference_task(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef,
                     ctx: RunContext, out_dir: Path) -> StageResult[TrainOutput]:
     method = cfg.preference.method
     with stage_run(ctx, method, flatten(method, getattr(cfg, method).model_dump())) as run:
-        out = stages.run_preference(cfg, prepared, base, sft, out_dir, run.logger,
-                                    progress_reporter(f"{method.upper()} training"))
+        with compute(method):
+            out = stages.run_preference(cfg, prepared, base, sft, out_dir, run.logger,
+                                        progress_reporter(f"{method.upper()} training"))
         log_training(run, out, method.upper())
     return finish(out_dir, out, method, run.run_id, ctx)

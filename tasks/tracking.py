@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from alignment.config import PipelineConfig, config_to_params
+from tasks.background import submit
 
 SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential)", re.I)
 BATCH_LIMIT = 1000  # MLflow's log_batch maximum number of metrics per call
@@ -91,9 +92,10 @@ def start_pipeline_run(cfg: PipelineConfig, run_name: str | None = None) -> RunC
                       parent_run_id=run.info.run_id, output_dir=str(Path(cfg.run.output_dir).resolve()))
 
 
-def finish_run(ctx: RunContext, run_id: str, ok: bool) -> None:
+def finish_run(ctx: RunContext, run_id: str, ok: bool, end_time: int | None = None) -> None:
+    """End a run FINISHED or FAILED; `end_time` (ms since the epoch) when it ended earlier than this call."""
     MlflowClient(ctx.tracking_uri).set_terminated(run_id, RunStatus.to_string(
-        RunStatus.FINISHED if ok else RunStatus.FAILED))
+        RunStatus.FINISHED if ok else RunStatus.FAILED), end_time=end_time)
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
@@ -155,38 +157,42 @@ class MlflowMetricsLogger:
 
 
 class StageRun:
-    """A child run for one stage: params, batched metrics, artifacts."""
+    """A child run for one stage: params, batched metrics, artifacts. Params, tags and artifacts go through
+    tasks/background.py: in a pipeline run they are sent by its tracking thread while the next stage works."""
 
     def __init__(self, ctx: RunContext, stage: str, tags: dict[str, str] | None = None) -> None:
         self.ctx, self.stage = ctx, stage
         self.client = MlflowClient(ctx.tracking_uri)
         run = self.client.create_run(ctx.experiment_id, run_name=stage, tags={
             "mlflow.parentRunId": ctx.parent_run_id, "alignflow.stage": stage, **(tags or {})})
-        self.run_id = run.info.run_id
+        self.run_id: str = run.info.run_id
         self.logger = MlflowMetricsLogger(self.client, self.run_id)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        log_params(self.client, self.run_id, redact_params({k: str(v) for k, v in params.items()}))
+        submit(log_params, self.client, self.run_id, redact_params({k: str(v) for k, v in params.items()}))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.logger.log_metrics(metrics, step)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for start in range(0, len(items), 100):  # one request per 100 tags (log_batch's limit)
+            submit(self.client.log_batch, self.run_id, tags=items[start:start + 100])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file or folder; the file must stay unchanged until the run's tracking writes are drained."""
         if Path(path).is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            submit(self.client.log_artifacts, self.run_id, str(path), artifact_path)
         else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            submit(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
 
 @contextlib.contextmanager
 def stage_run(ctx: RunContext, stage: str, params: dict[str, Any] | None = None,
-              tags: dict[str, str] | None = None) -> Iterator[StageRun]:
-    """Open a child run; mark it FINISHED or FAILED on exit, flushing queued metrics either way."""
-    run = StageRun(ctx, stage, tags)
+              tags: dict[str, str] | None = None, opened: StageRun | None = None) -> Iterator[StageRun]:
+    """Open a child run (or continue `opened`); mark it FINISHED or FAILED on exit, flushing queued metrics
+    either way."""
+    run = opened or StageRun(ctx, stage, tags)
     if params:
         run.log_params(params)
     ok = False
@@ -194,10 +200,16 @@ def stage_run(ctx: RunContext, stage: str, params: dict[str, Any] | None = None,
         yield run
         ok = True
     finally:
-        try:
-            run.logger.close()
-        finally:
-            finish_run(ctx, run.run_id, ok)
+        submit(close_and_finish, ctx, run, ok, int(time.time() * 1000))
+
+
+def close_and_finish(ctx: RunContext, run: StageRun, ok: bool, end_time: int) -> None:
+    """Flush a stage run's queued metrics, then end it (FINISHED or FAILED) at the time the stage ended, even
+    if the flush failed."""
+    try:
+        run.logger.close()
+    finally:
+        finish_run(ctx, run.run_id, ok, end_time)
 
 
 def stage_run_ids(ctx: RunContext) -> dict[str, str]:
@@ -207,3 +219,20 @@ def stage_run_ids(ctx: RunContext) -> dict[str, str]:
                               max_results=100)
     return {r.data.tags.get("alignflow.stage", r.info.run_name): r.info.run_id
             for r in sorted(runs, key=lambda r: r.info.start_time)}
+
+
+def log_timing(ctx: RunContext) -> dict[str, Any]:
+    """The run's time split so far (tasks/timing.py) as `timing/*` metrics of the parent run; returned for
+    the summary. Empty when no timing is active."""
+    from tasks.timing import current
+
+    timing = current()
+    if timing is None:
+        return {}
+    split = timing.summary()
+    metrics = {f"timing/{k}": v for k, v in split.items() if isinstance(v, float)}
+    metrics.update({f"timing/compute_s/{stage}": v for stage, v in split["compute_by_stage_s"].items()})
+    client = MlflowClient(ctx.tracking_uri)
+    now = int(time.time() * 1000)
+    client.log_batch(ctx.parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    return split

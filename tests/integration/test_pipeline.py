@@ -133,3 +133,46 @@ def test_rerun_reuses_cached_stages_and_beta_reruns_only_dpo(prefect_api, tmp_pa
     assert tags["sft"].get("alignflow.cached") == "true"
     assert "alignflow.cached" not in tags["dpo"]
     assert third["registered_model"]["version"] == "3"
+
+
+def test_non_finite_loss_stops_keeps_the_last_checkpoint_and_registers_nothing(
+        prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN injected into the DPO loss at step 7 (of 10, checkpoints every 4): the run fails with an error
+    naming the step, the step-4 checkpoint stays, the DPO run is FAILED, no model version is created and no
+    summary is written. Without the fault, the same command resumes from that checkpoint and completes."""
+    import alignment.stages as stages
+    from alignment.objectives import StepOutput
+    from alignment.trainer import NonFiniteLossError
+
+    real_plan = stages.method_plan
+    calls = {"dpo": 0}
+
+    def faulty_plan(method: str, **kwargs):  # noqa: ANN202 - wraps alignment.objectives.method_plan
+        objective, collate = real_plan(method, **kwargs)
+        if method != "dpo":
+            return objective, collate
+
+        def poisoned(model, batch):  # noqa: ANN001, ANN202
+            calls["dpo"] += 1
+            out = objective(model, batch)
+            return StepOutput(out.loss * float("nan"), out.metrics) if calls["dpo"] == 7 else out
+
+        return poisoned, collate
+
+    monkeypatch.setattr(stages, "method_plan", faulty_plan)
+    args = [*NO_QUALITY_GATES, "promotion.model_name=it-nan", "dpo.optim.max_steps=10", "dpo.optim.save_every=4"]
+    with pytest.raises(NonFiniteLossError, match="at step 7"):
+        run_small(tmp_path, *args)
+    (dpo_dir,) = tmp_path.glob("dpo-*")
+    assert sorted(p.name for p in (dpo_dir / "checkpoints").glob("step-*")) == ["step-0000004"]
+    assert not (dpo_dir / "model").exists() and not (tmp_path / "summary.json").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_model_versions("name='it-nan'") == []
+    runs = client.search_runs([client.get_experiment_by_name("alignflow").experiment_id],
+                              "tags.`alignflow.stage` = 'dpo'")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    monkeypatch.setattr(stages, "method_plan", real_plan)
+    again = run_small(tmp_path, *args)
+    dpo_run = client.get_run(again["stage_runs"]["dpo"])
+    assert dpo_run.data.metrics["resumed_from_step"] == 4.0
+    assert len(client.search_model_versions("name='it-nan'")) == 1
