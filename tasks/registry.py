@@ -73,7 +73,15 @@ def start_policy_logging(cfg: PipelineConfig, trained: TrainOutput, ctx: RunCont
     if not cfg.promotion.register_model:
         return None
     run = StageRun(ctx, "register")
-    return PolicyLogging(run=run, logged=submit(log_policy, cfg, trained, run.run_id))
+    # Loaded here, on the caller's thread: `from_pretrained` is not thread-safe. While it builds a model it
+    # swaps process-wide state (the default dtype, `PreTrainedModel.tie_weights`, torch's init functions), so
+    # a load on the tracking thread racing evaluation's loads on the main thread can leave weight tying off for
+    # good, and the next model loaded keeps its tied output layer on the meta device (seen in CI). The
+    # tracking thread only serializes and uploads (tests/tasks/test_registry.py).
+    remote = cfg.model.trust_remote_code
+    model = load_causal_lm(trained.model.path, trust_remote_code=remote)
+    tokenizer = load_tokenizer(trained.model.path, trust_remote_code=remote)
+    return PolicyLogging(run=run, logged=submit(log_policy, model, tokenizer, trained, run.run_id))
 
 
 @task(name="register-model", cache_policy=NO_CACHE)
@@ -100,15 +108,14 @@ def register_task(cfg: PipelineConfig, trained: TrainOutput, gates: list[GateRes
                         gates=[g.to_dict() for g in gates], champion="champion" in aliases)
 
 
-def log_policy(cfg: PipelineConfig, trained: TrainOutput, run_id: str) -> tuple[str, str]:
-    """Log the trained policy (model + tokenizer) as an MLflow transformers model; returns its URI and id."""
-    tok = load_tokenizer(trained.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    model = load_causal_lm(trained.model.path, trust_remote_code=cfg.model.trust_remote_code)
+def log_policy(model: Any, tokenizer: Any, trained: TrainOutput, run_id: str) -> tuple[str, str]:
+    """Log the trained policy (model + tokenizer, already loaded) as an MLflow transformers model; returns its
+    URI and id. Builds no model: see `start_policy_logging`."""
     # The model card is looked up on the hub; for a local model that only produces warnings.
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.transformers.log_model(
-            {"model": model, "tokenizer": tok}, name="model", task="text-generation",
+            {"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
             pip_requirements=PIP_REQUIREMENTS,
             metadata={"alignflow.method": trained.method, "alignflow.fingerprint": trained.model.fingerprint})
     return info.model_uri, info.model_id
