@@ -10,8 +10,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow import MlflowClient
 import torch
+from mlflow import MlflowClient
 from transformers import PreTrainedModel
 
 from alignment import quicktask
