@@ -253,6 +253,11 @@ class TrainingConfig(_Section):
         None, pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=63,
         description="Prefect work pool that runs SFT and DPO/ORPO (e.g. gpu), through the deployment "
                     "alignment-training/<pool>; inputs and outputs travel as s3:// URIs. Unset: in process.")
+    s3_checkpoints: bool | None = Field(
+        None, description="Mirror training checkpoints (the newest two, uploaded in the background) to "
+                          "s3://<bucket>/stages/<stage>-<key>/checkpoints and resume from there, so a stage "
+                          "killed on one machine resumes on another. Unset: on when training runs on a work "
+                          "pool (training.pool), off in process (checkpoints stay under run.output_dir).")
 
 
 class PipelineConfig(_Section):

@@ -272,3 +272,37 @@ def fetch_folder(uri: str, cache_dir: str | os.PathLike[str] | None = None, *, c
     for obj in objects:
         download(client, obj, local_path(cache, obj), progress)
     return cache / "s3" / bucket / Path(*PurePosixPath(prefix).parts) if prefix else cache / "s3" / bucket
+
+
+# ---- the run's shared store ------------------------------------------------------------------------------
+
+
+def s3_configured() -> bool:
+    """The run has a bucket of its own (``ALIGNFLOW_S3_BUCKET``) and an S3 endpoint: the local stack or
+    production. Then caches that outlive a run live there."""
+    return bool(os.environ.get("ALIGNFLOW_S3_BUCKET")) and any(os.environ.get(v) for v in ENDPOINT_VARIABLES)
+
+
+def get_shared_json(key: str) -> Any | None:
+    """The JSON document at ``s3://$ALIGNFLOW_S3_BUCKET/<key>``; None when S3 is not configured or the key
+    does not exist."""
+    if not s3_configured():
+        return None
+    from botocore.exceptions import ClientError
+
+    try:
+        body = make_client().get_object(Bucket=os.environ["ALIGNFLOW_S3_BUCKET"], Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    return json.loads(body)
+
+
+def put_shared_json(key: str, document: Any) -> bool:
+    """Store a JSON document at ``s3://$ALIGNFLOW_S3_BUCKET/<key>`` (one PUT: readers see all or nothing);
+    False when S3 is not configured."""
+    if not s3_configured():
+        return False
+    make_client().put_object(Bucket=os.environ["ALIGNFLOW_S3_BUCKET"], Key=key, Body=json.dumps(document).encode())
+    return True

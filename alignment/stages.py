@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from array import array
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +26,7 @@ from alignment.logprobs import reference_logps
 from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer
 from alignment.objectives import Objective, method_plan
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
-from alignment.s3io import fetch_folder, is_s3_uri
+from alignment.s3io import fetch_folder, get_shared_json, is_s3_uri, put_shared_json
 from alignment.tiny_model import make_tiny_model
 from alignment.tracking import MetricsLogger
 from alignment.trainer import train
@@ -223,25 +224,43 @@ def reference_annotated_pairs(cfg: PipelineConfig, prepared: PreparedData, refer
                               split: str) -> list[dict]:
     """Tokenized pairs with the reference model's summed log-probs of chosen and rejected.
 
-    Computed once per (data, reference model, truncation) and stored beside the prepared data, so a beta
-    sweep or a second method does not pay for the reference again, and the reference model is freed before
-    the policy trains."""
+    Computed once per (token ids scored, reference model) and kept beside the prepared data and, when the
+    run has S3 (alignment/s3io.py), at `s3://<bucket>/reference-logps/<split>-<key>.json`, so a beta sweep, a
+    second method or a later run (another output folder, another worker) does not pay for the reference
+    again; the reference model is freed before the policy trains."""
     rows = tokenized_rows(cfg, prepared, reference, split)
-    key = stage_key(prepared.fingerprint, reference.fingerprint, cfg.data.max_prompt_tokens,
-                    cfg.data.max_response_tokens, cfg.data.truncation)
+    key = stage_key(scored_ids_digest(rows), reference.fingerprint)
     cache = Path(prepared.dir) / "reference" / f"{split}-{key}.json"
+    shared_key = f"reference-logps/{split}-{key}.json"
     if cache.is_file():
         cached = json.loads(cache.read_text())
     else:
-        ref_model = load_causal_lm(reference.path, trust_remote_code=cfg.model.trust_remote_code)
-        tok = load_tokenizer(reference.path, trust_remote_code=cfg.model.trust_remote_code)
-        chosen, rejected = reference_logps(ref_model, rows, tok.pad_token_id, batch_size=64)
-        del ref_model
-        cached = {"chosen": chosen, "rejected": rejected, "reference": reference.fingerprint}
+        cached = get_shared_json(shared_key)
+        if cached is None:
+            ref_model = load_causal_lm(reference.path, trust_remote_code=cfg.model.trust_remote_code)
+            tok = load_tokenizer(reference.path, trust_remote_code=cfg.model.trust_remote_code)
+            chosen, rejected = reference_logps(ref_model, rows, tok.pad_token_id, batch_size=64)
+            del ref_model
+            cached = {"chosen": chosen, "rejected": rejected, "reference": reference.fingerprint}
+            put_shared_json(shared_key, cached)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cached))
         tmp.replace(cache)
+    if len(cached["chosen"]) != len(rows) or cached.get("reference") != reference.fingerprint:
+        raise ValueError(f"reference log-probs cache {shared_key} does not match the {len(rows)} {split} rows")
     for row, c, r in zip(rows, cached["chosen"], cached["rejected"], strict=True):
         row["ref_chosen_logps"], row["ref_rejected_logps"] = c, r
     return rows
+
+
+def scored_ids_digest(rows: list[dict]) -> str:
+    """SHA-256 of the token ids a reference scores, in order: the same for the same content wherever and
+    however it was prepared (the prepared data's fingerprint also covers provenance such as file paths)."""
+    digest = hashlib.sha256()
+    for row in rows:
+        for name in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            ids = array("l", row[name])
+            digest.update(len(ids).to_bytes(8, "little"))
+            digest.update(ids.tobytes())
+    return digest.hexdigest()

@@ -24,7 +24,10 @@ from tasks.tracking import RunContext
 def training_stage(stage: Literal["sft", "preference"], config: PipelineConfig, prepared: dict[str, Any],
                    base: dict[str, Any], sft: dict[str, Any] | None, ctx: dict[str, Any], result_uri: str) -> str:
     setup_runtime(config.run.seed, config.run.torch_threads)
-    local_cfg = config.model_copy(update={"training": config.training.model_copy(update={"pool": None})})
+    # Here the stage runs in process; its checkpoints go to S3 unless the config turned that off, so a
+    # re-run on another worker resumes where this one stopped (tasks/checkpoints.py).
+    on_pool = {"pool": None, "s3_checkpoints": config.training.s3_checkpoints is not False}
+    local_cfg = config.model_copy(update={"training": config.training.model_copy(update=on_pool)})
     data = PreparedData.model_validate(prepared)
     data = data.model_copy(update={"dir": materialize(data.dir)})
     base_ref = localize(ModelRef.model_validate(base))

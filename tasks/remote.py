@@ -58,12 +58,19 @@ def materialize(path_or_uri: str, client: Any = None, cache_dir: Path | None = N
     """A local path for a local path or a published s3:// folder (downloaded once into the cache)."""
     if not is_s3_uri(path_or_uri):
         return path_or_uri
-    client = client or make_client()
-    manifest = read_manifest(client, path_or_uri)
-    if manifest is None:
-        raise FileNotFoundError(f"{path_or_uri} is not a complete published folder (no {MANIFEST})")
     b, prefix = parse_s3_uri(path_or_uri.rstrip("/"))
     target = (cache_dir or default_cache_dir()) / "stages" / b / prefix
+    return str(download_published(path_or_uri, target, client))
+
+
+def download_published(uri: str, target: Path, client: Any = None) -> Path:
+    """Download a published folder into `target`, each file checked against the manifest (files already
+    there and matching are kept)."""
+    client = client or make_client()
+    manifest = read_manifest(client, uri)
+    if manifest is None:
+        raise FileNotFoundError(f"{uri} is not a complete published folder (no {MANIFEST})")
+    b, prefix = parse_s3_uri(uri.rstrip("/"))
     for rel, meta in manifest["files"].items():
         dest = target / rel
         if dest.is_file() and dest.stat().st_size == meta["size"] and file_sha256(dest) == meta["sha256"]:
@@ -74,9 +81,9 @@ def materialize(path_or_uri: str, client: Any = None, cache_dir: Path | None = N
         client.download_file(b, f"{prefix}/{rel}", tmp)
         if file_sha256(Path(tmp)) != meta["sha256"]:
             os.unlink(tmp)
-            raise OSError(f"{path_or_uri}/{rel}: checksum mismatch after download")
+            raise OSError(f"{uri}/{rel}: checksum mismatch after download")
         os.replace(tmp, dest)
-    return str(target)
+    return target
 
 
 def put_json(uri: str, data: dict[str, Any], client: Any = None) -> None:

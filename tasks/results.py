@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
 
-from alignment.s3io import ENDPOINT_VARIABLES, make_client
+from alignment.s3io import ENDPOINT_VARIABLES, make_client, s3_configured
 
 
 class S3ResultStorage(WritableFileSystem):
@@ -52,10 +52,6 @@ class S3ResultStorage(WritableFileSystem):
     @async_dispatch(awrite_path)
     def write_path(self, path: str, content: bytes) -> str:
         return self._write(path, content)
-
-
-def s3_configured() -> bool:
-    return bool(os.environ.get("ALIGNFLOW_S3_BUCKET")) and any(os.environ.get(v) for v in ENDPOINT_VARIABLES)
 
 
 _SAVED: dict[tuple[str, str, str], WritableFileSystem] = {}  # (Prefect API, block name) -> block saved this process

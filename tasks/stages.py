@@ -16,6 +16,7 @@ from alignment.stages import ModelRef, PreparedData, TrainOutput
 from evaluation.plots import plot_curves, plot_reward_margins
 from tasks import remote
 from tasks.background import submit
+from tasks.checkpoints import mirrored_checkpoints
 from tasks.datasets import log_dataset_inputs
 from tasks.results import result_storage
 from tasks.timing import compute, orchestration
@@ -56,8 +57,9 @@ def stage_keys(cfg: PipelineConfig, prepared: PreparedData | None = None, base: 
     if prepared is not None:
         keys["base"] = stages.stage_key("base", cfg.model.model_dump(), prepared.fingerprint, cfg.run.seed)
     if prepared is not None and base is not None:
-        # Where training runs (training.pool) does not change what it produces: not part of the key.
-        common = [cfg.training.model_dump(exclude={"pool"}), cfg.data.max_prompt_tokens,
+        # Where training runs (training.pool) and where its checkpoints are kept do not change what it
+        # produces: not part of the key.
+        common = [cfg.training.model_dump(exclude={"pool", "s3_checkpoints"}), cfg.data.max_prompt_tokens,
                   cfg.data.max_response_tokens, prepared.fingerprint, base.fingerprint, cfg.run.seed,
                   cfg.model.trust_remote_code]
         keys["sft"] = stages.stage_key("sft", cfg.sft.model_dump(), *common)
@@ -253,7 +255,7 @@ def sft_task(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, ctx: R
              out_dir: Path) -> StageResult[TrainOutput]:
     params = flatten("sft", cfg.sft.model_dump())
     with stage_run(ctx, "sft", params) as run:
-        with compute("sft"):
+        with mirrored_checkpoints(cfg, out_dir), compute("sft"):
             out = stages.run_sft(cfg, prepared, base, out_dir, run.logger, progress_reporter("SFT training"))
         log_training(run, out, "SFT")
     return finish(out_dir, out, "sft", run.run_id, ctx)
@@ -264,7 +266,7 @@ def preference_task(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef,
                     ctx: RunContext, out_dir: Path) -> StageResult[TrainOutput]:
     method = cfg.preference.method
     with stage_run(ctx, method, flatten(method, getattr(cfg, method).model_dump())) as run:
-        with compute(method):
+        with mirrored_checkpoints(cfg, out_dir), compute(method):
             out = stages.run_preference(cfg, prepared, base, sft, out_dir, run.logger,
                                         progress_reporter(f"{method.upper()} training"))
         log_training(run, out, method.upper())

@@ -7,17 +7,19 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow import MlflowClient
 
 from flows.stack import Ports, Stack, free_ports, group_alive, s3_client, stop_group
-from tests.integration.stackutil import SMALL, consecutive_free_base
+from tests.integration.stackutil import SMALL, consecutive_free_base, deploy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PLANTED = "hf_PLANTEDsecretTOKEN0123456789abcdef"
@@ -178,17 +180,33 @@ def alignflow_run(stack: Stack, out: Path, *extra: str) -> list[str]:
             *sum((["--set", s] for s in [*SMALL, *extra]), [])]
 
 
-def test_killed_training_resumes_to_the_same_result(stack: Stack, tmp_path: Path) -> None:
+LONG_DPO = ["dpo.optim.max_steps=300", "dpo.optim.save_every=20"]  # 15 checkpoints to be killed at
+
+
+@pytest.fixture(scope="module")
+def long_dpo_reference(stack: Stack, tmp_path_factory) -> dict:
+    """An uninterrupted run with the longer DPO that the kill tests interrupt: the result they must reach."""
+    out = tmp_path_factory.mktemp("long-dpo")
+    env = {**os.environ, **stack.client_env()}
+    ref = subprocess.run(alignflow_run(stack, out, *LONG_DPO, "promotion.model_name=it-ref"),
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-2000:]
+    return json.loads((out / "summary.json").read_text())
+
+
+def assert_same_result(reference: dict, summary: dict, client: MlflowClient, model_name: str) -> None:
+    for name, value in reference["metrics"].items():
+        assert summary["metrics"][name] == pytest.approx(value, abs=1e-4), name
+    assert len(client.search_model_versions(f"name='{model_name}'")) == 1
+
+
+def test_killed_training_resumes_to_the_same_result(stack: Stack, tmp_path: Path, long_dpo_reference: dict) -> None:
     """kill -9 of the whole run in the middle of DPO, after a random number of checkpoints; the re-run resumes
     from the last checkpoint and ends with the metrics of an uninterrupted run, with exactly one registered
     version."""
     env = {**os.environ, **stack.client_env()}
-    longer = ["dpo.optim.max_steps=300", "dpo.optim.save_every=20"]
-    ref = subprocess.run(alignflow_run(stack, tmp_path / "ref", *longer, "promotion.model_name=it-ref"),
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-2000:]
     out = tmp_path / "killed"
-    cmd = alignflow_run(stack, out, *longer, "promotion.model_name=it-resume")
+    cmd = alignflow_run(stack, out, *LONG_DPO, "promotion.model_name=it-resume")
     log = (tmp_path / "killed.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     kill_at = 20 * random.randint(1, 10)  # a random checkpoint of the 15 (every 20 of 300 steps)
@@ -204,13 +222,57 @@ def test_killed_training_resumes_to_the_same_result(stack: Stack, tmp_path: Path
     assert not (out / "summary.json").exists()
     resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    first = json.loads((tmp_path / "ref" / "summary.json").read_text())
     again = json.loads((out / "summary.json").read_text())
     client = MlflowClient(stack.urls["mlflow"])
     assert client.get_run(again["stage_runs"]["dpo"]).data.metrics["resumed_from_step"] >= kill_at
-    for name, value in first["metrics"].items():
-        assert again["metrics"][name] == pytest.approx(value, abs=1e-4), name
-    assert len(client.search_model_versions("name='it-resume'")) == 1
+    assert_same_result(long_dpo_reference, again, client, "it-resume")
+
+
+def training_processes(worker_pgid: int) -> list[psutil.Process]:
+    """The flow-run processes (`python -m prefect.engine`) a process worker started, and their children."""
+    worker = psutil.Process(worker_pgid)
+    return [p for p in worker.children(recursive=True) if "prefect.engine" in " ".join(p.cmdline())]
+
+
+def test_killed_worker_resumes_from_s3_checkpoints_elsewhere(stack: Stack, tmp_path: Path,
+                                                              long_dpo_reference: dict) -> None:
+    """DPO on the gpu pool; kill -9 of the worker's training process once a random checkpoint is in S3, and
+    the worker's local checkpoints deleted (a machine lost with its disk). The pipeline fails; its re-run
+    starts DPO on the pool again, which restores the newest checkpoint from S3, resumes there and reaches the
+    uninterrupted run's metrics, with one registered version."""
+    deploy(stack)  # alignment-training/gpu, as `alignflow deploy` registers it
+    env = {**os.environ, **stack.client_env()}
+    out = tmp_path / "pool"
+    cmd = alignflow_run(stack, out, *LONG_DPO, "training.pool=gpu", "promotion.model_name=it-pool-resume")
+    s3 = s3_client(stack.client_env())
+    kill_at = 20 * random.randint(2, 10)
+    print(f"killing the worker's training process once DPO's step {kill_at} is in S3")
+    log_path = tmp_path / "pool.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        marker = f"/checkpoints/step-{kill_at:07d}/_MANIFEST.json"
+        deadline, found = time.monotonic() + 400, False
+        while time.monotonic() < deadline and proc.poll() is None and not found:
+            listed = s3.list_objects_v2(Bucket="alignflow", Prefix="stages/dpo-", MaxKeys=1000).get("Contents", [])
+            found = any(o["Key"].endswith(marker) for o in listed)
+            time.sleep(0.1)
+        assert found, f"DPO's step {kill_at} never reached S3:\n" + log_path.read_text()[-3000:]
+        victims = training_processes(stack.read_state()["services"]["worker-gpu"]["pgid"])
+        assert victims, "no training process under the gpu worker"
+        for victim in victims:
+            victim.kill()  # SIGKILL
+        code = proc.wait(timeout=300)
+    assert code != 0 and not (out / "summary.json").exists()  # the pipeline saw its training crash
+    for local in out.glob("dpo-*/checkpoints"):
+        shutil.rmtree(local)  # the lost machine's disk
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    again = json.loads((out / "summary.json").read_text())
+    client = MlflowClient(stack.urls["mlflow"])
+    assert client.get_run(again["stage_runs"]["dpo"]).data.metrics["resumed_from_step"] >= kill_at
+    assert "restored from s3://alignflow/stages/dpo-" in (stack.dir / "logs" / "worker-gpu.log").read_text()
+    assert_same_result(long_dpo_reference, again, client, "it-pool-resume")
 
 
 @pytest.mark.parametrize("service", ["mlflow", "s3"])

@@ -64,3 +64,34 @@ def test_base_model_from_an_s3_uri(s3_env: S3Server, tmp_path: Path) -> None:
     ref = build_base_model(cfg, prepare_data(cfg, tmp_path / "d2"), tmp_path / "unused")
     assert Path(ref.path).is_dir() and ref.fingerprint == fingerprint_model(str(local))
     assert load_causal_lm(ref.path).config.hidden_size == 32
+
+
+def test_reference_logps_are_computed_once_and_shared_through_s3(s3_env: S3Server, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second run in another output folder (or on another worker) takes the reference log-probs from S3
+    instead of running the reference model again; without S3 it computes them itself."""
+    from alignment import stages
+
+    cfg = load_config(None, ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64",
+                             "model.tiny.num_layers=1", "model.tiny.num_heads=2", f"run.seed={uuid.uuid4().int % 1000}"])
+    calls = []
+    real = stages.reference_logps
+    monkeypatch.setattr(stages, "reference_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def annotated(folder: Path) -> list[dict]:
+        prepared = prepare_data(cfg, folder / "data")
+        reference = build_base_model(cfg, prepared, folder / "base")
+        return stages.reference_annotated_pairs(cfg, prepared, reference, "train")
+
+    first = annotated(tmp_path / "run1")
+    assert len(calls) == 1
+    second = annotated(tmp_path / "run2")  # same content, another folder: no local cache there
+    assert len(calls) == 1
+    assert [(r["ref_chosen_logps"], r["ref_rejected_logps"]) for r in second] == [
+        (r["ref_chosen_logps"], r["ref_rejected_logps"]) for r in first]
+    keys = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix="reference-logps/")["Contents"]]
+    assert len([k for k in keys if k.startswith("reference-logps/train-")]) >= 1
+
+    monkeypatch.delenv("ALIGNFLOW_S3_BUCKET")  # no S3: computed again, locally
+    annotated(tmp_path / "run3")
+    assert len(calls) == 2
