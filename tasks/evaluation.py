@@ -120,9 +120,9 @@ def compare_task(cfg: PipelineConfig, prepared: PreparedData, policy: ModelRef, 
         out.mkdir(parents=True, exist_ok=True)
         (out / "side_by_side.json").write_text(json.dumps(result.table, indent=1))
         run.log_artifact(out / "side_by_side.json", "comparison")
-        submit(MlflowClient(ctx.tracking_uri).log_table, run.run_id,
-               data={k: [r[k] for r in result.table] for k in TABLE_COLUMNS},
-               artifact_file="comparison/side_by_side_table.json")
+        table = {k: [r[k] for r in result.table] for k in TABLE_COLUMNS}
+        run.submit(lambda run_id: run.client.log_table(run_id, data=table,
+                                                       artifact_file="comparison/side_by_side_table.json"))
         with compute("compare"):
             verdicts_png = plot_verdicts(result.metrics, out / "verdicts.png")
             lc = plot_length_view(length_view(result.metrics), out / "length_view.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -15,7 +16,6 @@ from alignment.config import PipelineConfig
 from alignment.stages import ModelRef, PreparedData, TrainOutput
 from evaluation.plots import plot_curves, plot_reward_margins
 from tasks import remote
-from tasks.background import submit
 from tasks.checkpoints import mirrored_checkpoints
 from tasks.datasets import log_dataset_inputs
 from tasks.results import result_storage
@@ -195,7 +195,7 @@ def prepare_data_task(cfg: PipelineConfig, ctx: RunContext, out_dir: Path) -> St
         dropped = {f"dropped/{split}": float(r["rows_dropped"]) for split, r in prepared.report["drops"].items()}
         run.log_metrics(dropped)
         run.set_tags({"alignflow.data_fingerprint": prepared.fingerprint})
-        submit(log_dataset_inputs, run.run_id, run.client, prepared)
+        run.submit(log_dataset_inputs, run.client, prepared)
         run.log_artifact(Path(prepared.dir) / "report.json", "data")
         run.log_artifact(Path(prepared.dir) / "lengths.png", "data")
         for split in ("train", "heldout"):
@@ -213,9 +213,13 @@ def build_model_task(cfg: PipelineConfig, prepared: PreparedData, ctx: RunContex
     return finish(out_dir, base, "base_model", run.run_id, ctx)
 
 
+_PROGRESS_UPDATES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-progress")
+
+
 def progress_reporter(title: str) -> Any:
-    """A Prefect progress artifact updated as training logs (created lazily on the first report), and a log
-    line at every tenth of the run."""
+    """A Prefect progress artifact updated as training logs (created lazily on the first report; later
+    updates are sent from a background thread, so training never waits on the Prefect API), and a log line
+    at every tenth of the run."""
     state: dict[str, Any] = {"next_pct": 10.0}
     logger = get_run_logger()
 
@@ -224,11 +228,11 @@ def progress_reporter(title: str) -> Any:
         if pct < state["next_pct"] and step != total:
             return
         state["next_pct"] = pct + 10.0
-        with orchestration():  # called from inside training: an API call here is overhead, timed as such
-            if "id" not in state:
+        with orchestration():  # called from inside training: what is done here is overhead, timed as such
+            if "id" not in state:  # needs this thread's run context, to be linked to the task run
                 state["id"] = create_progress_artifact(progress=pct, description=title)
             else:
-                update_progress_artifact(artifact_id=state["id"], progress=pct)
+                _PROGRESS_UPDATES.submit(update_progress_artifact, artifact_id=state["id"], progress=pct)
             logger.info("%s: step %d/%d loss %.4f (%.0f tokens/s)", title, step, total,
                         metrics.get("loss", float("nan")), metrics.get("tokens_per_sec", 0.0))
 

@@ -13,7 +13,8 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,9 @@ class MlflowMetricsLogger:
     """`MetricsLogger` that queues metrics and sends them in batches from a background thread, so the
     training loop never waits on the tracking server. Keeps every record for plots."""
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 2.0) -> None:
-        self.client, self.run_id, self.flush_seconds = client, run_id, flush_seconds
+    def __init__(self, client: MlflowClient, run_id: str | Future[str], flush_seconds: float = 2.0) -> None:
+        # run_id may still be on its way (StageRun creates runs on the tracking thread): resolved when sending
+        self.client, self._run_id, self.flush_seconds = client, run_id, flush_seconds
         self.records: list[tuple[int | None, dict[str, float]]] = []
         self._queue: queue.Queue[Metric | None] = queue.Queue()
         self._error: BaseException | None = None
@@ -122,6 +124,10 @@ class MlflowMetricsLogger:
         for key, value in metrics.items():
             if isinstance(value, int | float) and math.isfinite(float(value)):
                 self._queue.put(Metric(key, float(value), now, step or 0))
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id.result() if isinstance(self._run_id, Future) else self._run_id
 
     def close(self) -> None:
         self._queue.put(None)
@@ -157,19 +163,29 @@ class MlflowMetricsLogger:
 
 
 class StageRun:
-    """A child run for one stage: params, batched metrics, artifacts. Params, tags and artifacts go through
-    tasks/background.py: in a pipeline run they are sent by its tracking thread while the next stage works."""
+    """A child run for one stage: params, batched metrics, artifacts. Its creation, params, tags and artifacts
+    go through tasks/background.py: in a pipeline run its tracking thread sends them while the stage works
+    (the run's start time is taken here, so the run still starts when the stage did); `run_id` waits for the
+    creation only where a caller needs the id itself."""
 
     def __init__(self, ctx: RunContext, stage: str, tags: dict[str, str] | None = None) -> None:
         self.ctx, self.stage = ctx, stage
         self.client = MlflowClient(ctx.tracking_uri)
-        run = self.client.create_run(ctx.experiment_id, run_name=stage, tags={
-            "mlflow.parentRunId": ctx.parent_run_id, "alignflow.stage": stage, **(tags or {})})
-        self.run_id: str = run.info.run_id
-        self.logger = MlflowMetricsLogger(self.client, self.run_id)
+        all_tags = {"mlflow.parentRunId": ctx.parent_run_id, "alignflow.stage": stage, **(tags or {})}
+        self._created = submit(self._create, int(time.time() * 1000), all_tags)
+        self.logger = MlflowMetricsLogger(self.client, self._created)
+
+    def _create(self, start_time: int, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.ctx.experiment_id, start_time=start_time, tags=tags, run_name=self.stage)
+        return run.info.run_id
+
+    @property
+    def run_id(self) -> str:
+        return self._created.result()
 
     def log_params(self, params: dict[str, Any]) -> None:
-        submit(log_params, self.client, self.run_id, redact_params({k: str(v) for k, v in params.items()}))
+        redacted = redact_params({k: str(v) for k, v in params.items()})
+        submit(lambda: log_params(self.client, self.run_id, redacted))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.logger.log_metrics(metrics, step)
@@ -177,14 +193,19 @@ class StageRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for start in range(0, len(items), 100):  # one request per 100 tags (log_batch's limit)
-            submit(self.client.log_batch, self.run_id, tags=items[start:start + 100])
+            batch = items[start:start + 100]
+            submit(lambda batch=batch: self.client.log_batch(self.run_id, tags=batch))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file or folder; the file must stay unchanged until the run's tracking writes are drained."""
         if Path(path).is_dir():
-            submit(self.client.log_artifacts, self.run_id, str(path), artifact_path)
+            submit(lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path))
         else:
-            submit(self.client.log_artifact, self.run_id, str(path), artifact_path)
+            submit(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue `fn(run_id, *args)` on the tracking thread (the id resolved there, once the run exists)."""
+        submit(lambda: fn(self.run_id, *args))
 
 
 @contextlib.contextmanager
