@@ -237,8 +237,23 @@ class TrackingConfig(_Section):
         None, description="Artifact root for a new experiment. Unset: a folder under output_dir.")
 
 
+class LoraSettings(_Section):
+    """Low-rank adapters (LoRA, Hu et al., arXiv 2106.09685) through peft: only the adapters train (and their
+    optimizer state is all there is); the saved model has them merged in, so downstream stages see a plain
+    model. DPO's reference is the model the adapters start from, scored once before training."""
+
+    r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
+    alpha: float = Field(32.0, gt=0.0, le=4096.0, description="Scale: the update is (alpha / r) * B A.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", min_length=1,
+        description="Module names to adapt (e.g. [q_proj, v_proj]) or all-linear (every linear layer but "
+                    "the output head).")
+
+
 class TrainingConfig(_Section):
-    """How the training stages (SFT, DPO, ORPO) are launched: in-process, or one process per device."""
+    """How the training stages (SFT, DPO, ORPO) are launched: in-process, or one process per device, and
+    what the trained model is made of (full weights or LoRA adapters; activation checkpointing; compile)."""
 
     num_processes: int = Field(
         1, ge=1, le=64,
@@ -253,6 +268,15 @@ class TrainingConfig(_Section):
         None, pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=63,
         description="Prefect work pool that runs SFT and DPO/ORPO (e.g. gpu), through the deployment "
                     "alignment-training/<pool>; inputs and outputs travel as s3:// URIs. Unset: in process.")
+    lora: LoraSettings | None = Field(
+        None, description="Train LoRA adapters instead of every weight (unset: full fine-tuning). Single "
+                          "process or DDP; not with a sharding accelerate config (FSDP, DeepSpeed).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each decoder layer's activations in the backward pass: less memory "
+                           "for long sequences, about a third more compute.")
+    compile: bool = Field(
+        False, description="torch.compile the model (dynamic shapes). Pays on GPU for long runs; the first "
+                           "steps are slow while it compiles.")
     s3_checkpoints: bool | None = Field(
         None, description="Mirror training checkpoints (the newest two, uploaded in the background) to "
                           "s3://<bucket>/stages/<stage>-<key>/checkpoints and resume from there, so a stage "

@@ -27,6 +27,7 @@ import torch
 from accelerate import Accelerator
 
 from alignment.config import PipelineConfig, TrainingConfig
+from alignment.models import plain_model
 from alignment.tracking import JsonlMetricsLogger, MetricsLogger, NullLogger, read_new_records
 
 if TYPE_CHECKING:
@@ -45,13 +46,18 @@ def make_accelerator(training: TrainingConfig) -> Accelerator:
 def save_trained_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> Path:
     """Save the trained model as a Hugging Face directory from the main process only, once every process is
     done: the full state dict is gathered through the accelerator (collective under FSDP/DeepSpeed), the
-    model unwrapped, written to a temporary folder and renamed."""
+    model unwrapped (LoRA adapters merged, alignment.models.plain_model), written to a temporary folder and
+    renamed."""
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    adapted = hasattr(getattr(unwrapped, "_orig_mod", unwrapped), "merge_and_unload")  # LoRA (single/DDP)
+    state_dict = None if adapted else accelerator.get_state_dict(model)
+    if state_dict is not None:  # a compiled model's names carry its wrapper's prefix
+        state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
     if accelerator.is_main_process:
         tmp = out_dir.with_name(f".tmp-{out_dir.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        plain_model(unwrapped).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)

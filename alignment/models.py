@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from alignment.config import TrainingConfig
+
 HASH_CONTENT_LIMIT = 1 << 30  # hash file contents up to 1 GiB; above that, name + size + mtime
 
 
@@ -72,3 +74,34 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_d
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir
+
+
+def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> torch.nn.Module:
+    """Apply `training`'s model settings (alignment.config.TrainingConfig): activation checkpointing, LoRA
+    adapters (peft; the base weights frozen), torch.compile. Returns the module to train."""
+    if training.gradient_checkpointing:
+        # Non-reentrant checkpointing: gradients reach adapters even where the inputs need none (frozen base).
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if training.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = training.lora
+        model = get_peft_model(model, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+            target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)))
+    if training.compile:
+        model = torch.compile(model, dynamic=True)
+    return model
+
+
+def plain_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model to save: compile's wrapper removed and LoRA adapters merged into the base weights (an
+    ordinary transformers model that every later stage loads as any other)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
+    if hasattr(model, "merge_and_unload"):  # a peft model
+        model = model.merge_and_unload()
+    if getattr(model, "is_activation_checkpointing", False):
+        model.activation_checkpointing_disable()
+        model.config.use_cache = True
+    return model

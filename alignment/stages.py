@@ -23,7 +23,7 @@ from alignment import quicktask
 from alignment.config import PipelineConfig
 from alignment.data import write_jsonl
 from alignment.logprobs import reference_logps
-from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer
+from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, prepare_for_training
 from alignment.objectives import Objective, method_plan
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
 from alignment.s3io import fetch_folder, get_shared_json, is_s3_uri, put_shared_json
@@ -202,9 +202,10 @@ def fit_and_save(model: torch.nn.Module, tok: Any, rows: list[dict], objective: 
     from alignment.launch import make_accelerator, save_trained_model
 
     acc = accelerator or make_accelerator(cfg.training)
+    model = prepare_for_training(model, cfg.training)  # LoRA, activation checkpointing, compile
     result = train(model, rows, objective=objective, collate=collate, optim=optim, output_dir=out_dir,
                    seed=cfg.run.seed, logger=logger, accelerator=acc, on_log=on_log)
-    model_dir = save_trained_model(acc, result.model or model, tok, out_dir / "model")
+    model_dir = save_trained_model(acc, result.model if result.model is not None else model, tok, out_dir / "model")
     fingerprint = fingerprint_model(str(model_dir)) if acc.is_main_process else ""
     return TrainOutput(model=ModelRef(path=str(model_dir), fingerprint=fingerprint),
                        method=method, steps=result.steps, resumed_from_step=result.resumed_from_step,

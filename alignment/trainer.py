@@ -163,7 +163,8 @@ def setup(model: torch.nn.Module, num_rows: int, optim: OptimConfig, seed: int,
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(seed)
     total_steps, micro_per_epoch = plan_steps(num_rows, optim, acc.num_processes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # all of them, or LoRA's adapters
+    optimizer = torch.optim.AdamW(trainable, lr=optim.learning_rate, weight_decay=optim.weight_decay)
     scheduler = get_scheduler(optim.lr_scheduler, optimizer, num_warmup_steps=int(optim.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)

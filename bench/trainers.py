@@ -35,6 +35,9 @@ from typing import Any
 METHODS = ("sft", "dpo", "orpo")
 TRAINERS: dict[str, tuple[str, ...]] = {"sft": ("alignflow", "trl"), "dpo": ("alignflow", "trl", "trl-precompute"),
                                         "orpo": ("alignflow", "trl")}
+# alignflow's optional model settings (training.lora / gradient_checkpointing / compile), each measured as an extra
+# alignflow trainer `alignflow+<variant>` beside the plain one with --variants
+VARIANTS = ("lora", "checkpointing", "compile")
 # (steps, batch size) per data set for the full run: ~10 minutes on a 2-core machine in all
 DEFAULT_SHAPE = {"quickstart": (24, 16), "hh": (6, 8)}
 SMOKE_SHAPE = (2, 2)
@@ -65,6 +68,10 @@ class BenchOptions:
     # alignflow's OptimConfig.group_by_length per data set, as its presets set it: on for HH-like data (the
     # smollm2-* presets), off for the quickstart's uniform short pairs. TRL samples as by default.
     group_by_length: str = "preset"  # preset | on | off
+    variants: tuple[str, ...] = ()  # extra alignflow trainers, each with one of VARIANTS on
+
+    def trainers(self, method: str) -> tuple[str, ...]:
+        return TRAINERS[method] + tuple(f"alignflow+{v}" for v in self.variants)
 
     def grouped(self, data: str) -> bool:
         return self.group_by_length == "on" or (self.group_by_length == "preset" and data == "hh")
@@ -96,10 +103,13 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         raise ValueError(f"--methods: choose from {', '.join(METHODS)} (comma-separated), got {args.methods!r}")
     max_length = args.max_length or (SMOKE_MAX_LENGTH if args.smoke else 1024)
     repeats = args.repeats or (1 if args.smoke else 2)
+    variants = tuple(v.strip() for v in (getattr(args, "variants", None) or "").split(",") if v.strip())
+    if set(variants) - set(VARIANTS):
+        raise ValueError(f"--variants: choose from {', '.join(VARIANTS)} (comma-separated), got {args.variants!r}")
     return BenchOptions(data=data, methods=methods, steps=args.steps, batch_size=args.batch_size, repeats=repeats,
                         threads=args.threads, max_length=max_length, json_path=args.json, smoke=args.smoke,
                         loss_batches=2 if args.smoke else 4,
-                        group_by_length=getattr(args, "group_by_length", None) or "preset")
+                        group_by_length=getattr(args, "group_by_length", None) or "preset", variants=variants)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -142,7 +152,7 @@ def run_benchmark(options: BenchOptions) -> BenchRun:
         ctx = trial_context(options)
         for repeat in range(options.repeats):
             for name in options.data:
-                order = [(m, t) for m in options.methods for t in TRAINERS[m]]
+                order = [(m, t) for m in options.methods for t in options.trainers(m)]
                 for method, trainer in order if repeat % 2 == 0 else order[::-1]:
                     spec = trial_spec(options, name, run.data[name], model_dir, method, trainer)
                     outcome = run_in_process(ctx, spec, work)
@@ -281,7 +291,7 @@ def run_in_process(ctx: multiprocessing.context.BaseContext, spec: dict[str, Any
 
 
 def progress_line(trial: dict[str, Any]) -> str:
-    head = f"  r{trial['repeat']} {trial['data']:10s} {trial['method']:4s} {trial['trainer']:15s}"
+    head = f"  r{trial['repeat']} {trial['data']:10s} {trial['method']:4s} {trial['trainer']:23s}"
     if not trial["ok"]:
         return f"{head} FAILED: {trial['error']}"
     r = trial["result"]
@@ -296,7 +306,7 @@ def summarise(run: BenchRun) -> list[dict[str, Any]]:
     rows = []
     for name in run.options.data:
         for method in run.options.methods:
-            for trainer in TRAINERS[method]:
+            for trainer in run.options.trainers(method):
                 done = [t["result"] for t in run.trials
                         if t["data"] == name and t["method"] == method and t["trainer"] == trainer and t["ok"]]
                 row: dict[str, Any] = {"data": name, "method": method, "trainer": trainer, "trials": len(done)}
@@ -316,17 +326,20 @@ def summarise(run: BenchRun) -> list[dict[str, Any]]:
                         row["gpu_peak_allocated_mib"] = statistics.median(r["gpu_peak_allocated_mib"] for r in done)
                 row["loss_diff"] = loss_diff(run.loss_agreement.get(name, {}), method, trainer)
                 rows.append(row)
-    for row in rows:  # alignflow's speed over each TRL configuration's, same data and method
-        if row["trainer"] != "alignflow" or "seconds" not in row:
+    for row in rows:  # alignflow's (and its variants') speed over each TRL configuration's, same data and method
+        if not row["trainer"].startswith("alignflow") or "seconds" not in row:
             continue
         row["speedup"] = {other["trainer"]: other["seconds"] / row["seconds"] for other in rows
                           if other["data"] == row["data"] and other["method"] == row["method"]
-                          and other["trainer"] != "alignflow" and "seconds" in other}
+                          and other["trainer"].startswith("trl") and "seconds" in other}
     return rows
 
 
 def loss_diff(agreement: dict[str, Any], method: str, trainer: str) -> float | None:
-    """The loss difference shown for a row: for alignflow rows the worst over that method's TRL trainers."""
+    """The loss difference shown for a row: for alignflow rows the worst over that method's TRL trainers (none
+    for the variants: their losses are checked in tests/alignment/test_training_options.py)."""
+    if trainer.startswith("alignflow+"):
+        return None
     keys = [f"{method}/{t}" for t in TRAINERS[method][1:]] if trainer == "alignflow" else [f"{method}/{trainer}"]
     values = [agreement[k]["max_abs_diff"] for k in keys if isinstance(agreement.get(k), dict)]
     return max(values) if values else None
@@ -362,16 +375,16 @@ def judge(run: BenchRun) -> list[dict[str, Any]]:
 
 
 def format_table(run: BenchRun) -> str:
-    header = (f"{'method':6s} {'data':10s} {'trainer':15s} {'pairs/s':>8s} {'tokens/s':>9s} {'RSS +MiB':>8s} "
+    header = (f"{'method':6s} {'data':10s} {'trainer':23s} {'pairs/s':>8s} {'tokens/s':>9s} {'RSS +MiB':>8s} "
               f"{'RSS MiB':>8s} {'vs trl':>7s} {'vs trl-pre':>10s} {'loss diff':>9s}")
     lines = [header, "-" * len(header)]
     for row in sorted(run.results, key=lambda r: (METHODS.index(r["method"]), r["data"])):
         if "seconds" not in row:
-            lines.append(f"{row['method']:6s} {row['data']:10s} {row['trainer']:15s} (no successful trial)")
+            lines.append(f"{row['method']:6s} {row['data']:10s} {row['trainer']:23s} (no successful trial)")
             continue
         speed = row.get("speedup", {})
         lines.append(
-            f"{row['method']:6s} {row['data']:10s} {row['trainer']:15s} {row['pairs_per_s']:8.1f} "
+            f"{row['method']:6s} {row['data']:10s} {row['trainer']:23s} {row['pairs_per_s']:8.1f} "
             f"{row['tokens_per_s']:9.0f} {row['rss_growth_mib']:8.1f} {row['rss_peak_mib']:8.0f} "
             f"{ratio(speed.get('trl')):>7s} {ratio(speed.get('trl-precompute')):>10s} {diff(row['loss_diff']):>9s}")
     env = run.environment

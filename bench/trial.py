@@ -33,6 +33,10 @@ from bench.pairs import pair_tokens, sft_rows
 # so both sides train and are compared on the same loss. The pipeline's default ("response") scores fewer
 # tokens and is no slower.
 ORPO_NLL_TOKENS = "prompt_and_response"
+# TrainingConfig settings of the `alignflow+<variant>` trainers (bench.trainers.VARIANTS)
+VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha": 32.0}},
+                                               "checkpointing": {"gradient_checkpointing": True},
+                                               "compile": {"compile": True}}
 
 
 def pin_threads(threads: int) -> None:
@@ -104,8 +108,9 @@ def load_rows(spec: dict[str, Any]) -> list[dict[str, list[int]]]:
 def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], pad_id: int,
                   probe: MemoryProbe, work: Path) -> dict[str, Any]:
     import alignment.trainer as trainer_module
-    from alignment.config import OptimConfig
+    from alignment.config import OptimConfig, TrainingConfig
     from alignment.logprobs import reference_logps
+    from alignment.models import prepare_for_training
     from alignment.objectives import method_plan
     from alignment.tracking import InMemoryLogger
 
@@ -135,6 +140,9 @@ def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict
         chosen, rejected = reference_logps(model, rows, pad_id, batch, device=spec["device"])
         rows = [dict(r, ref_chosen_logps=c, ref_rejected_logps=j) for r, c, j in zip(rows, chosen, rejected, strict=True)]
         ref_s = time.perf_counter() - started
+    variant = spec["trainer"].partition("+")[2]
+    if variant:  # as fit_and_save does (after the reference pass, which scores the un-adapted model)
+        model = prepare_for_training(model, TrainingConfig(**VARIANT_SETTINGS[variant]))
     result = trainer_module.train(model, rows, objective=objective, collate=collate, optim=optim,
                                   output_dir=work / "alignflow", seed=spec["seed"], logger=InMemoryLogger())
     seconds = time.perf_counter() - started
@@ -175,7 +183,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"need {spec['steps'] * spec['batch_size']} rows, have {len(pairs)}")
     probe = MemoryProbe(device)
     with tempfile.TemporaryDirectory(prefix="alignflow-bench-") as tmp:
-        if spec["trainer"] == "alignflow":
+        if spec["trainer"].startswith("alignflow"):
             out = run_alignflow(spec, model, pairs, tokenizer.pad_token_id, probe, Path(tmp))
         else:
             out = run_trl(spec, model, pairs, tokenizer, probe, Path(tmp))

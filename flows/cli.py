@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-length", type=int, help="longest prompt + response (default 1024; smoke 128)")
     bench.add_argument("--json", help="write every number, the environment and the verdicts here")
     bench.add_argument("--smoke", action="store_true", help="a couple of steps on tiny data; no timing claims")
+    bench.add_argument("--variants", default="",
+                       help="also time alignflow with each of these on, as extra trainers: lora, checkpointing, "
+                            "compile (comma-separated)")
     bench.add_argument("--group-by-length", choices=["preset", "on", "off"], default="preset",
                        help="alignflow's optim.group_by_length: as its presets (default: on for the HH-like data, "
                             "off for the quickstart's), or on/off everywhere; TRL samples as by default")

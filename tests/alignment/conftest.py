@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 from alignment import quicktask
 from alignment.tiny_model import train_tokenizer
+from alignment.tokenization import encode_sft
 
 
 @pytest.fixture(autouse=True)
@@ -24,3 +25,14 @@ def _single_thread_and_seeded() -> None:
 def quick_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE with the ChatML template, trained on the quickstart corpus (as the pipeline does)."""
     return train_tokenizer(quicktask.corpus(), 1024)
+
+
+@pytest.fixture(scope="module")
+def sft_rows(quick_tokenizer) -> list[dict[str, list[int]]]:
+    """Quickstart SFT rows as the SFT stage builds them (user + assistant, loss on the answer)."""
+    data = quicktask.generate(seed=0, heldout_fraction=0.2, good_fraction=0.35, refusal_fraction=0.6)
+    rows = [{"messages": [*([{"role": "system", "content": r["system"]}] if r.get("system") else []),
+                          {"role": "user", "content": r["prompt"]},
+                          {"role": "assistant", "content": r["completion"]}]} for r in data["sft"]]
+    enc = encode_sft(quick_tokenizer, rows, max_tokens=128)
+    return [{"input_ids": i, "labels": lab} for i, lab in zip(enc["input_ids"], enc["labels"], strict=True)]

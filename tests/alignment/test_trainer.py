@@ -12,12 +12,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from alignment import quicktask
 from alignment.config import OptimConfig
 from alignment.logprobs import collate_sft
 from alignment.objectives import StepOutput, sft_objective
 from alignment.tiny_model import build_model
-from alignment.tokenization import IGNORE_INDEX, encode_sft
+from alignment.tokenization import IGNORE_INDEX
 from alignment.tracking import InMemoryLogger
 from alignment.trainer import (
     NonFiniteLossError,
@@ -52,17 +51,6 @@ class FailingObjective:
                 raise SimulatedKill(f"killed at call {self.calls}")
             return StepOutput(out.loss * self.poison, out.metrics)
         return out
-
-
-@pytest.fixture(scope="module")
-def sft_rows(quick_tokenizer) -> list[dict[str, list[int]]]:
-    """Quickstart SFT rows as the SFT stage builds them (user + assistant, loss on the answer)."""
-    data = quicktask.generate(seed=0, heldout_fraction=0.2, good_fraction=0.35, refusal_fraction=0.6)
-    rows = [{"messages": [*([{"role": "system", "content": r["system"]}] if r.get("system") else []),
-                          {"role": "user", "content": r["prompt"]},
-                          {"role": "assistant", "content": r["completion"]}]} for r in data["sft"]]
-    enc = encode_sft(quick_tokenizer, rows, max_tokens=128)
-    return [{"input_ids": i, "labels": lab} for i, lab in zip(enc["input_ids"], enc["labels"], strict=True)]
 
 
 def make_model(tok) -> torch.nn.Module:

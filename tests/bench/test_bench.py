@@ -98,3 +98,20 @@ def test_smoke_run_through_the_cli_writes_every_trainer(tmp_path: Path) -> None:
         assert set(report["loss_agreement"][data]) == {"sft/trl", "dpo/trl", "dpo/trl-precompute", "orpo/trl"}
     assert report["environment"]["versions"]["trl"] and report["environment"]["threads"] == 1
     assert all(v["passed"] is None for v in report["verdicts"] if "speed" in v["target"] or "RSS" in v["target"])
+
+
+def test_smoke_run_with_alignflow_variants(tmp_path: Path) -> None:
+    """--variants adds alignflow trainers with LoRA / activation checkpointing on, timed beside the plain one."""
+    require_trl()
+    from flows import cli
+
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--smoke", "--data", "quickstart", "--methods", "dpo", "--variants", "lora,checkpointing",
+            "--json", str(out)]
+    assert cli.main(argv) == 0
+    rows = {r["trainer"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"alignflow", "alignflow+lora", "alignflow+checkpointing", "trl", "trl-precompute"}
+    for name in ("alignflow+lora", "alignflow+checkpointing"):
+        assert math.isfinite(rows[name]["pairs_per_s"]) and math.isfinite(rows[name]["final_loss"]), rows[name]
+        assert set(rows[name]["speedup"]) == {"trl", "trl-precompute"} and rows[name]["loss_diff"] is None
+    assert cli.main([*argv[:-2], "--variants", "fp8"]) == 2  # an unknown variant is refused, not ignored
