@@ -62,13 +62,20 @@ def check_mlflow(cfg: PipelineConfig) -> None:
                                "another run.output_dir or tracking.uri.")
 
 
-def check_s3() -> None:
-    """Only when this run has an S3 endpoint and bucket (the local stack or production)."""
+def check_s3(cfg: PipelineConfig | None = None) -> None:
+    """When this run has an S3 endpoint and bucket (the local stack or production): they answer and take our
+    keys. Training on a work pool, or with training.s3_checkpoints, needs them."""
     from alignment.s3io import ENDPOINT_VARIABLES
 
     endpoint = next((os.environ[v] for v in ENDPOINT_VARIABLES if os.environ.get(v)), None)
     bucket = os.environ.get("ALIGNFLOW_S3_BUCKET")
     if not endpoint or not bucket:
+        needs = cfg is not None and (cfg.training.pool or cfg.training.s3_checkpoints)
+        if needs:
+            field = "training.pool" if cfg.training.pool else "training.s3_checkpoints"
+            raise ServiceError(f"preflight: {field} needs S3 (stage inputs, results and checkpoints travel "
+                               "through it), and this run has none. Fix: start the local stack (`alignflow stack "
+                               "up`) or set AWS_ENDPOINT_URL_S3, ALIGNFLOW_S3_BUCKET and the AWS keys.")
         return
     import boto3
     from botocore.config import Config
@@ -109,5 +116,5 @@ def check_services(cfg: PipelineConfig) -> float:
     check_disk(cfg)
     check_prefect()
     check_mlflow(cfg)
-    check_s3()
+    check_s3(cfg)
     return time.monotonic() - started

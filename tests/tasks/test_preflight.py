@@ -83,3 +83,12 @@ def test_cli_reports_a_dead_service_in_one_line(capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert code == 2 and time.monotonic() - started < 10
     assert err.startswith(f"error: preflight: MLflow tracking server at {url}") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("setting", ["training.pool=gpu", "training.s3_checkpoints=true"])
+def test_training_through_s3_without_s3_is_refused(monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
+    for key in ("AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "ALIGNFLOW_S3_BUCKET"):
+        monkeypatch.delenv(key, raising=False)
+    preflight.check_s3(load_config(None, []))  # in process, local checkpoints: no S3 needed
+    with pytest.raises(preflight.ServiceError, match=f"{setting.split('=')[0]} needs S3"):
+        preflight.check_s3(load_config(None, [setting]))
