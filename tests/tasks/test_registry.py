@@ -46,7 +46,7 @@ def test_policy_is_built_on_the_callers_thread_and_loads_back(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    experiment_id = client.create_experiment("registry-test")
+    experiment_id = client.create_experiment("registry-test", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment_id).info.run_id
     ctx = RunContext(tracking_uri=uri, experiment_id=experiment_id, experiment_name="registry-test",
                      parent_run_id=parent, output_dir=str(tmp_path))

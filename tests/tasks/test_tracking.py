@@ -17,7 +17,7 @@ from tasks.tracking import RunContext, StageRun, stage_run
 def test_stage_run_opens_without_waiting_and_keeps_its_start_time(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    experiment_id = client.create_experiment("tracking-test")
+    experiment_id = client.create_experiment("tracking-test", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment_id).info.run_id
     ctx = RunContext(tracking_uri=uri, experiment_id=experiment_id, experiment_name="tracking-test",
                      parent_run_id=parent, output_dir=str(tmp_path))
@@ -47,7 +47,7 @@ def test_stage_run_opens_without_waiting_and_keeps_its_start_time(tmp_path: Path
 def test_outside_a_pipeline_run_a_stage_run_is_created_at_once(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    experiment_id = client.create_experiment("tracking-test")
+    experiment_id = client.create_experiment("tracking-test", artifact_location=(tmp_path / "artifacts").as_uri())
     ctx = RunContext(tracking_uri=uri, experiment_id=experiment_id, experiment_name="tracking-test",
                      parent_run_id=client.create_run(experiment_id).info.run_id, output_dir=str(tmp_path))
     run = StageRun(ctx, "evaluate")
