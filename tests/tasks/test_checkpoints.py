@@ -18,15 +18,6 @@ from tasks.checkpoints import CheckpointMirror, mirrored_checkpoints, remote_ste
 from tests.s3fixture import S3Server
 
 
-@pytest.fixture
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Server:
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("ALIGNFLOW_S3_BUCKET", s3_server.bucket)
-    monkeypatch.setenv("ALIGNFLOW_CACHE_DIR", str(tmp_path / "cache"))
-    return s3_server
-
-
 def write_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
     """What the trainer leaves: a folder of state files, trainer_state.json last (renamed into place)."""
     folder = root / (f"step-{step:07d}" if complete else f".tmp-step-{step:07d}")

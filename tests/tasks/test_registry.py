@@ -11,7 +11,6 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from mlflow import MlflowClient
 from transformers import PreTrainedModel
 
 from alignment import quicktask
@@ -34,7 +33,7 @@ def trained(tmp_path: Path) -> TrainOutput:
 
 
 def test_policy_is_built_on_the_callers_thread_and_loads_back(
-        trained: TrainOutput, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        trained: TrainOutput, run_context: RunContext, monkeypatch: pytest.MonkeyPatch) -> None:
     built_on: list[str] = []
     real_init = PreTrainedModel.__init__
 
@@ -44,13 +43,8 @@ def test_policy_is_built_on_the_callers_thread_and_loads_back(
 
     monkeypatch.setattr(PreTrainedModel, "__init__", recording_init)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    experiment_id = client.create_experiment("registry-test", artifact_location=(tmp_path / "artifacts").as_uri())
-    parent = client.create_run(experiment_id).info.run_id
-    ctx = RunContext(tracking_uri=uri, experiment_id=experiment_id, experiment_name="registry-test",
-                     parent_run_id=parent, output_dir=str(tmp_path))
-    mlflow.set_tracking_uri(uri)
+    ctx = run_context
+    mlflow.set_tracking_uri(ctx.tracking_uri)
     try:
         with background_tracking():
             pending = start_policy_logging(load_config("configs/quickstart.yaml", []), trained, ctx)

@@ -15,15 +15,6 @@ from tasks import remote
 from tests.s3fixture import S3Server
 
 
-@pytest.fixture
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Server:
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("ALIGNFLOW_S3_BUCKET", s3_server.bucket)
-    monkeypatch.setenv("ALIGNFLOW_CACHE_DIR", str(tmp_path / "cache"))
-    return s3_server
-
-
 def tiny_model(tmp_path: Path) -> Path:
     cfg = load_config(None, ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64",
                              "model.tiny.num_layers=1", "model.tiny.num_heads=2"])

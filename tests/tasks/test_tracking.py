@@ -14,13 +14,9 @@ from tasks.background import background_tracking, submit
 from tasks.tracking import RunContext, StageRun, stage_run
 
 
-def test_stage_run_opens_without_waiting_and_keeps_its_start_time(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    experiment_id = client.create_experiment("tracking-test", artifact_location=(tmp_path / "artifacts").as_uri())
-    parent = client.create_run(experiment_id).info.run_id
-    ctx = RunContext(tracking_uri=uri, experiment_id=experiment_id, experiment_name="tracking-test",
-                     parent_run_id=parent, output_dir=str(tmp_path))
+def test_stage_run_opens_without_waiting_and_keeps_its_start_time(run_context: RunContext, tmp_path: Path) -> None:
+    ctx, parent = run_context, run_context.parent_run_id
+    client = MlflowClient(ctx.tracking_uri)
     busy = threading.Event()
     artifact = tmp_path / "note.txt"
     artifact.write_text("hello")
@@ -44,12 +40,7 @@ def test_stage_run_opens_without_waiting_and_keeps_its_start_time(tmp_path: Path
     assert [f.path for f in client.list_artifacts(run_id, "notes")] == ["notes/note.txt"]
 
 
-def test_outside_a_pipeline_run_a_stage_run_is_created_at_once(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    experiment_id = client.create_experiment("tracking-test", artifact_location=(tmp_path / "artifacts").as_uri())
-    ctx = RunContext(tracking_uri=uri, experiment_id=experiment_id, experiment_name="tracking-test",
-                     parent_run_id=client.create_run(experiment_id).info.run_id, output_dir=str(tmp_path))
-    run = StageRun(ctx, "evaluate")
-    assert run._created.done() and client.get_run(run.run_id).info.run_name == "evaluate"
+def test_outside_a_pipeline_run_a_stage_run_is_created_at_once(run_context: RunContext) -> None:
+    run = StageRun(run_context, "evaluate")
+    assert run._created.done() and MlflowClient(run_context.tracking_uri).get_run(run.run_id).info.run_name == "evaluate"
     run.logger.close()
