@@ -87,9 +87,15 @@ def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> to
         from peft import LoraConfig, get_peft_model
 
         lora = training.lora
-        model = get_peft_model(model, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
-            target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)))
+        targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+        try:
+            model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                     task_type="CAUSAL_LM", target_modules=targets))
+        except ValueError as err:  # e.g. no module of that name
+            linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                             if isinstance(module, torch.nn.Linear)})
+            raise ValueError(f"training.lora.target_modules={targets!r} does not fit this model "
+                             f"({first_line(err)}); its linear layers are named {', '.join(linear)}") from None
     if training.compile:
         model = torch.compile(model, dynamic=True)
     return model

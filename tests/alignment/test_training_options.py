@@ -42,6 +42,12 @@ def test_lora_trains_only_adapters_and_merges_exactly(quick_tokenizer) -> None:
         assert_close(merged(input_ids=ids).logits, adapted, atol=1e-5, rtol=1e-5)
 
 
+def test_lora_on_modules_the_model_lacks_is_a_clear_error(quick_tokenizer) -> None:
+    bad = TrainingConfig(lora=LoraSettings(target_modules=["qkv"]))
+    with pytest.raises(ValueError, match=r"training.lora.target_modules=\['qkv'\] does not fit.*q_proj"):
+        prepare_for_training(make_model(quick_tokenizer), bad)
+
+
 def lora_fit(tok, rows, optim, out: Path, objective=sft_objective):
     model = prepare_for_training(make_model(tok), LORA)
     result = train(model, rows, objective=objective, collate=functools.partial(collate_sft, pad_id=tok.pad_token_id),
