@@ -169,10 +169,11 @@ class StageRun:
     creation only where a caller needs the id itself."""
 
     def __init__(self, ctx: RunContext, stage: str, tags: dict[str, str] | None = None) -> None:
+        started = int(time.time() * 1000)
         self.ctx, self.stage = ctx, stage
         self.client = MlflowClient(ctx.tracking_uri)
         all_tags = {"mlflow.parentRunId": ctx.parent_run_id, "alignflow.stage": stage, **(tags or {})}
-        self._created = submit(self._create, int(time.time() * 1000), all_tags)
+        self._created = submit(self._create, started, all_tags)
         self.logger = MlflowMetricsLogger(self.client, self._created)
 
     def _create(self, start_time: int, tags: dict[str, str]) -> str:

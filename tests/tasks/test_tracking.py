@@ -24,6 +24,7 @@ def test_stage_run_opens_without_waiting_and_keeps_its_start_time(run_context: R
         submit(busy.wait)  # the tracking thread is busy (a model upload, say)
         started = int(time.time() * 1000)
         with stage_run(ctx, "sft", {"sft.lr": 0.1}) as run:
+            opened = int(time.time() * 1000)
             run.set_tags({"alignflow.note": "yes"})
             run.log_metrics({"loss": 1.5}, step=1)
             run.log_artifact(artifact, "notes")
@@ -32,7 +33,7 @@ def test_stage_run_opens_without_waiting_and_keeps_its_start_time(run_context: R
         busy.set()
         run_id = run.run_id
     got = client.get_run(run_id)
-    assert started <= got.info.start_time < started + 150  # when the stage started, not when it was sent
+    assert started <= got.info.start_time <= opened  # when the stage started, not when the tracker got to it
     assert got.info.status == "FINISHED" and got.info.end_time >= started + 200
     assert got.data.tags["mlflow.parentRunId"] == parent and got.data.tags["alignflow.stage"] == "sft"
     assert got.data.params == {"sft.lr": "0.1"} and got.data.tags["alignflow.note"] == "yes"
