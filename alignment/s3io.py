@@ -283,15 +283,13 @@ def s3_configured() -> bool:
     return bool(os.environ.get("ALIGNFLOW_S3_BUCKET")) and any(os.environ.get(v) for v in ENDPOINT_VARIABLES)
 
 
-def get_shared_json(key: str) -> Any | None:
-    """The JSON document at ``s3://$ALIGNFLOW_S3_BUCKET/<key>``; None when S3 is not configured or the key
-    does not exist."""
-    if not s3_configured():
-        return None
+def read_json(uri: str, client: Any = None) -> Any | None:
+    """The JSON document at an ``s3://bucket/key`` URI; None when there is no such key."""
     from botocore.exceptions import ClientError
 
+    bucket, key = parse_s3_uri(uri)
     try:
-        body = make_client().get_object(Bucket=os.environ["ALIGNFLOW_S3_BUCKET"], Key=key)["Body"].read()
+        body = (client or make_client()).get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return None
@@ -299,10 +297,12 @@ def get_shared_json(key: str) -> Any | None:
     return json.loads(body)
 
 
-def put_shared_json(key: str, document: Any) -> bool:
-    """Store a JSON document at ``s3://$ALIGNFLOW_S3_BUCKET/<key>`` (one PUT: readers see all or nothing);
-    False when S3 is not configured."""
-    if not s3_configured():
-        return False
-    make_client().put_object(Bucket=os.environ["ALIGNFLOW_S3_BUCKET"], Key=key, Body=json.dumps(document).encode())
-    return True
+def write_json(uri: str, document: Any, client: Any = None) -> None:
+    """Store a JSON document at an ``s3://bucket/key`` URI (one PUT: readers see all of it or nothing)."""
+    bucket, key = parse_s3_uri(uri)
+    (client or make_client()).put_object(Bucket=bucket, Key=key, Body=json.dumps(document).encode())
+
+
+def shared_uri(key: str) -> str | None:
+    """``s3://$ALIGNFLOW_S3_BUCKET/<key>`` when the run has S3 (`s3_configured`), else None."""
+    return f"s3://{os.environ['ALIGNFLOW_S3_BUCKET']}/{key}" if s3_configured() else None

@@ -26,7 +26,7 @@ from alignment.logprobs import reference_logps
 from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, prepare_for_training
 from alignment.objectives import Objective, method_plan
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
-from alignment.s3io import fetch_folder, get_shared_json, is_s3_uri, put_shared_json
+from alignment.s3io import fetch_folder, is_s3_uri, read_json, shared_uri, write_json
 from alignment.tiny_model import make_tiny_model
 from alignment.tracking import MetricsLogger
 from alignment.trainer import train
@@ -232,24 +232,25 @@ def reference_annotated_pairs(cfg: PipelineConfig, prepared: PreparedData, refer
     rows = tokenized_rows(cfg, prepared, reference, split)
     key = stage_key(scored_ids_digest(rows), reference.fingerprint)
     cache = Path(prepared.dir) / "reference" / f"{split}-{key}.json"
-    shared_key = f"reference-logps/{split}-{key}.json"
+    shared = shared_uri(f"reference-logps/{split}-{key}.json")  # None without S3
     if cache.is_file():
         cached = json.loads(cache.read_text())
     else:
-        cached = get_shared_json(shared_key)
+        cached = read_json(shared) if shared else None
         if cached is None:
             ref_model = load_causal_lm(reference.path, trust_remote_code=cfg.model.trust_remote_code)
             tok = load_tokenizer(reference.path, trust_remote_code=cfg.model.trust_remote_code)
             chosen, rejected = reference_logps(ref_model, rows, tok.pad_token_id, batch_size=64)
             del ref_model
             cached = {"chosen": chosen, "rejected": rejected, "reference": reference.fingerprint}
-            put_shared_json(shared_key, cached)
+            if shared:
+                write_json(shared, cached)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cached))
         tmp.replace(cache)
     if len(cached["chosen"]) != len(rows) or cached.get("reference") != reference.fingerprint:
-        raise ValueError(f"reference log-probs cache {shared_key} does not match the {len(rows)} {split} rows")
+        raise ValueError(f"reference log-probs cache {shared or cache} does not match the {len(rows)} {split} rows")
     for row, c, r in zip(rows, cached["chosen"], cached["rejected"], strict=True):
         row["ref_chosen_logps"], row["ref_rejected_logps"] = c, r
     return rows

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.prepare import file_sha256
-from alignment.s3io import default_cache_dir, is_s3_uri, make_client, parse_s3_uri
+from alignment.s3io import default_cache_dir, is_s3_uri, make_client, parse_s3_uri, read_json, write_json
 
 MANIFEST = "_MANIFEST.json"
 
@@ -26,15 +26,7 @@ def bucket() -> str:
 
 
 def read_manifest(client: Any, uri: str) -> dict[str, Any] | None:
-    b, key = parse_s3_uri(uri.rstrip("/") + "/" + MANIFEST)
-    try:
-        return json.loads(client.get_object(Bucket=b, Key=key)["Body"].read())
-    except client.exceptions.NoSuchKey:
-        return None
-    except Exception as err:  # a 404 without the modelled error
-        if "404" in str(err) or "NoSuchKey" in str(err):
-            return None
-        raise
+    return read_json(uri.rstrip("/") + "/" + MANIFEST, client)
 
 
 def publish_dir(local: str | Path, uri: str, client: Any = None) -> str:
@@ -86,17 +78,5 @@ def download_published(uri: str, target: Path, client: Any = None) -> Path:
     return target
 
 
-def put_json(uri: str, data: dict[str, Any], client: Any = None) -> None:
-    b, key = parse_s3_uri(uri)
-    (client or make_client()).put_object(Bucket=b, Key=key, Body=json.dumps(data).encode())
-
-
-def get_json(uri: str, client: Any = None) -> dict[str, Any] | None:
-    client = client or make_client()
-    b, key = parse_s3_uri(uri)
-    try:
-        return json.loads(client.get_object(Bucket=b, Key=key)["Body"].read())
-    except Exception as err:
-        if "NoSuchKey" in str(err) or "404" in str(err):
-            return None
-        raise
+put_json = write_json  # stage result records (flows/training.py writes, tasks/stages.py reads)
+get_json = read_json
