@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -232,7 +233,9 @@ def progress_reporter(title: str) -> Any:
             if "id" not in state:  # needs this thread's run context, to be linked to the task run
                 state["id"] = create_progress_artifact(progress=pct, description=title)
             else:
-                _PROGRESS_UPDATES.submit(update_progress_artifact, artifact_id=state["id"], progress=pct)
+                # in this thread's context: Prefect's settings (the API address) can live there
+                _PROGRESS_UPDATES.submit(contextvars.copy_context().run, update_progress_artifact,
+                                         artifact_id=state["id"], progress=pct)
             logger.info("%s: step %d/%d loss %.4f (%.0f tokens/s)", title, step, total,
                         metrics.get("loss", float("nan")), metrics.get("tokens_per_sec", 0.0))
 
