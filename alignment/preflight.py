@@ -6,7 +6,7 @@ from __future__ import annotations
 from alignment.config import PipelineConfig
 from alignment.data import load_preferences, load_sft
 from alignment.models import load_tokenizer
-from alignment.stages import local_model_path
+from alignment.model_source import local_model_path
 from alignment.tokenization import split_response
 
 

@@ -19,19 +19,23 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from alignment import quicktask
+from alignment import instructions, quicktask
 from alignment.config import PipelineConfig
 from alignment.data import write_jsonl
+from alignment.generation import GenerationStats, generate
 from alignment.logprobs import reference_logps
+from alignment.model_source import resolve_model
 from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, prepare_for_training
 from alignment.objectives import Objective, method_plan
+from alignment.onpolicy import Scorer, make_pairs
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
-from alignment.s3io import fetch_folder, is_s3_uri, read_json, shared_uri, write_json
+from alignment.s3io import read_json, shared_uri, write_json
 from alignment.tiny_model import make_tiny_model
 from alignment.tracking import MetricsLogger
 from alignment.trainer import train
 
 CODE_VERSION = "1"  # bump when a stage's output for the same inputs changes
+HELDOUT_PROMPTS = "heldout_prompts.jsonl"  # every held-out prompt, beside on-policy pairs (paired or not)
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
 
 
@@ -48,6 +52,7 @@ class PreparedData(BaseModel):
 class ModelRef(BaseModel):
     path: str  # hub id or local directory
     fingerprint: str
+    source: dict[str, str] | None = None  # a converted GGUF file's record (alignment/model_source.py)
 
 
 class TrainOutput(BaseModel):
@@ -99,6 +104,8 @@ def prepare_data(cfg: PipelineConfig, out_dir: Path) -> PreparedData:
     """Read, validate, de-duplicate and split the data; write canonical files, a report and length plots
     (alignment/prepare.py). The quickstart's generated files go through the same loader as users' data."""
     d = cfg.data
+    if d.source == "instructions":
+        return write_instruction_prompts(cfg, out_dir / "prepared")
     if d.source == "quickstart":
         raw = write_quickstart_files(cfg, out_dir / "raw")
         sources = {"sft": str(raw["sft"]), "train": str(raw["train"]), "heldout": str(raw["heldout"])}
@@ -107,6 +114,89 @@ def prepare_data(cfg: PipelineConfig, out_dir: Path) -> PreparedData:
     result = prepare(sources, out_dir / "prepared", PrepareOptions.from_config(d, cfg.run.seed))
     return PreparedData(dir=result.dir, fingerprint=stage_key(result.fingerprints), counts=result.counts,
                         report=result.report)
+
+
+def write_instruction_prompts(cfg: PipelineConfig, out_dir: Path) -> PreparedData:
+    """The verifiable-instruction task (alignment/instructions.py) as prompt-only rows: `train.jsonl` and
+    `heldout.jsonl` hold {"prompt": [user message], "question_id", "instruction"}; the onpolicy stage samples
+    the answers and turns them into pairs."""
+    t = cfg.data.instructions
+    kinds = t.kinds or list(instructions.KINDS)
+    task = instructions.generate_task(cfg.run.seed, heldout_fraction=t.heldout_fraction,
+                                      per_question=t.per_question, kinds=kinds)
+    limits = {"train": t.max_train_prompts, "heldout": t.max_heldout_prompts}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts, digests = {}, {}
+    for split, items in task.items():
+        rows = [item.to_row() for item in items[:limits[split]]]
+        write_jsonl(rows, out_dir / f"{split}.jsonl")
+        counts[split] = len(rows)
+        digests[split] = hashlib.sha256((out_dir / f"{split}.jsonl").read_bytes()).hexdigest()
+    report = {"source": "instructions", "kinds": kinds, "counts": counts, "prompts_only": True,
+              "fingerprints": digests, "sources": {split: "generated instruction task" for split in counts},
+              "drops": {split: {"rows_dropped": 0} for split in counts}}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    return PreparedData(dir=str(out_dir), fingerprint=stage_key(digests), counts=counts, report=report)
+
+
+def distinct_prompts(path: Path) -> list[list[dict[str, str]]]:
+    seen, prompts = set(), []
+    for row in read_jsonl(path):
+        key = repr(row["prompt"])
+        if key not in seen:
+            seen.add(key)
+            prompts.append(row["prompt"])
+    return prompts
+
+
+def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef, scorer: Scorer,
+                   out_dir: Path) -> tuple[PreparedData, dict[str, float]]:
+    """Sample `onpolicy.samples_per_prompt` answers per training and held-out prompt from `model`, score them,
+    pair best over worst (alignment/onpolicy.py), and prepare the pairs like any user data. The held-out
+    prompts are all kept (`heldout_prompts.jsonl`) so evaluation sees every one, paired or not."""
+    o = cfg.onpolicy
+    tok = load_tokenizer(model.path, trust_remote_code=cfg.model.trust_remote_code)
+    lm = load_causal_lm(model.path, trust_remote_code=cfg.model.trust_remote_code)
+    raw = out_dir / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, float] = {}
+    stats = GenerationStats()
+    reports = {}
+    for offset, split in enumerate(("train", "heldout")):
+        prompts = distinct_prompts(prepared.path(split))
+        answers = generate(lm, tok, prompts, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
+                           num_samples=o.samples_per_prompt, do_sample=True, temperature=o.temperature,
+                           top_p=o.top_p, seed=cfg.run.seed * 1000 + offset, stats=stats)
+        flat_prompts = [p for p, a in zip(prompts, answers, strict=True) for _ in a]
+        flat = scorer.score_many(flat_prompts, [x for a in answers for x in a])
+        scores, k = [], 0
+        for a in answers:
+            scores.append(flat[k:k + len(a)])
+            k += len(a)
+        rows, samples, report = make_pairs(prompts, answers, scores, min_gap=o.min_score_gap)
+        if not rows:
+            raise ValueError(f"onpolicy: no {split} prompt yielded a pair ({report.prompts} prompts, "
+                             f"{report.samples} samples all scored alike by {scorer.name}); raise "
+                             f"onpolicy.samples_per_prompt or onpolicy.temperature")
+        write_jsonl(rows, raw / f"{split}.jsonl")
+        write_jsonl(samples, out_dir / f"samples-{split}.jsonl")
+        metrics.update(report.metrics(split))
+        reports[split] = report.to_dict()
+        if split == "heldout":
+            held = out_dir / "prepared"
+            held.mkdir(parents=True, exist_ok=True)
+            write_jsonl([{"prompt": p} for p in prompts], held / HELDOUT_PROMPTS)
+    del lm
+    metrics.update({"onpolicy/generated_tokens": float(stats.new_tokens), "onpolicy/seconds": stats.seconds,
+                    "onpolicy/tokens_per_sec": stats.tokens_per_sec, "onpolicy/sequences": float(stats.sequences)})
+    options = PrepareOptions.from_config(cfg.data, cfg.run.seed)
+    result = prepare({"train": str(raw / "train.jsonl"), "heldout": str(raw / "heldout.jsonl")},
+                     out_dir / "prepared", options)
+    report = {**result.report, "onpolicy": {"scorer": scorer.name, "splits": reports,
+                                            "generation": {"tokens": stats.new_tokens, "seconds": stats.seconds}}}
+    (Path(result.dir) / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return PreparedData(dir=result.dir, fingerprint=stage_key(result.fingerprints), counts=result.counts,
+                        report=report), metrics
 
 
 def corpus_texts(prepared: PreparedData) -> Iterable[str]:
@@ -121,18 +211,12 @@ def corpus_texts(prepared: PreparedData) -> Iterable[str]:
 # ---- model -----------------------------------------------------------------------------------------------
 
 
-def local_model_path(name_or_path: str, cache_dir: str | None = None) -> str:
-    """Hub ids and local folders as given; an s3:// model folder is downloaded (verified, cached) first."""
-    if is_s3_uri(name_or_path):
-        return str(fetch_folder(name_or_path, cache_dir))
-    return name_or_path
-
-
 def build_base_model(cfg: PipelineConfig, prepared: PreparedData, out_dir: Path) -> ModelRef:
-    """The configured model (hub id or local path), or the tiny Llama made from the data's corpus."""
+    """The configured model (hub id, local path, s3://, GGUF), or the tiny Llama made from the data's corpus."""
     if cfg.model.name_or_path:
-        path = local_model_path(cfg.model.name_or_path, cfg.data.cache_dir)
-        return ModelRef(path=path, fingerprint=fingerprint_model(path))
+        path, info = resolve_model(cfg.model.name_or_path, cfg.data.cache_dir)
+        return ModelRef(path=path, fingerprint=fingerprint_model(path),
+                        source=info.as_tags() if info else None)
     t = cfg.model.tiny
     path = make_tiny_model(out_dir / "base_model", list(corpus_texts(prepared)), vocab_size=t.vocab_size,
                            hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
@@ -164,7 +248,8 @@ def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir
 def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: TrainOutput | None,
                    out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None = None,
                    accelerator: Any = None) -> TrainOutput:
-    """DPO from the SFT model against its precomputed log-probs, or ORPO (no reference) from base or SFT.
+    """DPO from the SFT model (or, with SFT off, the base model — an instruct model, say) against that model's
+    precomputed log-probs, or ORPO (no reference) from base or SFT.
     With training.num_processes > 1 (and no accelerator given) it runs in that many processes."""
     if cfg.training.num_processes > 1 and accelerator is None:
         from alignment.launch import launch_training
@@ -173,11 +258,9 @@ def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, 
     method = cfg.preference.method
     if method == "dpo":
         d = cfg.dpo
-        if sft is None:
-            raise ValueError("DPO needs the SFT model as its reference")
+        init: ModelRef = sft.model if sft is not None else base  # the reference is the starting model
         with accelerator.main_process_first() if accelerator else nullcontext():  # one writes the cache
-            rows = reference_annotated_pairs(cfg, prepared, sft.model, "train")
-        init: ModelRef = sft.model
+            rows = reference_annotated_pairs(cfg, prepared, init, "train")
         optim = d.optim
     else:
         init = sft.model if (cfg.orpo.init == "sft" and sft is not None) else base

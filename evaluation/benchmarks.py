@@ -29,7 +29,8 @@ from alignment.models import first_line
 from evaluation.lm_eval_tasks import TASK_DIR
 from evaluation.lm_eval_tasks.alignflow_tasks import DATA_DIR, DATA_FILES, read_docs
 
-LOCAL_TASKS: tuple[str, ...] = ("alignflow_animal_mc", "alignflow_animal_gen", "alignflow_sanity")
+LOCAL_TASKS: tuple[str, ...] = ("alignflow_animal_mc", "alignflow_animal_gen", "alignflow_sanity",
+                                 "alignflow_general_mc")
 # headline metric by preference; a task without any of these reports its first numeric metric
 MAIN_METRIC_ORDER = ("acc", "exact_match")
 # numbers lm-eval puts beside the metrics of a task that are not metrics

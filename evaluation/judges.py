@@ -24,7 +24,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from alignment import quicktask
 from alignment.config import JudgeConfig
+from alignment.instructions import verify
+from alignment.model_source import local_model_path
 from alignment.models import ModelLoadError, first_line
+from alignment.onpolicy import Scorer, VerifierScorer, verifier_score
 
 Verdict = Literal["win", "tie", "loss"]  # from the policy's side
 ERROR = "error"  # judge_pairs' verdict for a pair that could not be judged
@@ -72,6 +75,69 @@ def last_user_message(prompt: list[dict[str, str]]) -> str:
         if message["role"] == "user":
             return message["content"]
     raise ValueError("prompt has no user message")
+
+
+class VerifierJudge:
+    """The instruction task's checker (alignment/instructions.py): an answer that follows every instruction
+    of its prompt beats one that does not; between two that pass (or two that fail) the one with more partial
+    credit (how close it came: words over the limit, bullets off by one, ...) wins; equal credit is a tie."""
+
+    name = "verifier"
+
+    def compare(self, prompt: list[dict[str, str]], policy: str, reference: str) -> Verdict:
+        return verdict_from_scores(self.score(prompt, policy), self.score(prompt, reference))
+
+    def score(self, prompt: list[dict[str, str]], response: str) -> float:
+        return verifier_score(last_user_message(prompt), response)
+
+    def score_many(self, prompts: Sequence[list[dict[str, str]]], responses: Sequence[str]) -> list[float]:
+        return [self.score(p, r) for p, r in zip(prompts, responses, strict=True)]
+
+    def pass_rates(self, prompts: Sequence[list[dict[str, str]]],
+                   responses: Sequence[str]) -> tuple[list[bool], dict[str, float]]:
+        """Per prompt: every instruction followed; the rates overall ("all") and per instruction kind."""
+        results = [verify(last_user_message(p), r) for p, r in zip(prompts, responses, strict=True)]
+        checked = [r for r in results if r.kinds]
+        rates = {"all": sum(r.passed for r in checked) / len(checked)} if checked else {}
+        kinds = sorted({k for r in checked for k in r.per_kind})
+        for kind in kinds:
+            verdicts = [r.per_kind[kind] for r in checked if kind in r.per_kind]
+            rates[kind] = sum(verdicts) / len(verdicts)
+        return [r.passed for r in results], rates
+
+
+class JudgeScorer:
+    """Any judge as an on-policy scorer (alignment/onpolicy.py): a judge that scores answers (the reward
+    model) gives its scores; a pairwise one (the endpoint) gives each answer its wins over the prompt's other
+    answers (a tie counts half; a pair it could not judge counts nothing)."""
+
+    def __init__(self, judge: Judge) -> None:
+        self.judge = judge
+        self.name = f"judge:{judge.name}"
+
+    def score_many(self, prompts: Sequence[list[dict[str, str]]], responses: Sequence[str]) -> list[float]:
+        if hasattr(self.judge, "score_many"):
+            return list(self.judge.score_many(prompts, responses))
+        groups: dict[str, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            groups.setdefault(repr(prompt), []).append(index)
+        scores = [0.0] * len(responses)
+        for members in groups.values():
+            for a_pos, a in enumerate(members):
+                for b in members[a_pos + 1:]:
+                    try:
+                        verdict = self.judge.compare(prompts[a], responses[a], responses[b])
+                    except JudgeError as err:
+                        log.warning("on-policy pair could not be judged: %s", err)
+                        continue
+                    scores[a] += {"win": 1.0, "tie": 0.5, "loss": 0.0}[verdict]
+                    scores[b] += {"win": 0.0, "tie": 0.5, "loss": 1.0}[verdict]
+        return scores
+
+
+def make_scorer(kind: str, judge_cfg: JudgeConfig, device: str = "cpu") -> Scorer:
+    """onpolicy.scorer: the verifier, or eval.judge used as a scorer."""
+    return VerifierScorer() if kind == "verifier" else JudgeScorer(make_judge(judge_cfg, device))
 
 
 # ---------------------------------------------------------------------------------------- reward model
@@ -337,7 +403,8 @@ def parse_verdict(content: str) -> Literal["A", "B", "tie"] | None:
 
 JUDGE_BUILDERS: dict[str, Callable[[JudgeConfig, str], Judge]] = {
     "program": lambda cfg, device: ProgramJudge(),
-    "reward_model": lambda cfg, device: RewardModelJudge(cfg.reward_model, tie_margin=cfg.tie_margin,
+    "verifier": lambda cfg, device: VerifierJudge(),
+    "reward_model": lambda cfg, device: RewardModelJudge(local_model_path(cfg.reward_model), tie_margin=cfg.tie_margin,
                                                          device=device),
     "endpoint": lambda cfg, device: EndpointJudge(cfg.endpoint_url, cfg.endpoint_model,
                                                   api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,

@@ -3,6 +3,7 @@ benchmarks of both, train/eval contamination, and the generate-and-judge compari
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from pydantic import BaseModel
 from alignment.config import PipelineConfig
 from alignment.logprobs import collate_pairs, sequence_logps
 from alignment.models import load_causal_lm, load_tokenizer
-from alignment.stages import ModelRef, PreparedData, read_jsonl, reference_annotated_pairs
+from alignment.stages import HELDOUT_PROMPTS, ModelRef, PreparedData, read_jsonl, reference_annotated_pairs
 from evaluation.benchmarks import eval_set_texts, run_benchmarks
 from evaluation.contamination import contamination
 from evaluation.generate import generate_responses
@@ -46,7 +47,8 @@ def contamination_report(cfg: PipelineConfig, prepared: PreparedData) -> dict[st
     """Share of each eval set's items (held-out prompts, every local benchmark task) that share a word
     n-gram (eval.contamination_ngram) with a training prompt (preference train split and SFT data)."""
     train = [prompt_text(r["prompt"]) for r in read_jsonl(prepared.path("train"))]
-    train += [prompt_text(r["messages"]) for r in read_jsonl(prepared.path("sft"))]
+    if prepared.path("sft").is_file():  # on-policy data has no SFT split
+        train += [prompt_text(r["messages"]) for r in read_jsonl(prepared.path("sft"))]
     sets = {"heldout": [prompt_text(p) for p in heldout_prompts(prepared, None)]}
     if cfg.eval.benchmarks.enabled:
         sets.update(eval_set_texts(cfg.eval.benchmarks.tasks))
@@ -86,9 +88,10 @@ def heldout_preference_metrics(cfg: PipelineConfig, prepared: PreparedData, poli
 
 
 def heldout_prompts(prepared: PreparedData, limit: int | None) -> list[list[dict[str, str]]]:
-    """Distinct held-out prompts, in file order."""
+    """Distinct held-out prompts, in file order (on-policy data: every held-out prompt, paired or not)."""
+    every = Path(prepared.dir) / HELDOUT_PROMPTS
     seen, prompts = set(), []
-    for row in read_jsonl(prepared.path("heldout")):
+    for row in read_jsonl(every if every.is_file() else prepared.path("heldout")):
         key = repr(row["prompt"])
         if key not in seen:
             seen.add(key)
@@ -128,4 +131,11 @@ def compare_with_reference(cfg: PipelineConfig, prepared: PreparedData, policy: 
     metrics.update({f"compare/judge_{k}": float(v) for k, v in getattr(judge, "stats", {}).items()})
     for role, values in scores.items():
         metrics[f"compare/{role}_mean_score"] = sum(values) / len(values)
+    if hasattr(judge, "pass_rates"):  # the instruction verifier: per prompt and per instruction kind
+        for role in ("policy", "reference"):
+            passed, rates = judge.pass_rates(prompts, answers[role])
+            for row, ok in zip(table, passed, strict=True):
+                row[f"{role}_pass"] = "yes" if ok else "no"
+            metrics.update({f"compare/pass_rate{'' if k == 'all' else '/' + k}/{role}": v for k, v in rates.items()})
+        metrics["compare/pass_rate_gain"] = metrics["compare/pass_rate/policy"] - metrics["compare/pass_rate/reference"]
     return Comparison(metrics=metrics, table=table)

@@ -12,7 +12,7 @@ from tasks.background import background_tracking, drain
 from tasks.evaluation import benchmarks_task, compare_task, evaluate_task, length_view, publish_report
 from tasks.locks import output_dir_lock
 from tasks.registry import promotion_gates, register_task, start_policy_logging
-from tasks.stages import build_base, prepare, train_preference, train_sft
+from tasks.stages import build_base, onpolicy, prepare, train_preference, train_sft
 from tasks.summary import add_to_summary, publish_summary, write_summary
 from tasks.timing import step, timed_run
 from tasks.tracking import finish_run, log_timing, stage_run_ids, start_pipeline_run
@@ -38,6 +38,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             base = build_base(config, prepared, ctx)
         with step("sft"):
             sft = train_sft(config, prepared, base, ctx) if config.sft.enabled else None
+        if config.onpolicy.enabled:
+            with step("onpolicy"):  # from here on, the data is the model's own answers, scored and paired
+                prepared = onpolicy(config, prepared, base, sft, ctx)
         with step(config.preference.method):
             policy = train_preference(config, prepared, base, sft, ctx)
         with step("register"):  # the policy's model logging starts now, on the tracking thread
@@ -60,6 +63,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             "contamination": heldout.contamination,
             "length_control": length_view(comparison.metrics),
             "judge": {"kind": config.eval.judge.kind, "errors": comparison.metrics.get("compare/errors", 0.0)},
+            "reference_model": reference.path,  # what the policy was compared with: loadable by from_pretrained
+            "pass_rates": {k.removeprefix("compare/"): v for k, v in comparison.metrics.items()
+                           if k.startswith("compare/pass_rate")} or None,
         }
         with step("summary"):
             path = write_summary(ctx, stage_run_ids(ctx), trained, {**heldout.metrics, **comparison.metrics},

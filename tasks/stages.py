@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from alignment import stages
 from alignment.config import PipelineConfig
 from alignment.stages import ModelRef, PreparedData, TrainOutput
+from evaluation.judges import make_scorer
 from evaluation.plots import plot_curves, plot_reward_margins
 from tasks import remote
 from tasks.checkpoints import mirrored_checkpoints
@@ -116,6 +117,18 @@ def train_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef
     return result if full else result.record
 
 
+def onpolicy(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: TrainOutput | None,
+             ctx: RunContext) -> PreparedData:
+    """On-policy pairs sampled from the model preference training starts from (SFT, else base); cached by
+    content like the other stages. Returns the pairs as prepared data for the later stages."""
+    model = sft.model if sft is not None else base
+    scorer = cfg.eval.judge.model_dump() if cfg.onpolicy.scorer == "judge" else None
+    key = stages.stage_key("onpolicy", cfg.onpolicy.model_dump(), scorer, prepared.fingerprint, model.fingerprint,
+                           cfg.run.seed, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens,
+                           cfg.data.truncation)
+    return run_cached(onpolicy_task, "onpolicy", key, ctx, cfg, prepared, model).record
+
+
 def s3_stage_uri(local: str | Path) -> str:
     """Where a stage folder's part lives in S3: s3://<bucket>/stages/<stage>-<key>/<part>."""
     path = Path(local)
@@ -197,11 +210,33 @@ def prepare_data_task(cfg: PipelineConfig, ctx: RunContext, out_dir: Path) -> St
         run.log_metrics(dropped)
         run.set_tags({"alignflow.data_fingerprint": prepared.fingerprint})
         run.submit(log_dataset_inputs, run.client, prepared)
-        run.log_artifact(Path(prepared.dir) / "report.json", "data")
-        run.log_artifact(Path(prepared.dir) / "lengths.png", "data")
+        for name in ("report.json", "lengths.png"):  # prompt-only data (the instruction task) has no plot
+            if (Path(prepared.dir) / name).is_file():
+                run.log_artifact(Path(prepared.dir) / name, "data")
         for split in ("train", "heldout"):
             run.log_artifact(prepared.path(split), "data")
     return finish(out_dir, prepared, "prepare_data", run.run_id, ctx)
+
+
+@task(name="onpolicy-pairs")
+def onpolicy_task(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef, ctx: RunContext,
+                  out_dir: Path) -> StageResult[PreparedData]:
+    with stage_run(ctx, "onpolicy", flatten("onpolicy", cfg.onpolicy.model_dump())) as run:
+        with compute("onpolicy"):
+            scorer = make_scorer(cfg.onpolicy.scorer, cfg.eval.judge)
+            pairs, metrics = stages.onpolicy_pairs(cfg, prepared, model, scorer, out_dir)
+        run.log_metrics({**metrics, **{f"rows/{k}": float(v) for k, v in pairs.counts.items()}})
+        run.set_tags({"alignflow.data_fingerprint": pairs.fingerprint, "alignflow.onpolicy_scorer": scorer.name})
+        run.submit(log_dataset_inputs, run.client, pairs)
+        for name in ("report.json", "lengths.png", "train.jsonl", "heldout.jsonl"):
+            if (Path(pairs.dir) / name).is_file():
+                run.log_artifact(Path(pairs.dir) / name, "data")
+        for split in ("train", "heldout"):
+            run.log_artifact(out_dir / f"samples-{split}.jsonl", "samples")
+    get_run_logger().info("onpolicy: %s pairs from %s prompts (%.1f generated tokens/s)",
+                          pairs.counts, int(metrics["onpolicy/train/prompts"] + metrics["onpolicy/heldout/prompts"]),
+                          metrics["onpolicy/tokens_per_sec"])
+    return finish(out_dir, pairs, "onpolicy", run.run_id, ctx)
 
 
 @task(name="build-base-model")
@@ -210,7 +245,12 @@ def build_model_task(cfg: PipelineConfig, prepared: PreparedData, ctx: RunContex
     with stage_run(ctx, "base_model", flatten("model", cfg.model.model_dump())) as run:
         with compute("base_model"):
             base = stages.build_base_model(cfg, prepared, out_dir)
-        run.set_tags({"alignflow.model_path": base.path, "alignflow.model_fingerprint": base.fingerprint})
+        run.set_tags({"alignflow.model_path": base.path, "alignflow.model_fingerprint": base.fingerprint,
+                      **(base.source or {})})
+        if base.source:  # a converted GGUF file: its size and the conversion's check as metrics too
+            run.log_metrics({"gguf/parameters": float(base.source["alignflow.gguf.parameters"]),
+                             "gguf/logits_max_abs_diff": float(base.source["alignflow.gguf.logits_max_abs_diff"]),
+                             "gguf/convert_seconds": float(base.source["alignflow.gguf.convert_seconds"])})
     return finish(out_dir, base, "base_model", run.run_id, ctx)
 
 

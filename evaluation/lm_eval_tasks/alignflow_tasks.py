@@ -37,6 +37,7 @@ DATA_FILES = {
     "alignflow_animal_mc": "animal_mc.jsonl",
     "alignflow_animal_gen": "animal_gen.jsonl",
     "alignflow_sanity": "sanity.jsonl",
+    "alignflow_general_mc": "general_mc.jsonl",  # general knowledge and arithmetic: general_knowledge.py makes it
 }
 NUM_CHOICES = 4
 SEED = 1234

@@ -101,8 +101,17 @@ def test_wrong_literal_lists_choices() -> None:
     check_error(["preference.method=ppo"], "preference.method", "'dpo'", "'orpo'")
 
 
-def test_dpo_without_sft_is_refused() -> None:
-    check_error(["preference.method=dpo", "sft.enabled=false"], "preference.method=dpo", "sft.enabled=true")
+def test_dpo_without_sft_uses_the_base_model_as_reference() -> None:
+    """An instruct model needs no SFT stage: DPO then starts from, and is anchored to, the base model."""
+    cfg = load_config(None, ["preference.method=dpo", "sft.enabled=false"])
+    assert cfg.preference.method == "dpo" and not cfg.sft.enabled
+
+
+def test_instruction_task_needs_the_onpolicy_stage_and_no_sft() -> None:
+    check_error(["data.source=instructions", "sft.enabled=false"], "data.source=instructions", "onpolicy.enabled")
+    check_error(["data.source=instructions", "onpolicy.enabled=true"], "data.source=instructions",
+                "sft.enabled=false")
+    check_error(["data.instructions.kinds=[haiku]"], "haiku", "word_limit")
 
 
 def test_cross_field_constraints_name_their_fields() -> None:

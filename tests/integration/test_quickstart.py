@@ -17,10 +17,12 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from evaluation.benchmarks import LOCAL_TASKS
+from alignment.config import BenchmarkConfig
 from flows.cli import main
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+QUICKSTART_TASKS = BenchmarkConfig().tasks  # the project's animal-facts tasks (the default benchmarks)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +53,12 @@ def test_quickstart_aligns(prefect_api, out_dir: Path, capsys: pytest.CaptureFix
 
     bench = summary["benchmarks"]
     for role in ("policy", "reference"):
-        assert set(bench[role]) == set(LOCAL_TASKS), role
+        assert set(bench[role]) == set(QUICKSTART_TASKS), role
         assert 0.0 <= bench[role]["alignflow_animal_mc"]["acc"] <= 1.0
     assert bench["main"]["alignflow_sanity"]["reference"] >= 0.9  # a healthy SFT model is no collapse
     gates = {g["name"]: g for g in summary["gates"]}
     assert {"win_rate", "reward_accuracy", "finite_losses", "contamination.heldout",
-            *(f"benchmark_regression.{t}" for t in LOCAL_TASKS)} <= set(gates)
+            *(f"benchmark_regression.{t}" for t in QUICKSTART_TASKS)} <= set(gates)
     assert all(g["passed"] for g in gates.values())
     assert summary["contamination"]["heldout"] == 0.0  # held-out prompts are never training prompts
 
@@ -84,7 +86,7 @@ def test_broken_policy_is_refused_champion(prefect_api, out_dir: Path, capsys: p
     gates = {g["name"]: g for g in summary["gates"]}
     assert summary["registered_model"]["aliases"] == ["candidate"]
     assert not gates["win_rate"]["passed"]
-    assert not all(gates[f"benchmark_regression.{t}"]["passed"] for t in LOCAL_TASKS)  # the alignment tax
+    assert not all(gates[f"benchmark_regression.{t}"]["passed"] for t in QUICKSTART_TASKS)  # the alignment tax
     assert champion_version(tracking, name) == before  # untouched by the broken run
     version = MlflowClient(tracking).get_model_version(name, summary["registered_model"]["version"])
     assert version.tags["gates.passed"] == "false"
