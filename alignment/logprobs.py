@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from alignment.lm_head import chunked_token_logps, final_hidden_states, linear_head
 from alignment.tokenization import IGNORE_INDEX
 
 
@@ -123,29 +124,30 @@ def collate_sft(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return pad_batch([r["input_ids"] for r in rows], [r["labels"] for r in rows], pad_id)
 
 
-def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> SequenceLogps:
+def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, full_logits: bool = False) -> SequenceLogps:
     """Summed log-probs of the labelled tokens of every row. Next-token alignment: logits at t predict t+1.
-    A prefix-shared batch (it has `pred_index`) gives 2B rows: B chosen, then B rejected."""
+    A prefix-shared batch (it has `pred_index`) gives 2B rows: B chosen, then B rejected.
+
+    The LM head runs only at the predicting positions, in chunks recomputed in the backward pass
+    (alignment/lm_head.py), wherever the model allows it; `full_logits` forces the plain path (the full
+    (N, T, V) logits), which gives the same values."""
     if "pred_index" in batch:
-        return shared_sequence_logps(model, batch)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
+        return shared_sequence_logps(model, batch, full_logits=full_logits)
     labels = batch["labels"][:, 1:]  # (N, T-1)
     mask = labels != IGNORE_INDEX
-    rows = mask.nonzero()[:, 0]  # (M,) row of each labelled token
-    picked = logits[:, :-1][mask].float()  # (M, V): log-softmax only where a token is scored
-    token_logps = -F.cross_entropy(picked, labels[mask], reduction="none")  # (M,)
+    rows, cols = mask.nonzero(as_tuple=True)  # (M,) row and position of each labelled token, row-major
+    pred_index = rows * batch["input_ids"].shape[1] + cols  # flat index of the predicting position
+    token_logps = token_logprobs(model, batch, pred_index, labels[mask], full_logits)  # (M,)
     sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(
         0, rows, token_logps)
     return SequenceLogps(sum=sums, count=mask.sum(-1))
 
 
-def shared_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> SequenceLogps:
+def shared_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
+                          full_logits: bool = False) -> SequenceLogps:
     """`sequence_logps` of a prefix-shared batch: log-softmax only at the predicting positions."""
     B = batch["input_ids"].shape[0]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"]).logits  # (B, T, V)
-    picked = logits.reshape(-1, logits.shape[-1]).index_select(0, batch["pred_index"]).float()  # (M, V)
-    token_logps = -F.cross_entropy(picked, batch["target_ids"], reduction="none")  # (M,)
+    token_logps = token_logprobs(model, batch, batch["pred_index"], batch["target_ids"], full_logits)  # (M,)
     rows = 3 * B  # chosen, rejected, prompt (the last B stay empty unless the prompt is scored)
     sums = torch.zeros(rows, dtype=token_logps.dtype, device=token_logps.device).index_add(
         0, batch["segment"], token_logps)
@@ -153,6 +155,21 @@ def shared_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]
         0, batch["segment"], torch.ones_like(batch["segment"]))
     prompt = SequenceLogps(sums[2 * B:], counts[2 * B:]) if "prompt_scored" in batch else None
     return SequenceLogps(sum=sums[:2 * B], count=counts[:2 * B], prompt=prompt)
+
+
+def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], pred_index: torch.Tensor,
+                   target: torch.Tensor, full_logits: bool = False) -> torch.Tensor:
+    """(M,) fp32 log p(target_i | prefix) read at flat positions `pred_index` (b * T + t) of the batch."""
+    head = None if full_logits else linear_head(model)
+    if head is not None:
+        hidden = final_hidden_states(model, head, batch)  # (B, T, H)
+        if hidden is not None:
+            picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pred_index)  # (M, H)
+            return chunked_token_logps(picked, head.weight, head.bias, target)
+    extra = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits  # (B, T, V)
+    picked = logits.reshape(-1, logits.shape[-1]).index_select(0, pred_index).float()  # (M, V)
+    return -F.cross_entropy(picked, target, reduction="none")
 
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:

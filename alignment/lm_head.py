@@ -1,0 +1,140 @@
+"""Log-probs of chosen tokens without the full logits: the model body, then the LM head in chunks.
+
+The plain way to score tokens runs the LM head at every position and keeps `(B, T, V)` logits (plus an fp32
+copy of the scored rows) for the backward pass. Here the body runs through the model as usual (so DDP's
+gradient hooks, gradient checkpointing, LoRA and torch.compile all apply), the LM head runs for the last
+position only (`logits_to_keep=1`), and the final hidden state comes back through `output_hidden_states=-1`
+(transformers 5 keeps only the selected state; the last one is the normed state the head reads). The head
+and log-softmax are then computed over the predicting positions only, `chunk` positions at a time, inside a
+custom autograd function whose backward recomputes each chunk's logits: memory O(chunk x V) instead of
+O(B x T x V), and no FLOPs at prompt positions whose logits nobody reads.
+
+Used when the model's output layer is a plain `nn.Linear` reached through DDP / torch.compile / peft
+wrappers (a tied embedding included: its gradient flows to the shared weight) and the model post-processes
+no logits (softcapping, scaling). The first call on a model checks that the head applied to the returned
+hidden state reproduces the model's own last-position logits; if it does not, that model keeps the plain
+path. Anything else (FSDP/DeepSpeed-sharded weights, a LoRA-adapted head, models that are not transformers
+causal LMs) uses the plain path, with the same results.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CHUNK_ELEMENTS = 1 << 23  # logits per chunk (positions x vocabulary): 32 MiB in fp32
+_CHECKED = "_alignflow_head_checked"  # attribute set on the unwrapped model once its head is verified
+# config fields of models that transform logits after the head (Gemma 2's softcapping, Cohere's scale, ...)
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+class ChunkedTokenLogps(torch.autograd.Function):
+    """log_softmax(hidden @ weight.T + bias)[i, target[i]] for every row i, `chunk` rows at a time.
+
+    forward saves only the inputs and the (M,) log-sum-exp; backward recomputes each chunk's logits:
+    d out_i / d logits_i = onehot(target_i) - softmax(logits_i)."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
+                target: torch.Tensor, chunk: int) -> torch.Tensor:
+        # hidden (M, H), weight (V, H), bias (V,) or None, target (M,) -> (M,) log-probs, fp32 (or fp64)
+        rows, acc = hidden.shape[0], torch.promote_types(weight.dtype, torch.float32)  # fp32 at least
+        out = torch.empty(rows, dtype=acc, device=hidden.device)
+        lse = torch.empty(rows, dtype=acc, device=hidden.device)
+        for s in range(0, rows, chunk):
+            logits = F.linear(hidden[s:s + chunk], weight, bias).to(acc)  # (c, V)
+            lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
+            out[s:s + chunk] = logits.gather(1, target[s:s + chunk, None]).squeeze(1) - lse[s:s + chunk]
+        ctx.save_for_backward(hidden, weight, bias, target, lse)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        hidden, weight, bias, target, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        acc = lse.dtype
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+        grad = grad.to(acc)
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h, g_out = hidden[s:s + ctx.chunk], grad[s:s + ctx.chunk, None]  # (c, H), (c, 1)
+            logits = F.linear(h, weight, bias).to(acc)  # (c, V), recomputed
+            g = logits.sub_(lse[s:s + ctx.chunk, None]).exp_().mul_(-g_out)  # -softmax * grad
+            g.scatter_add_(1, target[s:s + ctx.chunk, None], g_out)  # + onehot * grad
+            if need_h:
+                grad_h[s:s + ctx.chunk] = g.to(weight.dtype) @ weight
+            if need_w:
+                grad_w.addmm_(g.t(), h.to(acc))
+            if need_b:
+                grad_b += g.sum(0)
+        return (grad_h, grad_w.to(weight.dtype) if need_w else None,
+                grad_b.to(bias.dtype) if need_b else None, None, None)
+
+
+def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        target: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """(M,) log p(target_i | hidden_i) through the linear head (weight (V, H), bias (V,) or None)."""
+    chunk = chunk or max(1, CHUNK_ELEMENTS // weight.shape[0])
+    return ChunkedTokenLogps.apply(hidden, weight, bias, target, chunk)
+
+
+def unwrap(model: nn.Module) -> nn.Module | None:
+    """The module holding the weights, through DDP / DataParallel and torch.compile wrappers (peft models
+    answer get_output_embeddings themselves); None behind wrappers that shard or move weights (FSDP, ...)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif hasattr(model, "_fsdp_wrapped_module") or type(model).__name__ in ("DeepSpeedEngine",
+                                                                              "FullyShardedDataParallel"):
+            return None
+        else:
+            return model
+
+
+def linear_head(model: nn.Module) -> nn.Linear | None:
+    """The model's output layer when the chunked path applies to it (module docstring), else None."""
+    inner = unwrap(model)
+    if inner is None or getattr(inner, _CHECKED, True) is False:
+        return None
+    get = getattr(inner, "get_output_embeddings", None)
+    config = getattr(inner, "config", None)
+    if get is None or config is None:
+        return None
+    if any(getattr(config, name, None) not in (None, 1.0) for name in LOGIT_TRANSFORMS):
+        return None
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if any(getattr(text_config, name, None) not in (None, 1.0) for name in LOGIT_TRANSFORMS):
+        return None
+    try:
+        head = get()
+    except (AttributeError, NotImplementedError):
+        return None
+    return head if type(head) is nn.Linear else None  # a LoRA-adapted head is not a plain Linear
+
+
+def final_hidden_states(model: nn.Module, head: nn.Linear, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """(B, T, H) final (normed) hidden states from one forward through `model` (the wrapper: DDP's hooks run),
+    the head run at the last position only; None (and the model marked for the plain path) if the head
+    applied to them does not reproduce the model's own logits there."""
+    extra = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                output_hidden_states=-1, logits_to_keep=1, **extra)
+    states = getattr(out, "hidden_states", None)
+    hidden = states[-1] if states else None
+    inner = unwrap(model)
+    if getattr(inner, _CHECKED, False):
+        return hidden
+    ok = hidden is not None and hidden.shape[:2] == batch["input_ids"].shape
+    if ok:
+        with torch.no_grad():
+            ours = F.linear(hidden[:, -1].detach(), head.weight, head.bias).float()  # (B, V)
+            theirs = out.logits[:, -1].detach().float()
+            tol = 1e-3 if theirs.dtype == head.weight.dtype == torch.float32 else 3e-2
+            ok = bool(torch.allclose(ours, theirs, rtol=tol, atol=tol))
+    setattr(inner, _CHECKED, ok)
+    return hidden if ok else None
