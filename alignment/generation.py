@@ -1,8 +1,14 @@
 """Batched generation from chat prompts: the on-policy sampler and the evaluation's greedy answers.
 
-Prompts are sorted by length and cut into batches of similar length (little left padding), each batch runs
-`model.generate` with its KV cache, rows stop at the tokenizer's EOS, and the answers come back in the
-prompts' order. Sampling is seeded per call, so the same call gives the same answers.
+Prompts are sorted by length and cut into batches of similar length (little left padding); each batch is
+decoded with its KV cache by `decode`: the prompt is encoded once (its samples share the prefill), the LM head
+runs at the last position only, and a row that reaches EOS leaves the batch (its cache rows are dropped), so
+the batch shrinks as rows finish instead of carrying finished rows to the longest answer as `model.generate`
+does. Greedy answers equal `model.generate`'s token for token; sampling applies the same warpers
+(temperature, top-k from the generation config, 50 by default, top-p). Models whose generation config asks
+for other logits processors (repetition penalty, ...) or whose cache cannot drop rows go through
+`model.generate`. Answers come back in the prompts' order; sampling is seeded per call, so the same call
+gives the same answers.
 """
 
 from __future__ import annotations
@@ -45,18 +51,24 @@ def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts
     per_batch = max(1, batch_size // num_samples)
     answers: list[list[str]] = [[] for _ in prompts]
     generator_seed = seed
+    own_loop = decodes_itself(model)
     for start in range(0, len(order), per_batch):
         chunk = order[start:start + per_batch]
         input_ids, attention = left_padded([ids[i] for i in chunk], pad_id)
         torch.manual_seed(generator_seed)
         generator_seed += 1
         began = time.perf_counter()
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
-            "do_sample": False}
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                             max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                             pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, **sampling)
-        new = out[:, input_ids.shape[1]:].cpu()
+        if own_loop:
+            new = decode(model, input_ids.to(device), attention.to(device), max_new_tokens=max_new_tokens,
+                         eos_id=tokenizer.eos_token_id, pad_id=pad_id, num_samples=num_samples,
+                         sampling=(temperature, top_p) if do_sample else None).cpu()
+        else:
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
+                "do_sample": False}
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                 max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
+                                 pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, **sampling)
+            new = out[:, input_ids.shape[1]:].cpu()
         elapsed = time.perf_counter() - began
         stats.seconds += elapsed
         stats.per_batch.append(elapsed)
@@ -66,6 +78,94 @@ def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts
         for row, prompt_index in enumerate(index for index in chunk for _ in range(num_samples)):
             answers[prompt_index].append(tokenizer.decode(new[row], skip_special_tokens=True).strip())
     return answers
+
+
+# generation-config fields that add logits processors `decode` does not apply (unset / neutral values listed)
+OTHER_PROCESSORS = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+                    "min_length": (None, 0), "min_new_tokens": (None, 0), "suppress_tokens": (None,),
+                    "begin_suppress_tokens": (None,), "sequence_bias": (None,), "forced_bos_token_id": (None,),
+                    "forced_eos_token_id": (None,), "exponential_decay_length_penalty": (None,), "min_p": (None,),
+                    "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0),
+                    "encoder_repetition_penalty": (None, 1.0), "renormalize_logits": (None, False),
+                    "watermarking_config": (None,), "top_h": (None,)}
+
+
+def decodes_itself(model: torch.nn.Module) -> bool:
+    """Whether `decode` reproduces `model.generate` for this model: a decoder-only transformers model whose
+    generation config adds no logits processors beyond temperature / top-k / top-p."""
+    config = getattr(model, "config", None)
+    gen = getattr(model, "generation_config", None)
+    if config is None or gen is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    return all(getattr(gen, name, None) in neutral for name, neutral in OTHER_PROCESSORS.items())
+
+
+def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, *, max_new_tokens: int,
+           eos_id: int | None, pad_id: int, num_samples: int = 1,
+           sampling: tuple[float, float] | None = None) -> torch.Tensor:
+    """New tokens (B * num_samples, max_new_tokens) for left-padded prompts (B, T), padded with `pad_id`
+    after each row's EOS; rows i * num_samples .. (i + 1) * num_samples - 1 are prompt i's samples.
+
+    One prefill per prompt (its cache repeated for the samples); then one token a step for the rows still
+    running: a row that emits EOS is dropped from the batch and its KV cache. Greedy when `sampling` is
+    None, else (temperature, top_p) with the generation config's top_k (default 50), as `model.generate`."""
+    positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)  # as model.generate's
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1].float()  # (B, V)
+    next_pos = positions[:, -1] + 1  # (B,)
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+        logits, attention, next_pos = (t.repeat_interleave(num_samples, dim=0) for t in (logits, attention, next_pos))
+    rows = logits.shape[0]
+    result = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=input_ids.device)
+    alive = torch.arange(rows, device=input_ids.device)  # original row of each running row
+    pick = sampler(model, *sampling) if sampling is not None else None
+    width = max_new_tokens
+    for step in range(max_new_tokens):
+        token = pick(logits) if pick is not None else logits.argmax(dim=-1)  # (b,)
+        result[alive, step] = token
+        if step == max_new_tokens - 1:
+            break
+        if eos_id is not None and bool((token == eos_id).any()):
+            keep = (token != eos_id).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                width = step + 1  # as model.generate: as wide as the longest answer
+                break
+            cache.batch_select_indices(keep)
+            alive, token, attention, next_pos = alive[keep], token[keep], attention[keep], next_pos[keep]
+        attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    return result[:, :width]
+
+
+def sampler(model: torch.nn.Module, temperature: float, top_p: float):
+    """logits (b, V) -> sampled tokens (b,), through model.generate's warpers in its order."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    top_k = getattr(model.generation_config, "top_k", None)
+    top_k = 50 if top_k is None else top_k
+    warpers = LogitsProcessorList()
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        scores = warpers(None, logits)
+        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+
+    return pick
 
 
 def left_padded(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
