@@ -37,9 +37,14 @@ TRAINERS: dict[str, tuple[str, ...]] = {"sft": ("alignflow", "trl"), "dpo": ("al
                                         "orpo": ("alignflow", "trl")}
 # alignflow's optional model settings (training.lora / gradient_checkpointing / compile), each measured as an extra
 # alignflow trainer `alignflow+<variant>` beside the plain one with --variants
-VARIANTS = ("lora", "checkpointing", "compile")
+# ("full-logits": the plain log-prob path, LM head at every position, as before the chunked head)
+VARIANTS = ("lora", "checkpointing", "compile", "full-logits")
 # (steps, batch size) per data set for the full run: ~10 minutes on a 2-core machine in all
 DEFAULT_SHAPE = {"quickstart": (24, 16), "hh": (6, 8)}
+# the same with --model (a real model, e.g. SmolLM2-135M: ~15-40 s a step per trainer on 2 cores), and its
+# default max length: HH-like lengths scaled by 512/1024 (prompt median ~100 tokens, responses ~60)
+MODEL_SHAPE = {"quickstart": (4, 8), "hh": (3, 4)}
+MODEL_MAX_LENGTH = 512
 SMOKE_SHAPE = (2, 2)
 SMOKE_MAX_LENGTH = 128
 LOSS_TOLERANCE = 1e-3
@@ -47,6 +52,10 @@ LOSS_TOLERANCE = 1e-3
 SPEED_TARGETS = (("dpo", "trl-precompute", 1.5), ("dpo", "trl", 2.0), ("orpo", "trl", 1.5), ("sft", "trl", 1.2))
 MEMORY_TARGET = 1.1  # alignflow DPO peak RSS growth <= 1.1 x alignflow SFT peak RSS growth
 TARGET_DATA = "hh"
+# with --model (a real-size model): (method, minimum speed ratio over TRL's fastest configuration)
+MODEL_SPEED_TARGETS = (("dpo", 2.5), ("orpo", 2.0), ("sft", 2.0))
+# alignflow DPO peak RSS growth <= this x the smallest of TRL's DPO configurations' (trainer -> ratio)
+MODEL_MEMORY_TARGETS = (("alignflow", 0.4), ("alignflow+checkpointing", 0.3))
 
 
 @dataclass
@@ -69,6 +78,12 @@ class BenchOptions:
     # smollm2-* presets), off for the quickstart's uniform short pairs. TRL samples as by default.
     group_by_length: str = "preset"  # preset | on | off
     variants: tuple[str, ...] = ()  # extra alignflow trainers, each with one of VARIANTS on
+    # any model source the pipeline accepts (hub id, folder, s3://, GGUF file); None: the quickstart's tiny model
+    model: str | None = None
+    generation: bool = False  # also time generation (--methods ...,gen; bench/generation.py)
+    gen_prompts: int = 16
+    gen_max_new_tokens: int = 64
+    gen_batch_size: int = 8
 
     def trainers(self, method: str) -> tuple[str, ...]:
         return TRAINERS[method] + tuple(f"alignflow+{v}" for v in self.variants)
@@ -77,7 +92,7 @@ class BenchOptions:
         return self.group_by_length == "on" or (self.group_by_length == "preset" and data == "hh")
 
     def shape(self, data: str) -> tuple[int, int]:
-        steps, batch = SMOKE_SHAPE if self.smoke else DEFAULT_SHAPE[data]
+        steps, batch = SMOKE_SHAPE if self.smoke else (MODEL_SHAPE if self.model else DEFAULT_SHAPE)[data]
         return self.steps or steps, self.batch_size or batch
 
 
@@ -90,6 +105,8 @@ class BenchRun:
     results: list[dict[str, Any]] = field(default_factory=list)
     loss_agreement: dict[str, Any] = field(default_factory=dict)
     verdicts: list[dict[str, Any]] = field(default_factory=list)
+    generation_trials: list[dict[str, Any]] = field(default_factory=list)
+    generation: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------
@@ -98,10 +115,13 @@ class BenchRun:
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
     data = ("quickstart", "hh") if args.data == "both" else (args.data,)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    unknown = set(methods) - set(METHODS)
+    unknown = set(methods) - set(METHODS) - {"gen"}
     if not methods or unknown:
-        raise ValueError(f"--methods: choose from {', '.join(METHODS)} (comma-separated), got {args.methods!r}")
-    max_length = args.max_length or (SMOKE_MAX_LENGTH if args.smoke else 1024)
+        raise ValueError(f"--methods: choose from {', '.join(METHODS)}, gen (comma-separated), got {args.methods!r}")
+    generation = "gen" in methods
+    methods = tuple(m for m in methods if m != "gen")
+    model = getattr(args, "model", None) or None
+    max_length = args.max_length or (SMOKE_MAX_LENGTH if args.smoke else MODEL_MAX_LENGTH if model else 1024)
     repeats = args.repeats or (1 if args.smoke else 2)
     variants = tuple(v.strip() for v in (getattr(args, "variants", None) or "").split(",") if v.strip())
     if set(variants) - set(VARIANTS):
@@ -109,7 +129,9 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions(data=data, methods=methods, steps=args.steps, batch_size=args.batch_size, repeats=repeats,
                         threads=args.threads, max_length=max_length, json_path=args.json, smoke=args.smoke,
                         loss_batches=2 if args.smoke else 4,
-                        group_by_length=getattr(args, "group_by_length", None) or "preset", variants=variants)
+                        group_by_length=getattr(args, "group_by_length", None) or "preset", variants=variants,
+                        model=model, generation=generation,
+                        **({"gen_prompts": 4, "gen_max_new_tokens": 8, "gen_batch_size": 2} if args.smoke else {}))
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -125,13 +147,24 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run = run_benchmark(options)
+    from alignment.models import ModelLoadError
+
+    try:
+        run = run_benchmark(options)
+    except ModelLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(format_table(run))
+    if run.generation:
+        from bench.generation import format_generation
+
+        print(format_generation(run.generation, generation_spec(options, Path("."))))
     if options.json_path:
         Path(options.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(options.json_path).write_text(json.dumps(to_json(run), indent=2))
         print(f"results: {options.json_path}")
-    failed = [t for t in run.trials if not t["ok"]] + [a for a in run.loss_agreement.values() if "error" in a]
+    failed = [t for t in run.trials + run.generation_trials if not t["ok"]] + [
+        a for a in run.loss_agreement.values() if "error" in a]
     if failed:
         print(f"error: {len(failed)} trial(s) failed; see the output above", file=sys.stderr)
         return 1
@@ -146,7 +179,9 @@ def run_benchmark(options: BenchOptions) -> BenchRun:
     run = BenchRun(options=options, environment=environment(options.threads))
     work = Path(tempfile.mkdtemp(prefix="alignflow-bench-"))
     try:
-        model_dir = save_tiny_model(work / "model", options)
+        model_dir = bench_model(work / "model", options)
+        run.environment["model"] = {"source": options.model or "tiny (quickstart TinyModelConfig)",
+                                    "path": str(model_dir), **model_shape(model_dir)}
         for name in options.data:
             run.data[name] = write_data(name, model_dir, work, options)
         ctx = trial_context(options)
@@ -159,16 +194,45 @@ def run_benchmark(options: BenchOptions) -> BenchRun:
                     run.trials.append({"repeat": repeat, "data": name, "method": method, "trainer": trainer,
                                        **outcome})
                     print(progress_line(run.trials[-1]), flush=True)
-        for name in options.data:
+        for name in options.data if options.methods else ():
             spec = loss_spec(options, name, run.data[name], model_dir)
             outcome = run_in_process(ctx, spec, work)
             run.loss_agreement[name] = outcome.get("result") or {"error": outcome.get("error")}
+        if options.generation:
+            run_generation(run, ctx, model_dir, work)
         run.environment["loadavg_end"] = os.getloadavg()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     run.results = summarise(run)
     run.verdicts = judge(run)
+    if options.generation:
+        from bench.generation import judge_generation, summarise_generation
+
+        run.generation = summarise_generation(run.generation_trials)
+        run.verdicts += judge_generation(run.generation, options.smoke)
     return run
+
+
+def generation_spec(options: BenchOptions, model_dir: Path) -> dict[str, Any]:
+    import torch
+
+    return {"kind": "generate", "model_dir": str(model_dir), "threads": options.threads, "seed": options.seed,
+            "prompts": options.gen_prompts, "max_new_tokens": options.gen_max_new_tokens,
+            "batch_size": options.gen_batch_size, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def run_generation(run: BenchRun, ctx: multiprocessing.context.BaseContext, model_dir: Path, work: Path) -> None:
+    """Each generator once per repeat, alternating order, every one in a fresh process (bench/generation.py)."""
+    from bench.generation import GENERATORS
+
+    for repeat in range(run.options.repeats):
+        for name in GENERATORS if repeat % 2 == 0 else GENERATORS[::-1]:
+            outcome = run_in_process(ctx, {**generation_spec(run.options, model_dir), "generator": name}, work)
+            run.generation_trials.append({"repeat": repeat, "generator": name, **outcome})
+            r = outcome.get("result")
+            print(f"  r{repeat} generation {name:18s} " + (f"{r['seconds']:7.2f} s  {r['tokens_per_s']:7.1f} tok/s  "
+                                                          f"{r['new_tokens']} tokens  answers {r['answers_digest']}"
+                                                          if r else f"FAILED: {outcome.get('error')}"), flush=True)
 
 
 def configure_environment(threads: int) -> None:
@@ -203,6 +267,25 @@ def environment(threads: int) -> dict[str, Any]:
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def bench_model(out: Path, options: BenchOptions) -> Path:
+    """The folder every trial loads: --model resolved as the pipeline resolves model sources (a GGUF file
+    converted once and cached, an s3:// folder downloaded), else the quickstart's tiny model saved to `out`."""
+    if options.model is None:
+        return save_tiny_model(out, options)
+    from alignment.model_source import local_model_path
+
+    return Path(local_model_path(options.model))
+
+
+def model_shape(model_dir: Path) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return {key: getattr(text, key, None) for key in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
+                                                      "tie_word_embeddings")}
 
 
 def save_tiny_model(out: Path, options: BenchOptions) -> Path:
@@ -266,7 +349,7 @@ def trial_context(options: BenchOptions) -> multiprocessing.context.BaseContext:
     pays no import time and its memory is its own."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "transformers", "accelerate", "datasets", "trl", "alignment.trainer",
-                                "bench.trial", "bench.trl_side"])
+                                "bench.trial", "bench.trl_side", "bench.generation"])
     return ctx
 
 
@@ -350,7 +433,48 @@ def find(rows: list[dict[str, Any]], data: str, method: str, trainer: str) -> di
 
 
 def judge(run: BenchRun) -> list[dict[str, Any]]:
-    """The issue's targets, each with the measured value and pass/fail (None when not measured)."""
+    """The issue's targets, each with the measured value and pass/fail (None when not measured): the tiny
+    model's, or with --model the real-size ones (`judge_model`)."""
+    verdicts = judge_model(run) if run.options.model else judge_tiny(run)
+    for name, agreement in run.loss_agreement.items():
+        for key, entry in sorted(agreement.items()):
+            if not isinstance(entry, dict):
+                continue
+            verdicts.append({"target": f"{key} loss within {LOSS_TOLERANCE} of TRL ({name})",
+                             "value": entry["max_abs_diff"], "passed": entry["max_abs_diff"] <= LOSS_TOLERANCE})
+    return verdicts
+
+
+def judge_model(run: BenchRun) -> list[dict[str, Any]]:
+    """Real-size targets on the HH-like data: speed over TRL's fastest configuration of the same method, and
+    DPO's peak RSS growth over the smallest of TRL's (plain alignflow, and with activation checkpointing)."""
+    verdicts: list[dict[str, Any]] = []
+    if TARGET_DATA not in run.options.data:
+        return verdicts
+    measured = None if run.options.smoke else True
+    for method, minimum in MODEL_SPEED_TARGETS:
+        if method not in run.options.methods:
+            continue
+        ours = find(run.results, TARGET_DATA, method, "alignflow") or {}
+        speedups = ours.get("speedup", {})
+        value = min(speedups.values()) if speedups else None
+        best = min(speedups, key=speedups.get) if speedups else "trl"
+        verdicts.append({"target": f"{method} speed >= {minimum}x TRL's fastest ({best}, {TARGET_DATA})",
+                         "value": value, "passed": None if value is None or not measured else value >= minimum})
+    if "dpo" in run.options.methods:
+        theirs = [r["rss_growth_mib"] for r in run.results if r["data"] == TARGET_DATA and r["method"] == "dpo"
+                  and r["trainer"].startswith("trl") and "rss_growth_mib" in r]
+        for trainer, maximum in MODEL_MEMORY_TARGETS:
+            ours = (find(run.results, TARGET_DATA, "dpo", trainer) or {}).get("rss_growth_mib")
+            if trainer != "alignflow" and ours is None:
+                continue
+            value = ours / min(theirs) if ours is not None and theirs and min(theirs) > 0 else None
+            verdicts.append({"target": f"dpo {trainer} peak RSS growth <= {maximum}x TRL's smallest ({TARGET_DATA})",
+                             "value": value, "passed": None if value is None or not measured else value <= maximum})
+    return verdicts
+
+
+def judge_tiny(run: BenchRun) -> list[dict[str, Any]]:
     verdicts = []
     for method, other, minimum in SPEED_TARGETS:
         if method not in run.options.methods or TARGET_DATA not in run.options.data:
@@ -365,12 +489,6 @@ def judge(run: BenchRun) -> list[dict[str, Any]]:
         value = dpo / sft if dpo is not None and sft else None
         verdicts.append({"target": f"dpo peak RSS growth <= {MEMORY_TARGET}x sft ({TARGET_DATA})", "value": value,
                          "passed": None if value is None or run.options.smoke else value <= MEMORY_TARGET})
-    for name, agreement in run.loss_agreement.items():
-        for key, entry in sorted(agreement.items()):
-            if not isinstance(entry, dict):
-                continue
-            verdicts.append({"target": f"{key} loss within {LOSS_TOLERANCE} of TRL ({name})",
-                             "value": entry["max_abs_diff"], "passed": entry["max_abs_diff"] <= LOSS_TOLERANCE})
     return verdicts
 
 
@@ -388,6 +506,11 @@ def format_table(run: BenchRun) -> str:
             f"{row['tokens_per_s']:9.0f} {row['rss_growth_mib']:8.1f} {row['rss_peak_mib']:8.0f} "
             f"{ratio(speed.get('trl')):>7s} {ratio(speed.get('trl-precompute')):>10s} {diff(row['loss_diff']):>9s}")
     env = run.environment
+    model = env.get("model", {})
+    lines.append(f"model {model.get('source')}: {model.get('model_type')}, vocabulary {model.get('vocab_size')}, "
+                 f"hidden {model.get('hidden_size')}, {model.get('num_hidden_layers')} layers; max length "
+                 f"{run.options.max_length}; " + ", ".join(f"{d} {v['steps']} steps x {v['batch_size']}"
+                                                          for d, v in run.data.items()))
     lines.append(f"threads {env['threads']}, {env['device']} ({env['cpu_model']}), torch {env['versions']['torch']}, "
                  f"trl {env['versions']['trl']}; load average {env['loadavg_start'][0]:.2f} at start"
                  + "; alignflow groups batches by length on: "
@@ -420,7 +543,8 @@ def to_json(run: BenchRun) -> dict[str, Any]:
 
     return clean({"options": asdict(run.options), "environment": run.environment, "data": run.data,
                   "results": run.results, "loss_agreement": run.loss_agreement, "verdicts": run.verdicts,
-                  "trials": run.trials, "definitions": DEFINITIONS})
+                  "trials": run.trials, "generation": run.generation, "generation_trials": run.generation_trials,
+                  "definitions": DEFINITIONS})
 
 
 DEFINITIONS = {

@@ -36,7 +36,7 @@ ORPO_NLL_TOKENS = "prompt_and_response"
 # TrainingConfig settings of the `alignflow+<variant>` trainers (bench.trainers.VARIANTS)
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha": 32.0}},
                                                "checkpointing": {"gradient_checkpointing": True},
-                                               "compile": {"compile": True}}
+                                               "compile": {"compile": True}, "full-logits": {}}
 
 
 def pin_threads(threads: int) -> None:
@@ -133,6 +133,9 @@ def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict
             checkpoint_s[0] += time.perf_counter() - started
 
     trainer_module.save_checkpoint = timed_save
+    variant = spec["trainer"].partition("+")[2]
+    if variant == "full-logits":  # the plain path for every log-prob (this trial's own process)
+        use_full_logits()
     probe.start()
     started = time.perf_counter()
     ref_s = 0.0
@@ -140,8 +143,7 @@ def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict
         chosen, rejected = reference_logps(model, rows, pad_id, batch, device=spec["device"])
         rows = [dict(r, ref_chosen_logps=c, ref_rejected_logps=j) for r, c, j in zip(rows, chosen, rejected, strict=True)]
         ref_s = time.perf_counter() - started
-    variant = spec["trainer"].partition("+")[2]
-    if variant:  # as fit_and_save does (after the reference pass, which scores the un-adapted model)
+    if VARIANT_SETTINGS.get(variant):  # as fit_and_save does (after the reference pass, which scores the un-adapted model)
         model = prepare_for_training(model, TrainingConfig(**VARIANT_SETTINGS[variant]))
     result = trainer_module.train(model, rows, objective=objective, collate=collate, optim=optim,
                                   output_dir=work / "alignflow", seed=spec["seed"], logger=InMemoryLogger())
@@ -149,6 +151,19 @@ def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict
     trainer_module.save_checkpoint = original_save
     return {"seconds": seconds, "ref_s": ref_s, "init_s": 0.0, "checkpoint_s": checkpoint_s[0],
             "final_loss": result.final_metrics.get("loss"), "steps_done": result.steps, **probe.result()}
+
+
+def use_full_logits() -> None:
+    """Score with the LM head at every position (alignment.logprobs' `full_logits`), as before the chunked head,
+    in the objectives and the reference pass of this process."""
+    import functools
+
+    import alignment.logprobs as logprobs
+    import alignment.objectives as objectives
+
+    plain = functools.partial(logprobs.sequence_logps, full_logits=True)
+    logprobs.sequence_logps = plain
+    objectives.sequence_logps = plain
 
 
 def run_trl(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], tokenizer: Any,
@@ -204,7 +219,13 @@ def trial_entry(spec: dict[str, Any], result_path: str) -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     try:
-        payload = {"ok": True, "result": run_trial(spec) if spec["kind"] == "train" else run_loss_check(spec)}
+        if spec["kind"] == "generate":
+            from bench.generation import run_generation_trial
+
+            result = run_generation_trial(spec)
+        else:
+            result = run_trial(spec) if spec["kind"] == "train" else run_loss_check(spec)
+        payload = {"ok": True, "result": result}
     except Exception as err:  # report any failure to the parent, which shows it
         payload = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
     Path(result_path).write_text(json.dumps(payload))

