@@ -502,7 +502,7 @@ def format_table(run: BenchRun) -> str:
             continue
         speed = row.get("speedup", {})
         lines.append(
-            f"{row['method']:6s} {row['data']:10s} {row['trainer']:23s} {row['pairs_per_s']:8.1f} "
+            f"{row['method']:6s} {row['data']:10s} {row['trainer']:23s} {rate(row['pairs_per_s'])} "
             f"{row['tokens_per_s']:9.0f} {row['rss_growth_mib']:8.1f} {row['rss_peak_mib']:8.0f} "
             f"{ratio(speed.get('trl')):>7s} {ratio(speed.get('trl-precompute')):>10s} {diff(row['loss_diff']):>9s}")
     env = run.environment
@@ -521,6 +521,11 @@ def format_table(run: BenchRun) -> str:
         value = "-" if v["value"] is None else f"{v['value']:.3g}"
         lines.append(f"  [{state}] {v['target']}: {value}")
     return "\n".join(lines)
+
+
+def rate(value: float) -> str:
+    """pairs/s in 8 characters: one decimal, or three below 10 (a real-size model trains < 1 pair/s here)."""
+    return f"{value:8.1f}" if value >= 10 else f"{value:8.3f}"
 
 
 def ratio(value: float | None) -> str:
