@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from evaluation.plots import plot_verdicts
-from evaluation.report import render_comparison_report, render_pipeline_report, write_report
+from evaluation.report import (
+    Part,
+    Section,
+    environment,
+    render_comparison_report,
+    render_pipeline_report,
+    write_report,
+)
 
 PID, DPO_RUN, SFT_RUN = "p" * 32, "b" * 32, "a" * 32
 SUMMARY = {
@@ -295,3 +302,18 @@ def test_reports_render_from_another_working_directory(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("<!DOCTYPE html>") == 2 and "box-sizing: border-box" in done.stdout
     assert "alignflow pipeline report — dpo" in done.stdout and '<section id="variants">' in done.stdout
+
+
+def test_another_page_can_extend_the_report_chrome() -> None:
+    """base.html is the chrome of any alignflow page (the arena's, say): the report styles, the header and
+    table of contents, then the page's own sections; what the page writes is escaped there too."""
+    page = environment().from_string(
+        '{% extends "base.html" %}'
+        "{% block style %}{{ super() }}.vote { color: red; }{% endblock %}"
+        "{% block section_body %}<p>{{ s.data }}</p>{% endblock %}"
+    ).render(title="arena <b>", subtitle=("blind vote: ", Part("code", "v1 & v2")),
+             sections=[Section("vote", "Vote", "Which answer <i>is</i> better?")])
+    assert page.startswith("<!DOCTYPE html>") and "box-sizing: border-box" in page and ".vote { color: red; }" in page
+    assert "<title>arena &lt;b&gt;</title>" in page and "blind vote: <code>v1 &amp; v2</code>" in page
+    assert '<nav><a href="#vote">Vote</a></nav>' in page
+    assert '<section id="vote"><h2>Vote</h2><p>Which answer &lt;i&gt;is&lt;/i&gt; better?</p></section>' in page
