@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from alignment.instructions import KINDS
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
@@ -59,8 +61,6 @@ class InstructionTaskConfig(_Section):
 
     @model_validator(mode="after")
     def _known_kinds(self) -> InstructionTaskConfig:
-        from alignment.instructions import KINDS
-
         unknown = [k for k in self.kinds or [] if k not in KINDS]
         if unknown:
             raise ValueError(f"unknown instruction kind(s) {unknown}; expected some of {', '.join(KINDS)}")
