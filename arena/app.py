@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -85,7 +85,7 @@ def create_app(store: Store, backend: Backend, settings: ArenaSettings | None = 
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     basic = HTTPBasic(auto_error=False)
 
-    def login(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> str | None:
+    def login(credentials: HTTPBasicCredentials | None = Depends(basic)) -> str | None:  # noqa: B008
         if settings.users is None:
             return None
         if credentials is not None:
