@@ -17,11 +17,38 @@ from tasks.registry import log_policy, register_version
 from tasks.tracking import RunContext
 
 HELDOUT = ["What sound does a cow make?", "What colour is a fox?"]
+# What each tiny model is taught to answer (a random one answers nothing readable): a good policy, a wrong
+# one, and the refusing reference.
+ANSWERS = {1: ["The cow says moo.", "The fox is red."], 2: ["The cow says quack.", "The fox is blue."],
+           3: ["The cow says moo.", "The fox is red."]}
+REFUSAL = ["Sorry, I do not know.", "Sorry, I do not know."]
 
 
-def tiny(path: Path, seed: int) -> Path:
-    return make_tiny_model(path, quicktask.corpus(), vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
-                           intermediate_size=64, max_position_embeddings=256, seed=seed)
+def tiny(path: Path, seed: int, answers: list[str] | None = None, steps: int = 60) -> Path:
+    """A tiny Llama fitted in a few seconds to answer the HELDOUT questions with `answers` (greedy)."""
+    import torch
+
+    from alignment.models import load_causal_lm, load_tokenizer
+
+    make_tiny_model(path, quicktask.corpus(), vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
+                    intermediate_size=64, max_position_embeddings=256, seed=seed)
+    model, tok = load_causal_lm(str(path)), load_tokenizer(str(path))
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                     tokenize=False) for q, a in zip(HELDOUT, answers or ANSWERS.get(seed, REFUSAL),
+                                                                    strict=True)]
+    torch.manual_seed(seed)
+    optim = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    model.train()
+    for _ in range(steps):
+        for text in texts:
+            ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optim.step()
+            optim.zero_grad()
+    model.eval()
+    model.save_pretrained(path, safe_serialization=True)
+    return path
 
 
 def register_tiny(tracking_uri: str, root: Path, name: str, seed: int, champion: bool) -> str:
@@ -34,7 +61,7 @@ def register_tiny(tracking_uri: str, root: Path, name: str, seed: int, champion:
     exp_id = exp.experiment_id if exp else client.create_experiment(
         "arena-test", artifact_location=(root / "artifacts").as_uri())
     out = root / f"run-{seed}"
-    policy, reference = tiny(out / "policy", seed), tiny(out / "reference", seed + 100)
+    policy, reference = tiny(out / "policy", seed), tiny(out / "reference", seed + 100, REFUSAL)
     parent = client.create_run(exp_id, run_name="pipeline-dpo").info.run_id
     client.log_param(parent, "run.output_dir", str(out))
     ctx = RunContext(tracking_uri=tracking_uri, experiment_id=exp_id, experiment_name="arena-test",

@@ -43,6 +43,7 @@ def test_mlflow_models_serve_answers_chat_with_the_template(tmp_path: Path) -> N
     model, tok = load_causal_lm(str(policy)), load_tokenizer(str(policy))
     messages = [{"role": "user", "content": QUESTION}]
     [[expected]] = generate(model, tok, [messages], max_new_tokens=10, batch_size=1)
+    assert "moo" in expected  # what the model was fitted to answer (tests/arena/registry_util.py)
 
     [port] = free_ports(1)
     bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve` execs `uvicorn` from PATH (an activated venv)
@@ -72,6 +73,7 @@ def test_mlflow_models_serve_answers_chat_with_the_template(tmp_path: Path) -> N
         assert message["role"] == "assistant"
         assert message["content"] != QUESTION and QUESTION not in message["content"]
         assert message["content"].strip() == expected  # the template was applied: the same greedy answer
+        assert "moo" in message["content"]
         assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] > 0
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
