@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--mlflow-port", type=int)
     stack.add_argument("--s3-port", type=int)
     stack.add_argument("--weed-port-base", type=int, help="first of 13 consecutive ports SeaweedFS uses inside")
+    stack.add_argument("--arena-port", type=int, help="the arena web page (default 8765)")
     stack.add_argument("--wipe", action="store_true", help="with down: also delete the stack's data")
-    stack.add_argument("--service", help="with logs: one service (s3, mlflow, prefect, worker-cpu, worker-gpu)")
+    stack.add_argument("--service", help="with logs: one service (s3, mlflow, prefect, worker-cpu, worker-gpu, arena)")
     stack.add_argument("--lines", type=int, default=40, help="with logs: lines per service")
     deploy = sub.add_parser("deploy", help="register the pipeline deployment (cron schedule) on a work pool")
     deploy.add_argument("--pool", default="cpu", help="work pool (default cpu)")
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.data_cli import add_data_commands
 
     COMMANDS.update(add_data_commands(sub))
+    from flows.arena_cli import add_arena_commands
+
+    COMMANDS.update(add_arena_commands(sub))
     show = sub.add_parser("config", help="print the resolved config as JSON")
     show.add_argument("--config", "-c")
     show.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -91,13 +95,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from alignment.data import DataError
     from alignment.models import ModelLoadError
     from alignment.tokenization import TemplateError
+    from arena.store import ArenaError
     from flows.stack import StackError
     from tasks.locks import RunInProgressError
     from tasks.preflight import ServiceError
     from tasks.promotion import PromotionError
 
     return (ConfigError, DataError, ModelLoadError, TemplateError, StackError, ServiceError, PromotionError,
-            RunInProgressError)
+            RunInProgressError, ArenaError)
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -175,7 +180,7 @@ def command_stack(args: argparse.Namespace) -> int:
 
     stack = Stack.load(args.dir)
     for name, value in (("prefect", args.prefect_port), ("mlflow", args.mlflow_port), ("s3", args.s3_port),
-                        ("weed_base", args.weed_port_base)):
+                        ("weed_base", args.weed_port_base), ("arena", args.arena_port)):
         if value is not None:
             if args.action != "up":
                 from flows.stack import StackError
@@ -184,7 +189,8 @@ def command_stack(args: argparse.Namespace) -> int:
             setattr(stack.ports, name, value)
     if args.action == "up":
         stack.up()
-        print(f"Prefect UI {stack.urls['prefect']}   MLflow UI {stack.urls['mlflow']}   S3 {stack.urls['s3']}")
+        print(f"Prefect UI {stack.urls['prefect']}   MLflow UI {stack.urls['mlflow']}   S3 {stack.urls['s3']}   "
+              f"Arena {stack.urls['arena']}")
     elif args.action == "down":
         stack.down(wipe=args.wipe)
     elif args.action == "status":

@@ -25,6 +25,8 @@ from tasks.stages import flatten
 from tasks.tracking import RunContext, StageRun, stage_run
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "accelerate==1.15.0", "safetensors"]
+# Served answers: greedy, as the pipeline's own comparison decodes; `max_tokens`/`temperature` in a request win.
+CHAT_MODEL_CONFIG = {"max_new_tokens": 64, "do_sample": False}
 
 
 class Registration(BaseModel):
@@ -114,9 +116,13 @@ def log_policy(model: Any, tokenizer: Any, trained: TrainOutput, run_id: str) ->
     # The model card is looked up on the hub; for a local model that only produces warnings.
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     with mlflow.start_run(run_id=run_id):
+        # task="llm/v1/chat": MLflow's serving (`mlflow models serve`, /invocations) takes OpenAI-style
+        # {"messages": [...]}, applies the tokenizer's chat template and answers with the assistant's message;
+        # with the plain "text-generation" task it echoed the messages back. load_model still returns a
+        # text-generation pipeline (the flavor's task); CHAT_MODEL_CONFIG are the defaults a request can override.
         info = mlflow.transformers.log_model(
-            {"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
-            pip_requirements=PIP_REQUIREMENTS,
+            {"model": model, "tokenizer": tokenizer}, name="model", task="llm/v1/chat",
+            model_config=CHAT_MODEL_CONFIG, pip_requirements=PIP_REQUIREMENTS,
             metadata={"alignflow.method": trained.method, "alignflow.fingerprint": trained.model.fingerprint})
     return info.model_uri, info.model_id
 

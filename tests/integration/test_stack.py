@@ -27,9 +27,9 @@ PLANTED = "hf_PLANTEDsecretTOKEN0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Stack:
-    prefect, mlflow_port, s3 = free_ports(3)
+    prefect, mlflow_port, s3, arena = free_ports(4)
     st = Stack(tmp_path_factory.mktemp("stack"), Ports(prefect=prefect, mlflow=mlflow_port, s3=s3,
-                                                      weed_base=consecutive_free_base()))
+                                                      weed_base=consecutive_free_base(), arena=arena))
     try:
         st.up(timeout=180, echo=lambda _: None)
         yield st
