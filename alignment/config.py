@@ -277,6 +277,11 @@ class PromotionConfig(_Section):
     max_contamination: float | None = Field(
         0.2, ge=0.0, le=1.0, description="Gate: largest share of any eval set's items sharing an n-gram with "
                                          "the training prompts (unset: no gate).")
+    min_human_win_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="Arena gate, checked by `alignflow promote`: the human win rate (ties and "
+                                          "both-bad count half) the version needs against the current champion "
+                                          "(unset: no gate).")
+    min_human_votes: int = Field(20, ge=1, description="Arena gate: fewest human votes before it can pass.")
     register_model: bool = Field(True, description="Log and register the policy in the MLflow registry.")
 
 

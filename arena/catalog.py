@@ -141,7 +141,7 @@ class Catalog:
             raise UnknownModel(f"{name} v{version}: its reference is not known here (no alignflow.reference_model "
                                f"tag, and no pipeline summary at {summary_path or 'its run.output_dir'})")
         summary = json.loads(summary_path.read_text())
-        path = (summary.get("evaluation") or {}).get("reference_model")
+        path = summary.get("reference_model") or (summary.get("evaluation") or {}).get("reference_model")
         if summary.get("parent_run_id") != parent.info.run_id or not path:
             raise UnknownModel(f"{name} v{version}: {summary_path} belongs to another run; its reference is not known")
         return path

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,6 +246,9 @@ def command_promote(args: argparse.Namespace) -> int:
     else:
         raise PromotionError("no MLflow registry to promote in: start the local stack, set MLFLOW_TRACKING_URI, "
                              "or pass --tracking-uri or --config")
+    cfg = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
+    if cfg is not None and args.alias == "champion":
+        check_human_gate(uri, args.name, args.version, cfg.promotion)
     done = promote(uri, args.name, args.version, alias=args.alias, reason=args.reason)
     if done.changed:
         was = f" (was version {done.previous_version})" if done.previous_version else ""
@@ -252,6 +256,30 @@ def command_promote(args: argparse.Namespace) -> int:
     else:
         print(f"{done.name} version {done.version} already is '{done.alias}': nothing changed")
     return 0
+
+
+def check_human_gate(uri: str, name: str, version: str, promo: Any) -> None:
+    """promotion.min_human_win_rate (off by default): the arena's votes for `version` against the current
+    champion must reach the rate, over at least promotion.min_human_votes votes."""
+    from mlflow import MlflowClient
+
+    from evaluation.gates import all_passed
+    from tasks.arena import human_gates
+    from tasks.promotion import PromotionError
+
+    if promo.min_human_win_rate is None:
+        return
+    try:
+        champion = MlflowClient(uri).get_model_version_by_alias(name, "champion").version
+    except Exception:  # no champion yet: nothing to have been compared with
+        champion = None
+    gates = human_gates(uri, name, version, min_win_rate=promo.min_human_win_rate, min_votes=promo.min_human_votes,
+                        opponent=str(champion) if champion else None, use_lower_bound=promo.use_lower_bound)
+    if not all_passed(gates):
+        failed = "; ".join(f"{g.name} = {g.value:.3g} (needs {g.threshold:.3g})" for g in gates if not g.passed)
+        raise PromotionError(f"{name} version {version} fails the human gate against champion "
+                             f"{champion or '(none)'}: {failed}. Collect votes in the arena, then `alignflow arena "
+                             f"stats --tag`")
 
 
 def command_bench(args: argparse.Namespace) -> int:

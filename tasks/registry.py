@@ -88,7 +88,8 @@ def start_policy_logging(cfg: PipelineConfig, trained: TrainOutput, ctx: RunCont
 
 @task(name="register-model", cache_policy=NO_CACHE)
 def register_task(cfg: PipelineConfig, trained: TrainOutput, gates: list[GateResult],
-                  ctx: RunContext, pending: PolicyLogging | None = None) -> Registration:
+                  ctx: RunContext, pending: PolicyLogging | None = None,
+                  reference_model: str | None = None) -> Registration:
     """Gate verdicts on the register run; with registration on, wait for the policy's model logging and every
     other queued tracking write, then create the version (tasks/background.py: nothing is registered that
     refers to a write that failed)."""
@@ -104,7 +105,8 @@ def register_task(cfg: PipelineConfig, trained: TrainOutput, gates: list[GateRes
                                 gates=[g.to_dict() for g in gates], champion=False)
         model_uri, model_id = pending.logged.result()
         drain()
-        version, aliases = register_version(ctx, promo.model_name, model_uri, model_id, run.run_id, gates)
+        version, aliases = register_version(ctx, promo.model_name, model_uri, model_id, run.run_id, gates,
+                                            reference_model)
         run.set_tags({"alignflow.registered_model": promo.model_name, "alignflow.registered_version": version})
     return Registration(name=promo.model_name, version=version, aliases=aliases, model_uri=model_uri,
                         gates=[g.to_dict() for g in gates], champion="champion" in aliases)
@@ -128,8 +130,9 @@ def log_policy(model: Any, tokenizer: Any, trained: TrainOutput, run_id: str) ->
 
 
 def register_version(ctx: RunContext, name: str, model_uri: str, model_id: str, run_id: str,
-                     gates: list[GateResult]) -> tuple[str, list[str]]:
-    """Create the version with its gate tags, then aliases; undo the version if any later step fails."""
+                     gates: list[GateResult], reference_model: str | None = None) -> tuple[str, list[str]]:
+    """Create the version with its gate tags (and `alignflow.reference_model`: what it was compared with, for
+    the arena), then aliases; undo the version if any later step fails."""
     client = MlflowClient(ctx.tracking_uri)
     try:
         client.get_registered_model(name)
@@ -138,8 +141,8 @@ def register_version(ctx: RunContext, name: str, model_uri: str, model_id: str, 
             client.create_registered_model(name, description="Aligned by alignflow.")
         except mlflow.exceptions.MlflowException:
             pass  # created concurrently
-    mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=gate_tags(gates),
-                                     model_id=model_id)
+    tags = {**gate_tags(gates), **({"alignflow.reference_model": reference_model} if reference_model else {})}
+    mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
     aliases = ["candidate"] + (["champion"] if all_passed(gates) else [])
     try:
         for alias in aliases:

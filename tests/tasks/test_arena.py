@@ -85,3 +85,32 @@ def test_human_tags_and_gate(tmp_path: Path) -> None:
     assert not strict.passed  # too few votes: no pass
     _, lower = human_gates(tracking, "m", "1", min_win_rate=0.5, min_votes=1, opponent="2")
     assert not lower.passed
+
+
+def test_promote_to_champion_checks_the_human_gate_when_configured(tmp_path: Path) -> None:
+    """Version 2 has 7 votes against champion version 1 (6 wins, 1 tie: 6.5 / 7 = 0.93). With
+    promotion.min_human_win_rate 0.6 and min_human_votes 5 promoting it passes; with 20 votes needed it is
+    refused, naming the gate; with the gate unset nothing is checked."""
+    import pytest
+
+    from alignment.config import PromotionConfig
+    from flows.cli import check_human_gate
+    from tasks.promotion import PromotionError
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking)
+    client.create_registered_model("m")
+    (tmp_path / "model").mkdir()
+    for _ in range(2):
+        client.create_model_version("m", source=str(tmp_path / "model"))
+    client.set_registered_model_alias("m", "champion", "1")
+    url = sqlite_url(tmp_path / "arena.db")
+    store = open_store(url)
+    for i in range(6):
+        vote(store, "left", prompt=[{"role": "user", "content": f"q{i}"}])
+    vote(store, "tie")
+    tag_versions(url, tracking)
+    check_human_gate(tracking, "m", "2", PromotionConfig(min_human_win_rate=0.6, min_human_votes=5))
+    check_human_gate(tracking, "m", "2", PromotionConfig())  # gate off
+    with pytest.raises(PromotionError, match=r"human gate against champion 1: human_votes = 7 \(needs 20\)"):
+        check_human_gate(tracking, "m", "2", PromotionConfig(min_human_win_rate=0.6, min_human_votes=20))
