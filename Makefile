@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignflow-installed
-# Prefect state (the temporary server's database) stays inside the checkout.
+# Prefect state (the temporary server's database) stays inside the checkout. The tests never use it: each
+# session gets its own PREFECT_HOME, cache and stack directory (tests/conftest.py), so a `make demo` stack
+# left up and an earlier or interrupted run's state cannot change their verdict.
 export PREFECT_HOME ?= $(CURDIR)/.alignflow/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 
@@ -299,13 +300,31 @@ COMMANDS = {"run": command_run, "config": command_config, "stack": command_stack
             "promote": command_promote, "compare": command_compare, "bench": command_bench}
 
 
+@contextlib.contextmanager
+def environment_restored() -> Iterator[None]:
+    """Undo, on the way out, what a command put into os.environ (use_local_stack exports the stack's addresses
+    and S3 keys; run sets HF_HUB_OFFLINE). For the `alignflow` process this changes nothing; for a caller of
+    main() in its own process (a test, a notebook) it means the stack found by one call never becomes the
+    next call's "explicit setting" (use_local_stack only fills variables that are unset)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with environment_restored():
+        try:
+            return COMMANDS[args.command](args)
+        except user_errors() as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
