@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from alignment.instructions import KINDS
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
@@ -32,7 +34,7 @@ class RuntimeConfig(_Section):
 class QuickTaskConfig(_Section):
     """The generated 'animal facts' preference task of the quickstart (see alignment/quicktask.py)."""
 
-    heldout_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="Share of prompts held out (by content hash).")
     good_fraction: float = Field(0.35, ge=0.0, le=1.0,
                                  description="Share of SFT answers that are correct and well formed.")
     refusal_fraction: float = Field(0.6, ge=0.0, le=1.0,
@@ -59,8 +61,6 @@ class InstructionTaskConfig(_Section):
 
     @model_validator(mode="after")
     def _known_kinds(self) -> InstructionTaskConfig:
-        from alignment.instructions import KINDS
-
         unknown = [k for k in self.kinds or [] if k not in KINDS]
         if unknown:
             raise ValueError(f"unknown instruction kind(s) {unknown}; expected some of {', '.join(KINDS)}")
@@ -88,14 +88,16 @@ class DataConfig(_Section):
                                description="Hub split read for heldout_path (ignored for files).")
     max_rows: int | None = Field(None, ge=1, description="Read at most this many rows from each source "
                                                          "(unset: all); rows past it are not read.")
-    format: Literal["auto", "standard", "conversational", "implicit", "hh", "ultrafeedback"] = "auto"
+    format: Literal["auto", "standard", "conversational", "implicit", "hh", "ultrafeedback"] = Field(
+        "auto", description="Preference row format; auto detects it per file (strings or chat lists, HH-RLHF "
+                            "transcripts, implicit-prompt conversations, UltraFeedback-binarized).")
     min_score_gap: float | None = Field(
         None, ge=0.0, le=1e6, description="UltraFeedback: drop pairs whose score_chosen - score_rejected is "
                                           "below this (reason score_gap). Unset: keep all.")
     on_invalid: Literal["strict", "drop"] = Field(
         "strict", description="strict: stop and name file, row and field; drop: drop and count by reason.")
-    max_prompt_tokens: int = Field(96, ge=4, le=32768)
-    max_response_tokens: int = Field(48, ge=2, le=32768)
+    max_prompt_tokens: int = Field(96, ge=4, le=32768, description="Prompt tokens kept (chat template included).")
+    max_response_tokens: int = Field(48, ge=2, le=32768, description="Tokens kept of each response.")
     truncation: Literal["keep_end", "reject"] = Field(
         "keep_end", description="Over-long rows. keep_end: the prompt keeps its last max_prompt_tokens tokens "
                                 "(so the assistant header stays), each response its first max_response_tokens, "
@@ -118,12 +120,12 @@ class DataConfig(_Section):
 class TinyModelConfig(_Section):
     """The Llama-architecture model made locally when model.name_or_path is unset."""
 
-    vocab_size: int = Field(1024, ge=64, le=65536)
-    hidden_size: int = Field(128, ge=16, le=4096)
-    num_layers: int = Field(4, ge=1, le=64)
-    num_heads: int = Field(4, ge=1, le=64)
-    intermediate_size: int = Field(256, ge=16, le=16384)
-    max_position_embeddings: int = Field(256, ge=32, le=131072)
+    vocab_size: int = Field(1024, ge=64, le=65536, description="BPE vocabulary trained on the task corpus.")
+    hidden_size: int = Field(128, ge=16, le=4096, description="Width of the tiny Llama.")
+    num_layers: int = Field(4, ge=1, le=64, description="Decoder layers.")
+    num_heads: int = Field(4, ge=1, le=64, description="Attention heads (must divide hidden_size).")
+    intermediate_size: int = Field(256, ge=16, le=16384, description="MLP width.")
+    max_position_embeddings: int = Field(256, ge=32, le=131072, description="Longest sequence.")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModelConfig:
@@ -144,16 +146,17 @@ class ModelConfig(_Section):
 class OptimConfig(_Section):
     """Optimisation settings shared by SFT and preference training."""
 
-    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
-    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "cosine"
-    max_grad_norm: float = Field(1.0, gt=0.0)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps warming up linearly.")
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "cosine", description="Decay after warm-up.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
     batch_size: int = Field(16, ge=1, le=4096, description="Examples (or pairs) per micro-batch.")
-    grad_accum_steps: int = Field(1, ge=1, le=1024)
-    epochs: float = Field(1.0, gt=0.0, le=1000.0)
+    grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    epochs: float = Field(1.0, gt=0.0, le=1000.0, description="Passes over the data (fractions allowed).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
-    log_every: int = Field(5, ge=1)
+    log_every: int = Field(5, ge=1, description="Metrics interval in optimizer steps.")
     save_every: int = Field(50, ge=1, description="Checkpoint interval in optimizer steps (also at the end).")
     group_by_length: bool = Field(
         False, description="Form each optimizer step's batch from rows of similar length (less padding; pays "
@@ -162,7 +165,8 @@ class OptimConfig(_Section):
 
 
 class SFTConfig(_Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Run SFT; false: DPO starts from, and is anchored to, the base model "
+                                            "(an instruct model needs no SFT).")
     optim: OptimConfig = OptimConfig(learning_rate=2e-3, epochs=20.0, batch_size=32)
 
 
@@ -220,20 +224,20 @@ class JudgeConfig(_Section):
 class BenchmarkConfig(_Section):
     """lm-eval harness benchmarks run on policy and reference (evaluation/benchmarks.py)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Run lm-eval on policy and reference.")
     tasks: list[str] = Field(
         ["alignflow_animal_mc", "alignflow_animal_gen", "alignflow_sanity"],
         description="Task names: the project's own (alignflow_*, shipped with the package) or any lm-eval "
                     "task name (arc_easy, hellaswag, ... need hub access).")
-    batch_size: int = Field(16, ge=1, le=4096)
+    batch_size: int = Field(16, ge=1, le=4096, description="lm-eval batch size.")
     limit: int | None = Field(None, ge=1, description="Documents per task (unset: all).")
     max_gen_tokens: int = Field(32, ge=1, le=4096, description="Generation tasks: new tokens per answer.")
 
 
 class EvalConfig(_Section):
-    max_new_tokens: int = Field(24, ge=1, le=4096)
+    max_new_tokens: int = Field(24, ge=1, le=4096, description="Greedy answer length on held-out prompts.")
     max_prompts: int | None = Field(None, ge=1, description="Cap on held-out prompts generated for.")
-    batch_size: int = Field(32, ge=1, le=4096)
+    batch_size: int = Field(32, ge=1, le=4096, description="Prompts generated together.")
     judge: JudgeConfig = JudgeConfig()
     benchmarks: BenchmarkConfig = BenchmarkConfig()
     contamination_ngram: int = Field(8, ge=1, le=50, description="n of the word n-grams compared between "
@@ -246,10 +250,10 @@ class OnPolicyConfig(_Section):
     answers all score the same are counted and dropped. The pairs are ordinary prepared data."""
 
     enabled: bool = Field(False, description="Run the stage (needed by data.source=instructions).")
-    samples_per_prompt: int = Field(4, ge=2, le=64)
-    max_new_tokens: int = Field(48, ge=1, le=4096)
-    temperature: float = Field(0.9, gt=0.0, le=5.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    samples_per_prompt: int = Field(4, ge=2, le=64, description="Answers sampled per prompt.")
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="Tokens per sampled answer.")
+    temperature: float = Field(0.9, gt=0.0, le=5.0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     batch_size: int = Field(32, ge=1, le=4096, description="Sequences generated together.")
     scorer: Literal["verifier", "judge"] = Field(
         "verifier", description="verifier: the instruction checker (pass first, partial credit second, "
@@ -261,7 +265,8 @@ class OnPolicyConfig(_Section):
 class PromotionConfig(_Section):
     """Gates for the `champion` alias; every gate's value and verdict is tagged on the model version."""
 
-    model_name: str = Field("alignflow-quickstart", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    model_name: str = Field("alignflow-quickstart", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$",
+                            description="Registered model name in the MLflow Model Registry.")
     min_win_rate: float = Field(0.6, ge=0.0, le=1.0, description="Gate: win rate over the reference.")
     use_lower_bound: bool = Field(False, description="Gate on the 95 % interval's lower bound, not the point.")
     min_reward_accuracy: float | None = Field(
@@ -272,12 +277,17 @@ class PromotionConfig(_Section):
     max_contamination: float | None = Field(
         0.2, ge=0.0, le=1.0, description="Gate: largest share of any eval set's items sharing an n-gram with "
                                          "the training prompts (unset: no gate).")
+    min_human_win_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="Arena gate, checked by `alignflow promote`: the human win rate (ties and "
+                                          "both-bad count half) the version needs against the current champion "
+                                          "(unset: no gate).")
+    min_human_votes: int = Field(20, ge=1, description="Arena gate: fewest human votes before it can pass.")
     register_model: bool = Field(True, description="Log and register the policy in the MLflow registry.")
 
 
 class TrackingConfig(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI. Unset: sqlite store under output_dir.")
-    experiment: str = Field("alignflow", min_length=1)
+    experiment: str = Field("alignflow", min_length=1, description="MLflow experiment name.")
     artifact_location: str | None = Field(
         None, description="Artifact root for a new experiment. Unset: a folder under output_dir.")
 
@@ -289,7 +299,7 @@ class LoraSettings(_Section):
 
     r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
     alpha: float = Field(32.0, gt=0.0, le=4096.0, description="Scale: the update is (alpha / r) * B A.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", min_length=1,
         description="Module names to adapt (e.g. [q_proj, v_proj]) or all-linear (every linear layer but "

@@ -128,6 +128,14 @@ def parse_instructions(prompt: str) -> list[Instruction]:
     return [ins for _, ins in sorted(found, key=lambda t: t[0])]
 
 
+def strip_instructions(prompt: str) -> str:
+    """The prompt without its instruction sentences: what is left to compare when the same few instruction
+    templates recur in every split by design (train/eval contamination is about the questions)."""
+    for pattern in PATTERNS.values():
+        prompt = pattern.sub(" ", prompt)
+    return " ".join(prompt.split())
+
+
 # ---- checkers: each returns a degree in [0, 1]; 1.0 exactly when the instruction is met --------------------
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
 from alignment.models import ModelLoadError, first_line
 from alignment.s3io import default_cache_dir, fetch, fetch_folder, is_s3_uri
@@ -181,8 +183,7 @@ def field_value(reader: Any, key: str) -> Any:
 
 
 def check_supported(file: Path, arch: str, types: Counter[str]) -> None:
-    from gguf.quants import _type_traits
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    from gguf.quants import _type_traits  # the gguf package is checked for before this runs
 
     if arch not in GGUF_SUPPORTED_ARCHITECTURES:
         raise GGUFError(f"model file {file}: architecture {arch!r} cannot be loaded from GGUF by transformers "
@@ -197,8 +198,6 @@ def check_supported(file: Path, arch: str, types: Counter[str]) -> None:
 def convert(file: Path, source: str, digest: str, target: Path) -> GGUFInfo:
     """Dequantize into a plain model (save_pretrained refuses a gguf-quantized one), save, reload, compare
     logits, record; written to a temporary folder and renamed, so a half-converted folder is never used."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     arch, file_type, types = read_header(file)
     check_supported(file, arch, types)
     started = time.perf_counter()
@@ -245,8 +244,6 @@ def rehouse(loaded: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def logits_difference(loaded: torch.nn.Module, saved: Path, tok: Any) -> float:
-    from transformers import AutoModelForCausalLM
-
     reloaded = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32, use_safetensors=True).eval()
     ids = tok(CHECK_TEXT, return_tensors="pt")["input_ids"][:, :32]
     return float((loaded.eval()(ids).logits - reloaded(ids).logits).abs().max())

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from alignment.config import PipelineConfig
 from alignment.data import load_preferences, load_sft
-from alignment.models import load_tokenizer
 from alignment.model_source import local_model_path
+from alignment.models import load_tokenizer
 from alignment.tokenization import split_response
 
 

@@ -176,8 +176,14 @@ def _write_sources(result: CanonicalFiles, sources: Mapping[str, str | None], op
                                    split=options.heldout_split, report=report, **common)  # type: ignore[arg-type]
         _write_split(result, "heldout", sources["heldout"], records, report)
     for split, count in result.counts.items():
-        if not count:
-            raise DataError("missing_field", f"no usable {split} rows after validation", file=result.sources[split])
+        if count:
+            continue
+        if split == "heldout" and not sources.get("heldout"):  # split off train by prompt hash: none landed
+            raise DataError("empty_split", f"the held-out split is empty: heldout_fraction={options.heldout_fraction} "
+                            f"of {result.counts.get('train', 0)} training rows put no row aside; name a held-out "
+                            f"file (--heldout / data.heldout_path), raise the fraction (data.heldout_fraction) or "
+                            f"add rows", file=sources["train"])
+        raise DataError("missing_field", f"no usable {split} rows after validation", file=result.sources[split])
 
 
 def _write_split(result: CanonicalFiles, split: str, source: str, records: Any, report: DropReport) -> None:

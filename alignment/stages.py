@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from array import array
 from collections.abc import Callable, Iterable
@@ -34,6 +35,7 @@ from alignment.tiny_model import make_tiny_model
 from alignment.tracking import MetricsLogger
 from alignment.trainer import train
 
+log = logging.getLogger(__name__)
 CODE_VERSION = "1"  # bump when a stage's output for the same inputs changes
 HELDOUT_PROMPTS = "heldout_prompts.jsonl"  # every held-out prompt, beside on-policy pairs (paired or not)
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
@@ -174,6 +176,9 @@ def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef,
             scores.append(flat[k:k + len(a)])
             k += len(a)
         rows, samples, report = make_pairs(prompts, answers, scores, min_gap=o.min_score_gap)
+        log.info("onpolicy %s: %d prompts x %d samples -> %d pairs (%d dropped: all answers scored alike); "
+                 "%.1f generated tokens/s so far", split, report.prompts, o.samples_per_prompt, report.pairs,
+                 report.dropped_no_gap, stats.tokens_per_sec)
         if not rows:
             raise ValueError(f"onpolicy: no {split} prompt yielded a pair ({report.prompts} prompts, "
                              f"{report.samples} samples all scored alike by {scorer.name}); raise "

@@ -62,3 +62,12 @@ def check_gates(*, win_rate: float, win_rate_ci_low: float, min_win_rate: float,
 
 def all_passed(gates: list[GateResult]) -> bool:
     return all(g.passed for g in gates)
+
+
+def human_win_rate_gates(*, win_rate: float, n: int, min_win_rate: float, min_votes: int) -> list[GateResult]:
+    """The optional human gate (`promotion.min_human_win_rate`, `promotion.min_human_votes`): the arena's
+    human win rate (ties and "both bad" count half) >= min_win_rate, over at least min_votes votes. Too few
+    votes fail the gate (no evidence is not a pass)."""
+    votes = GateResult("human_votes", float(n), float(min_votes), n >= min_votes)
+    rate = at_least("human_win_rate", win_rate, min_win_rate)
+    return [votes, GateResult(rate.name, rate.value, rate.threshold, rate.passed and votes.passed)]

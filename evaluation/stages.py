@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel
 
 from alignment.config import PipelineConfig
+from alignment.instructions import strip_instructions
 from alignment.logprobs import collate_pairs, sequence_logps
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.stages import HELDOUT_PROMPTS, ModelRef, PreparedData, read_jsonl, reference_annotated_pairs
@@ -43,13 +44,19 @@ def prompt_text(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] != "assistant")
 
 
+def question_text(messages: list[dict[str, str]]) -> str:
+    """The prompt without instruction sentences of the instruction task (alignment/instructions.py): those few
+    templates recur across splits by design, so contamination is measured on the questions."""
+    return strip_instructions(prompt_text(messages))
+
+
 def contamination_report(cfg: PipelineConfig, prepared: PreparedData) -> dict[str, float]:
     """Share of each eval set's items (held-out prompts, every local benchmark task) that share a word
     n-gram (eval.contamination_ngram) with a training prompt (preference train split and SFT data)."""
-    train = [prompt_text(r["prompt"]) for r in read_jsonl(prepared.path("train"))]
+    train = [question_text(r["prompt"]) for r in read_jsonl(prepared.path("train"))]
     if prepared.path("sft").is_file():  # on-policy data has no SFT split
-        train += [prompt_text(r["messages"]) for r in read_jsonl(prepared.path("sft"))]
-    sets = {"heldout": [prompt_text(p) for p in heldout_prompts(prepared, None)]}
+        train += [question_text(r["messages"]) for r in read_jsonl(prepared.path("sft"))]
+    sets = {"heldout": [question_text(p) for p in heldout_prompts(prepared, None)]}
     if cfg.eval.benchmarks.enabled:
         sets.update(eval_set_texts(cfg.eval.benchmarks.tasks))
     return contamination(train, sets, cfg.eval.contamination_ngram)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--mlflow-port", type=int)
     stack.add_argument("--s3-port", type=int)
     stack.add_argument("--weed-port-base", type=int, help="first of 13 consecutive ports SeaweedFS uses inside")
+    stack.add_argument("--arena-port", type=int, help="the arena web page (default 8765)")
     stack.add_argument("--wipe", action="store_true", help="with down: also delete the stack's data")
-    stack.add_argument("--service", help="with logs: one service (s3, mlflow, prefect, worker-cpu, worker-gpu)")
+    stack.add_argument("--service", help="with logs: one service (s3, mlflow, prefect, worker-cpu, worker-gpu, arena)")
     stack.add_argument("--lines", type=int, default=40, help="with logs: lines per service")
     deploy = sub.add_parser("deploy", help="register the pipeline deployment (cron schedule) on a work pool")
     deploy.add_argument("--pool", default="cpu", help="work pool (default cpu)")
@@ -87,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.data_cli import add_data_commands
 
     COMMANDS.update(add_data_commands(sub))
+    from flows.arena_cli import add_arena_commands
+
+    COMMANDS.update(add_arena_commands(sub))
     show = sub.add_parser("config", help="print the resolved config as JSON")
     show.add_argument("--config", "-c")
     show.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -98,13 +104,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from alignment.data import DataError
     from alignment.models import ModelLoadError
     from alignment.tokenization import TemplateError
+    from arena.store import ArenaError
     from flows.stack import StackError
     from tasks.locks import RunInProgressError
     from tasks.preflight import ServiceError
     from tasks.promotion import PromotionError
 
     return (ConfigError, DataError, ModelLoadError, TemplateError, StackError, ServiceError, PromotionError,
-            RunInProgressError)
+            RunInProgressError, ArenaError)
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -182,7 +189,7 @@ def command_stack(args: argparse.Namespace) -> int:
 
     stack = Stack.load(args.dir)
     for name, value in (("prefect", args.prefect_port), ("mlflow", args.mlflow_port), ("s3", args.s3_port),
-                        ("weed_base", args.weed_port_base)):
+                        ("weed_base", args.weed_port_base), ("arena", args.arena_port)):
         if value is not None:
             if args.action != "up":
                 from flows.stack import StackError
@@ -191,7 +198,8 @@ def command_stack(args: argparse.Namespace) -> int:
             setattr(stack.ports, name, value)
     if args.action == "up":
         stack.up()
-        print(f"Prefect UI {stack.urls['prefect']}   MLflow UI {stack.urls['mlflow']}   S3 {stack.urls['s3']}")
+        print(f"Prefect UI {stack.urls['prefect']}   MLflow UI {stack.urls['mlflow']}   S3 {stack.urls['s3']}   "
+              f"Arena {stack.urls['arena']}")
     elif args.action == "down":
         stack.down(wipe=args.wipe)
     elif args.action == "status":
@@ -246,6 +254,9 @@ def command_promote(args: argparse.Namespace) -> int:
     else:
         raise PromotionError("no MLflow registry to promote in: start the local stack, set MLFLOW_TRACKING_URI, "
                              "or pass --tracking-uri or --config")
+    cfg = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
+    if cfg is not None and args.alias == "champion":
+        check_human_gate(uri, args.name, args.version, cfg.promotion)
     done = promote(uri, args.name, args.version, alias=args.alias, reason=args.reason)
     if done.changed:
         was = f" (was version {done.previous_version})" if done.previous_version else ""
@@ -253,6 +264,30 @@ def command_promote(args: argparse.Namespace) -> int:
     else:
         print(f"{done.name} version {done.version} already is '{done.alias}': nothing changed")
     return 0
+
+
+def check_human_gate(uri: str, name: str, version: str, promo: Any) -> None:
+    """promotion.min_human_win_rate (off by default): the arena's votes for `version` against the current
+    champion must reach the rate, over at least promotion.min_human_votes votes."""
+    from mlflow import MlflowClient
+
+    from evaluation.gates import all_passed
+    from tasks.arena import human_gates
+    from tasks.promotion import PromotionError
+
+    if promo.min_human_win_rate is None:
+        return
+    try:
+        champion = MlflowClient(uri).get_model_version_by_alias(name, "champion").version
+    except Exception:  # no champion yet: nothing to have been compared with
+        champion = None
+    gates = human_gates(uri, name, version, min_win_rate=promo.min_human_win_rate, min_votes=promo.min_human_votes,
+                        opponent=str(champion) if champion else None, use_lower_bound=promo.use_lower_bound)
+    if not all_passed(gates):
+        failed = "; ".join(f"{g.name} = {g.value:.3g} (needs {g.threshold:.3g})" for g in gates if not g.passed)
+        raise PromotionError(f"{name} version {version} fails the human gate against champion "
+                             f"{champion or '(none)'}: {failed}. Collect votes in the arena, then `alignflow arena "
+                             f"stats --tag`")
 
 
 def command_bench(args: argparse.Namespace) -> int:
@@ -272,13 +307,31 @@ COMMANDS = {"run": command_run, "config": command_config, "stack": command_stack
             "promote": command_promote, "compare": command_compare, "bench": command_bench}
 
 
+@contextlib.contextmanager
+def environment_restored() -> Iterator[None]:
+    """Undo, on the way out, what a command put into os.environ (use_local_stack exports the stack's addresses
+    and S3 keys; run sets HF_HUB_OFFLINE). For the `alignflow` process this changes nothing; for a caller of
+    main() in its own process (a test, a notebook) it means the stack found by one call never becomes the
+    next call's "explicit setting" (use_local_stack only fills variables that are unset)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with environment_restored():
+        try:
+            return COMMANDS[args.command](args)
+        except user_errors() as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

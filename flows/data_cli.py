@@ -175,9 +175,11 @@ def _add_token_lengths(lengths: Any, batch: list[dict[str, Any]], tokenizer: Any
 
 
 def _load_tokenizer(name: str, trust_remote_code: bool) -> Any:
+    """Any model source the pipeline accepts: hub id, folder, s3:// folder or GGUF file (converted once)."""
+    from alignment.model_source import local_model_path
     from alignment.models import load_tokenizer
 
-    return load_tokenizer(name, trust_remote_code=trust_remote_code)
+    return load_tokenizer(local_model_path(name), trust_remote_code=trust_remote_code)
 
 
 # ---------------------------------------------------------------------------- prepare

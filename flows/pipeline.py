@@ -57,7 +57,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         gates = promotion_gates(config, comparison.metrics, heldout.metrics, final_losses,
                                 bench.pairs() if bench else None, heldout.contamination)
         with step("register"):
-            registration = register_task(config, policy, gates, ctx, pending)
+            registration = register_task(config, policy, gates, ctx, pending, reference_model=reference.path)
         evaluation = {
             "benchmarks": bench.summary() if bench else None,
             "contamination": heldout.contamination,

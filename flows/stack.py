@@ -1,5 +1,6 @@
 """The local service stack, on loopback: SeaweedFS (S3), an MLflow tracking server with proxied S3 artifacts,
-a Prefect server, and process workers for the `cpu` and `gpu` work pools.
+a Prefect server, process workers for the `cpu` and `gpu` work pools, and the arena (people compare registered
+models blind; votes in `<stack dir>/arena/arena.db`).
 
 `alignflow stack up | down | status | logs | env`. All state lives in one stack directory (default
 `.alignflow/stack`, or $ALIGNFLOW_STACK_DIR): data, logs, generated S3 credentials (mode 600) and
@@ -43,6 +44,7 @@ class Ports:
     mlflow: int = 5000
     s3: int = 8333
     weed_base: int = 18400  # SeaweedFS's internal ports: weed_base .. weed_base + 12
+    arena: int = 8765
 
     def weed_internal(self) -> dict[str, int]:
         return {flag: self.weed_base + i for i, flag in enumerate(WEED_PORT_FLAGS)}
@@ -66,7 +68,8 @@ class Stack:
     @property
     def urls(self) -> dict[str, str]:
         return {"prefect": f"http://{HOST}:{self.ports.prefect}", "prefect_api": f"http://{HOST}:{self.ports.prefect}/api",
-                "mlflow": f"http://{HOST}:{self.ports.mlflow}", "s3": f"http://{HOST}:{self.ports.s3}"}
+                "mlflow": f"http://{HOST}:{self.ports.mlflow}", "s3": f"http://{HOST}:{self.ports.s3}",
+                "arena": f"http://{HOST}:{self.ports.arena}"}
 
     def credentials(self) -> dict[str, str]:
         """S3 keys generated on first use, kept in the stack directory with mode 600."""
@@ -123,6 +126,12 @@ class Stack:
             cmd = [str(bin_dir / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
                    "--name", f"alignflow-{pool}"]
             services.append(Service(f"worker-{pool}", cmd, env, lambda p=pool: self.worker_online(p)))
+        arena = [str(bin_dir / "alignflow"), "arena", "serve", "--host", HOST, "--port", str(self.ports.arena),
+                 "--db", f"sqlite:///{self.dir / 'arena' / 'arena.db'}", "--tracking-uri", self.urls["mlflow"],
+                 "--threads", "1"]
+        services.append(Service("arena", arena, {**env, "OMP_NUM_THREADS": "1"},
+                                lambda: http_ok(self.urls["arena"] + "/health"),
+                                prepare=lambda: (self.dir / "arena").mkdir(parents=True, exist_ok=True)))
         return services
 
     def running(self) -> bool:
@@ -185,12 +194,13 @@ class Stack:
         state["services"] = {}
         self.write_state(state)
         if wipe:
-            for sub in ("s3", "mlflow", "prefect", "logs"):
+            for sub in ("s3", "mlflow", "prefect", "arena", "logs"):
                 shutil.rmtree(self.dir / sub, ignore_errors=True)
             echo(f"wiped data under {self.dir}")
 
     def status(self) -> dict[str, dict[str, object]]:
-        urls = {"s3": self.urls["s3"], "mlflow": self.urls["mlflow"], "prefect": self.urls["prefect"]}
+        urls = {"s3": self.urls["s3"], "mlflow": self.urls["mlflow"], "prefect": self.urls["prefect"],
+                "arena": self.urls["arena"]}
         out = {}
         for svc in self.services():
             out[svc.name] = {"healthy": svc.healthy(), "url": urls.get(svc.name, f"pool {svc.name[7:]}")}
@@ -254,7 +264,7 @@ def http_ok(url: str) -> bool:
 
 def check_port_free(svc: Service, stack: Stack) -> None:
     ports = {"s3": [stack.ports.s3, *stack.ports.weed_internal().values()], "mlflow": [stack.ports.mlflow],
-             "prefect": [stack.ports.prefect]}.get(svc.name, [])
+             "prefect": [stack.ports.prefect], "arena": [stack.ports.arena]}.get(svc.name, [])
     for port in ports:
         with socket.socket() as sock:
             if sock.connect_ex((HOST, port)) == 0:

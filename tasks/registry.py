@@ -25,6 +25,8 @@ from tasks.stages import flatten
 from tasks.tracking import RunContext, StageRun, stage_run
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "accelerate==1.15.0", "safetensors"]
+# Served answers: greedy, as the pipeline's own comparison decodes; `max_tokens`/`temperature` in a request win.
+CHAT_MODEL_CONFIG = {"max_new_tokens": 64, "do_sample": False}
 
 
 class Registration(BaseModel):
@@ -86,7 +88,8 @@ def start_policy_logging(cfg: PipelineConfig, trained: TrainOutput, ctx: RunCont
 
 @task(name="register-model", cache_policy=NO_CACHE)
 def register_task(cfg: PipelineConfig, trained: TrainOutput, gates: list[GateResult],
-                  ctx: RunContext, pending: PolicyLogging | None = None) -> Registration:
+                  ctx: RunContext, pending: PolicyLogging | None = None,
+                  reference_model: str | None = None) -> Registration:
     """Gate verdicts on the register run; with registration on, wait for the policy's model logging and every
     other queued tracking write, then create the version (tasks/background.py: nothing is registered that
     refers to a write that failed)."""
@@ -102,7 +105,8 @@ def register_task(cfg: PipelineConfig, trained: TrainOutput, gates: list[GateRes
                                 gates=[g.to_dict() for g in gates], champion=False)
         model_uri, model_id = pending.logged.result()
         drain()
-        version, aliases = register_version(ctx, promo.model_name, model_uri, model_id, run.run_id, gates)
+        version, aliases = register_version(ctx, promo.model_name, model_uri, model_id, run.run_id, gates,
+                                            reference_model)
         run.set_tags({"alignflow.registered_model": promo.model_name, "alignflow.registered_version": version})
     return Registration(name=promo.model_name, version=version, aliases=aliases, model_uri=model_uri,
                         gates=[g.to_dict() for g in gates], champion="champion" in aliases)
@@ -114,16 +118,21 @@ def log_policy(model: Any, tokenizer: Any, trained: TrainOutput, run_id: str) ->
     # The model card is looked up on the hub; for a local model that only produces warnings.
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     with mlflow.start_run(run_id=run_id):
+        # task="llm/v1/chat": MLflow's serving (`mlflow models serve`, /invocations) takes OpenAI-style
+        # {"messages": [...]}, applies the tokenizer's chat template and answers with the assistant's message;
+        # with the plain "text-generation" task it echoed the messages back. load_model still returns a
+        # text-generation pipeline (the flavor's task); CHAT_MODEL_CONFIG are the defaults a request can override.
         info = mlflow.transformers.log_model(
-            {"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
-            pip_requirements=PIP_REQUIREMENTS,
+            {"model": model, "tokenizer": tokenizer}, name="model", task="llm/v1/chat",
+            model_config=CHAT_MODEL_CONFIG, pip_requirements=PIP_REQUIREMENTS,
             metadata={"alignflow.method": trained.method, "alignflow.fingerprint": trained.model.fingerprint})
     return info.model_uri, info.model_id
 
 
 def register_version(ctx: RunContext, name: str, model_uri: str, model_id: str, run_id: str,
-                     gates: list[GateResult]) -> tuple[str, list[str]]:
-    """Create the version with its gate tags, then aliases; undo the version if any later step fails."""
+                     gates: list[GateResult], reference_model: str | None = None) -> tuple[str, list[str]]:
+    """Create the version with its gate tags (and `alignflow.reference_model`: what it was compared with, for
+    the arena), then aliases; undo the version if any later step fails."""
     client = MlflowClient(ctx.tracking_uri)
     try:
         client.get_registered_model(name)
@@ -132,8 +141,8 @@ def register_version(ctx: RunContext, name: str, model_uri: str, model_id: str, 
             client.create_registered_model(name, description="Aligned by alignflow.")
         except mlflow.exceptions.MlflowException:
             pass  # created concurrently
-    mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=gate_tags(gates),
-                                     model_id=model_id)
+    tags = {**gate_tags(gates), **({"alignflow.reference_model": reference_model} if reference_model else {})}
+    mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
     aliases = ["candidate"] + (["champion"] if all_passed(gates) else [])
     try:
         for alias in aliases:

@@ -21,9 +21,12 @@ COPY alignment ./alignment
 COPY evaluation ./evaluation
 COPY tasks ./tasks
 COPY flows ./flows
+COPY arena ./arena
+COPY bench ./bench
 COPY configs ./configs
 COPY infra/accelerate ./infra/accelerate
-RUN pip install . \
+# psycopg2: the arena's votes in Postgres (postgresql+psycopg2:// URLs)
+RUN pip install . "psycopg2-binary==2.9.13" \
  && useradd --create-home --uid 10001 alignflow \
  && mkdir -p /work && chown alignflow /work
 

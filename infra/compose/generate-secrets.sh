@@ -44,6 +44,9 @@ MLFLOW_ADMIN_PASSWORD=$(rand 32)
 MLFLOW_FLASK_SECRET_KEY=$(rand 32)
 # Prefect basic auth, "user:password" (server and every client)
 PREFECT_API_AUTH_STRING=admin:$(rand 32)
+# The arena: its Postgres role, and the annotators' logins ("login:password,login:password"; add people here)
+ARENA_DB_PASSWORD=$(rand 32)
+ARENA_USERS=annotator:$(rand 32)
 ENV
 chmod 600 "$tmp"
 # ln fails if $out appeared meanwhile: never overwrite, even in a race.

@@ -329,3 +329,12 @@ def test_heldout_is_by_content_hash() -> None:
 def test_generate_task_refuses_bad_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         generate_task(0, **kwargs)
+
+
+def test_strip_instructions_leaves_the_question() -> None:
+    """Contamination is measured on questions: the templates recur in every split by design."""
+    from alignment.instructions import strip_instructions
+
+    prompt = f"How do I keep basil fresh? {Instruction('bullets', 3).text()} {Instruction('keyword', 'water').text()}"
+    assert strip_instructions(prompt) == "How do I keep basil fresh?"
+    assert strip_instructions("No instruction at all.") == "No instruction at all."

@@ -96,7 +96,7 @@ def test_strict_failure_leaves_no_files_and_empty_splits_are_errors(tmp_path: Pa
     with pytest.raises(DataValidationError):
         prepare({"train": str(train)}, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any(p.suffix == ".jsonl" for p in (tmp_path / "out").iterdir())
-    with pytest.raises(DataError, match="no usable heldout rows"):
+    with pytest.raises(DataError, match=r"held-out split is empty: heldout_fraction=0.01 of 1 training rows"):  # issue 15.6
         prepare({"train": str(write_lines(tmp_path / "one.jsonl", pairs(1)))}, tmp_path / "out2",
                 PrepareOptions(heldout_fraction=0.01))
 

@@ -42,3 +42,25 @@ def test_share_per_eval_set() -> None:
 def test_n_must_be_positive() -> None:
     with pytest.raises(ValueError):
         NgramIndex(TRAIN, n=0)
+
+
+def test_instruction_templates_shared_by_every_split_are_not_contamination(tmp_path) -> None:
+    """Held-out questions never seen in training, with the same instruction sentences as training prompts:
+    nothing is contaminated; a held-out question that is also a training question is."""
+    import json
+
+    from alignment.config import PipelineConfig
+    from alignment.instructions import Instruction
+    from alignment.stages import PreparedData
+    from evaluation.stages import contamination_report
+
+    bullets = Instruction("bullets", 3).text()
+    train = [f"What is a good way to store fresh ginger at home? {bullets}",
+             f"How often should I water a cactus in summer? {bullets}"]
+    held = [f"Which shoes are best for a long walk in the rain? {bullets}", train[1]]
+    for name, prompts in (("train", train), ("heldout", held)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"prompt": [{"role": "user", "content": p}]}) + "\n" for p in prompts))
+    prepared = PreparedData(dir=str(tmp_path), fingerprint="x", counts={}, report={})
+    cfg = PipelineConfig.model_validate({"eval": {"benchmarks": {"enabled": False}}})
+    assert contamination_report(cfg, prepared)["heldout"] == 0.5  # the repeated question, not the template

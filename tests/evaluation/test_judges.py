@@ -469,3 +469,49 @@ def test_make_judge_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     assert SECRET not in repr(judge)
     with pytest.raises(ValueError, match="http"):
         EndpointJudge("127.0.0.1:8000/v1", "m")
+
+
+# ---- the instruction verifier as a judge, and judges as on-policy scorers --------------------------------
+
+
+def test_verifier_judge_passing_beats_failing_then_partial_credit_decides() -> None:
+    """'Answer in at most 3 words.' 'yes it is' (3 words) passes; 'yes it is so' (4 words, degree 3/4)
+    fails; 'yes it is so very true' (6 words, degree 1/2) fails worse."""
+    from alignment.instructions import Instruction
+    from evaluation.judges import VerifierJudge
+
+    prompt = [{"role": "user", "content": f"Is it? {Instruction('word_limit', 3).text()}"}]
+    judge = VerifierJudge()
+    assert judge.compare(prompt, "yes it is", "yes it is so") == "win"
+    assert judge.compare(prompt, "yes it is so very true", "yes it is so") == "loss"
+    assert judge.compare(prompt, "yes it is", "no it was") == "tie"  # both pass: 1 + 0.5 each
+
+
+def test_verifier_pass_rates_per_prompt_and_kind() -> None:
+    from alignment.instructions import Instruction
+    from evaluation.judges import VerifierJudge
+
+    lower, commas = Instruction("lowercase", None).text(), Instruction("no_commas", None).text()
+    prompts = [[{"role": "user", "content": f"Hi? {lower}"}], [{"role": "user", "content": f"Hi? {commas}"}],
+               [{"role": "user", "content": f"Hi? {lower}"}], [{"role": "user", "content": "No instruction here."}]]
+    passed, rates = VerifierJudge().pass_rates(prompts, ["hi there", "a, b", "Hi", "anything"])
+    assert passed == [True, False, False, False]
+    assert rates == {"all": pytest.approx(1 / 3), "lowercase": 0.5, "no_commas": 0.0}
+
+
+def test_judge_scorer_counts_pairwise_wins_and_passes_scores_through() -> None:
+    """A pairwise judge that prefers the shorter answer, on one prompt with answers of length 1, 2, 3:
+    'a' wins both its pairs (2), 'bb' one (1), 'ccc' none (0)."""
+    from evaluation.judges import JudgeScorer, VerifierJudge
+
+    class Shorter:
+        name = "shorter"
+
+        def compare(self, prompt, policy, reference):
+            return "win" if len(policy) < len(reference) else "loss" if len(policy) > len(reference) else "tie"
+
+    prompt = [{"role": "user", "content": "q"}]
+    scorer = JudgeScorer(Shorter())
+    assert scorer.name == "judge:shorter"
+    assert scorer.score_many([prompt] * 3, ["a", "bb", "ccc"]) == [2.0, 1.0, 0.0]
+    assert JudgeScorer(VerifierJudge()).score_many([prompt], ["x"]) == [0.0]  # no instruction: nothing passes

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from evaluation.plots import plot_verdicts
-from evaluation.report import render_comparison_report, render_pipeline_report, write_report
+from evaluation.report import (
+    Part,
+    Section,
+    environment,
+    render_comparison_report,
+    render_pipeline_report,
+    write_report,
+)
 
 PID, DPO_RUN, SFT_RUN = "p" * 32, "b" * 32, "a" * 32
 SUMMARY = {
@@ -188,3 +198,122 @@ def test_write_report_is_atomic(tmp_path: Path) -> None:
     assert write_report("<p>one</p>", target) == target
     write_report("<p>two</p>", target)
     assert target.read_text() == "<p>two</p>" and [p.name for p in target.parent.iterdir()] == ["run.html"]
+
+
+PLANTED: list[str] = []
+
+
+def plant(field: str) -> str:
+    """Markup that would add an element and a handler to the page if it were written unescaped; `field`
+    says where it was planted. No '/', '_' or '"', so every field shows it as it is (length buckets are
+    split on '/', their '_' become spaces, the config's JSON would escape '"')."""
+    PLANTED.append(field)
+    return f"<x-{field} onclick='go()'>&amp;"
+
+
+PLANTED_SUMMARY = {
+    "tracking_uri": "http://127.0.0.1:5000/" + plant("tracking"), "experiment": plant("experiment"),
+    "experiment_id": plant("experimentid"), "parent_run_id": plant("parentrun"),
+    "stage_runs": {plant("stage"): plant("stagerun")}, "method": plant("method"),
+    "metrics": {plant("metric"): plant("metricvalue")},
+    "gates": [{"name": plant("gate"), "value": plant("gatevalue"), "threshold": plant("gatethreshold"),
+               "passed": True}],
+    "registered_model": {"name": plant("model"), "version": plant("version"), "aliases": [plant("alias")],
+                         "model_uri": plant("modeluri")},
+    "output_dir": plant("outputdir"),
+    "benchmarks": {"policy": {plant("task"): {plant("benchmetric"): 0.5}}, "reference": {},
+                   "main": {plant("maintask"): {"metric": plant("mainmetric"), "policy": 0.5}}},
+    "contamination": {plant("evalset"): plant("share")},
+    "length_control": {f"length/{plant('bucket')}/n": 1.0},
+    "judge": {"kind": plant("judge"), "errors": 0},
+}
+PLANTED_DATA_REPORT = {
+    "counts": {plant("countsplit"): 1},
+    "drops": {plant("split"): {"counts": {plant("reason"): 1}, "rows_read": 1, "rows_kept": 0, "rows_dropped": 1,
+                               "examples": {plant("reason"): [
+                                   {"file": plant("file"), "row": plant("row"), "field": plant("field"),
+                                    "message": plant("message")}]},
+                               "formats": {plant("formatfile"): plant("format")}}},
+    "sources": {plant("split"): plant("source")},
+    "tokenized": {"drops": {plant("tokensplit"): {"rows_dropped": 1, "counts": {plant("tokenreason"): 1}}}},
+    "length_unit": plant("unit"),
+    "lengths": {plant("lengthfield"): {"count": 1, "mean": 2.0}},
+    "fingerprint": plant("fingerprint"),
+}
+PLANTED_SIDE_BY_SIDE = [{"prompt": plant("prompt"), "reference": plant("reference"), "policy": plant("policy"),
+                         "verdict": plant("verdict")}]
+PLANTED_CONFIG = {plant("configkey"): plant("configvalue"), "notes": [plant("note")]}
+PIPELINE_FIELDS = list(PLANTED)
+PLANTED_ROWS = [{"variant": plant("variant"), "method": plant("cmpmethod"),
+                 "params": {plant("param"): plant("paramvalue"), "nested": {plant("inner"): 1.5}},
+                 "win_rate": plant("winrate"), "benchmarks": {plant("cmptask"): plant("cmptaskvalue")},
+                 "train_seconds": plant("seconds"), "parent_run_id": plant("cmprun"), "best": True}]
+COMPARISON_FIELDS = PLANTED[len(PIPELINE_FIELDS):]
+
+
+class Text(HTMLParser):
+    """What a reader sees of a page: its text and attribute values, character references resolved; and the
+    names of every element and attribute."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.seen: list[str] = []
+        self.names: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.names |= {tag, *(name for name, _ in attrs)}
+        self.seen += [value or "" for _, value in attrs]
+
+    def handle_data(self, data: str) -> None:
+        self.seen.append(data)
+
+
+def assert_shown_as_text(page: str, fields: list[str]) -> None:
+    text = Text()
+    text.feed(page)
+    assert "<x-" not in page and not any(n.startswith("x-") for n in text.names) and "onclick" not in text.names
+    missing = [f for f in fields if not any(f"<x-{f} onclick='go()'>&amp;" in s for s in text.seen)]
+    assert missing == []
+
+
+def test_markup_planted_in_every_field_of_a_run_is_shown_as_text(png: Path, tmp_path: Path) -> None:
+    images = {plant("imagetitle"): png, plant("missingtitle"): tmp_path / plant("missingpath")}
+    page = render_pipeline_report(PLANTED_SUMMARY, config=PLANTED_CONFIG, data_report=PLANTED_DATA_REPORT,
+                                  images=images, side_by_side=PLANTED_SIDE_BY_SIDE)
+    assert_shown_as_text(page, [*PIPELINE_FIELDS, "imagetitle", "missingtitle", "missingpath"])
+    local = render_pipeline_report(dict(PLANTED_SUMMARY, tracking_uri=plant("localtracking")), config={})
+    assert_shown_as_text(local, ["localtracking", "parentrun", "stagerun"])
+
+
+def test_markup_planted_in_every_field_of_a_comparison_is_shown_as_text(png: Path) -> None:
+    page = render_comparison_report(PLANTED_ROWS, title=plant("title"), images={plant("plot"): png},
+                                    tracking_uri="https://mlflow.example/" + plant("cmptracking"),
+                                    experiment_id=plant("cmpexperiment"))
+    assert_shown_as_text(page, [*COMPARISON_FIELDS, "title", "plot", "cmptracking", "cmpexperiment"])
+
+
+def test_reports_render_from_another_working_directory(tmp_path: Path) -> None:
+    """The page's templates and styles come with the package, not from the current directory."""
+    script = ("from evaluation.report import render_comparison_report, render_pipeline_report\n"
+              "print(render_pipeline_report({'method': 'dpo'}, config={'a': 1}))\n"
+              "print(render_comparison_report([{'variant': 'v'}], title='t'))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("<!DOCTYPE html>") == 2 and "box-sizing: border-box" in done.stdout
+    assert "alignflow pipeline report — dpo" in done.stdout and '<section id="variants">' in done.stdout
+
+
+def test_another_page_can_extend_the_report_chrome() -> None:
+    """base.html is the chrome of any alignflow page (the arena's, say): the report styles, the header and
+    table of contents, then the page's own sections; what the page writes is escaped there too."""
+    page = environment().from_string(
+        '{% extends "base.html" %}'
+        "{% block style %}{{ super() }}.vote { color: red; }{% endblock %}"
+        "{% block section_body %}<p>{{ s.data }}</p>{% endblock %}"
+    ).render(title="arena <b>", subtitle=("blind vote: ", Part("code", "v1 & v2")),
+             sections=[Section("vote", "Vote", "Which answer <i>is</i> better?")])
+    assert page.startswith("<!DOCTYPE html>") and "box-sizing: border-box" in page and ".vote { color: red; }" in page
+    assert "<title>arena &lt;b&gt;</title>" in page and "blind vote: <code>v1 &amp; v2</code>" in page
+    assert '<nav><a href="#vote">Vote</a></nav>' in page
+    assert '<section id="vote"><h2>Vote</h2><p>Which answer &lt;i&gt;is&lt;/i&gt; better?</p></section>' in page

@@ -134,3 +134,21 @@ def test_prepare_sft_from_s3(s3_server, tmp_path: Path, monkeypatch: pytest.Monk
     captured = capsys.readouterr()
     assert "downloading " + uri in captured.err
     assert json.loads((tmp_path / "out" / "report.json").read_text())["counts"] == {"sft": 3}
+
+
+def test_prepare_of_a_tiny_file_says_the_heldout_split_is_empty_and_what_to_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three rows at the default held-out fraction (0.1) put none aside: no field is missing, so the message
+    must not say so; it names the fraction, the row count and the two settings that fix it."""
+    path = tmp_path / "three.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": "0"})
+                            + "\n" for i in (0, 2, 3)))  # (1 would be held out by the seed-0 hash)
+    out = tmp_path / "prepared"
+    code = main(["data", "prepare", str(path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0, "preparing a 3-row file with an empty held-out split should fail"
+    assert "missing_field" not in err, err
+    assert "held-out split is empty" in err and "heldout_fraction=0.1" in err and "of 3 training rows" in err, err
+    assert "--heldout" in err and str(path) in err, err
+    assert not (out / "train.jsonl").exists(), "a failed prepare left train.jsonl behind"

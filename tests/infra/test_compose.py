@@ -23,8 +23,8 @@ COMPOSE_DIR = ROOT / "infra" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
 SCRIPTS = sorted(COMPOSE_DIR.glob("*.sh"))
 
-SERVICES = {"postgres", "s3", "mlflow", "prefect-server", "worker-cpu", "worker-gpu"}
-PUBLISHED = {"mlflow", "prefect-server", "s3"}
+SERVICES = {"postgres", "s3", "mlflow", "prefect-server", "worker-cpu", "worker-gpu", "arena"}
+PUBLISHED = {"mlflow", "prefect-server", "s3", "arena"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|KEY|AUTH|TOKEN")
 REQUIRED_REF = re.compile(r"\$\{([A-Z0-9_]+):\?([^}]*)\}")
 DEFAULT_REF = re.compile(r"\$\{([A-Z0-9_]+):-")
@@ -107,6 +107,7 @@ def test_depends_on_waits_for_health(services: dict) -> None:
         "prefect-server": {"postgres"},
         "worker-cpu": {"prefect-server", "mlflow", "s3"},
         "worker-gpu": {"prefect-server", "mlflow", "s3"},
+        "arena": {"postgres", "mlflow", "s3"},
     }
     for name, deps in expected.items():
         depends = services[name].get("depends_on")
@@ -181,7 +182,7 @@ def test_only_three_services_publish_ports_on_the_bind_address(services: dict) -
         for port in services[name]["ports"]:
             assert isinstance(port, str) and port.startswith(BIND), f"{name}: {port!r} is not bound to {BIND}"
     container_ports = {name: services[name]["ports"][0].rsplit(":", 1)[1] for name in PUBLISHED}
-    assert container_ports == {"mlflow": "5000", "prefect-server": "4200", "s3": "8333"}
+    assert container_ports == {"mlflow": "5000", "prefect-server": "4200", "s3": "8333", "arena": "8765"}
 
 
 # --- MLflow --------------------------------------------------------------------------------------------
@@ -328,9 +329,22 @@ def test_postgres_init_creates_both_databases(services: dict) -> None:
     mounts = services["postgres"]["volumes"]
     assert any(m.startswith("./postgres-init.sh:/docker-entrypoint-initdb.d/") for m in mounts)
     sql = (COMPOSE_DIR / "postgres-init.sh").read_text()
-    for db in ("mlflow", "prefect"):
+    for db in ("mlflow", "prefect", "arena"):
         assert re.search(rf"CREATE DATABASE {db} OWNER", sql), db
-    assert ":'mlflow_pw'" in sql and ":'prefect_pw'" in sql, "passwords go in as psql variables"
+    assert ":'mlflow_pw'" in sql and ":'prefect_pw'" in sql and ":'arena_pw'" in sql, \
+        "passwords go in as psql variables"
+
+
+def test_arena_service_logs_annotators_in_and_keeps_votes_in_postgres(services: dict) -> None:
+    arena = services["arena"]
+    command = arena["command"]
+    assert command[:3] == ["alignflow", "arena", "serve"] and "--users-env" in command
+    assert command[command.index("--users-env") + 1] == "ARENA_USERS"
+    env = env_of(arena)
+    assert env["ALIGNFLOW_ARENA_DB"].startswith("postgresql+psycopg2://arena:${ARENA_DB_PASSWORD:?")
+    assert REQUIRED_REF.fullmatch(env["ARENA_USERS"].strip()), "annotator logins have no default"
+    dockerfile = (COMPOSE_DIR / "alignflow.Dockerfile").read_text()
+    assert "COPY arena ./arena" in dockerfile and "psycopg2-binary" in dockerfile
 
 
 def test_s3_service(services: dict) -> None:

@@ -41,8 +41,8 @@ def consecutive_free_base(count: int = 13) -> int:
 @contextmanager
 def running_stack(directory: Path, timeout: float = 180) -> Iterator[Stack]:
     """A whole stack on free loopback ports with its state in `directory`; stopped (data kept) on exit."""
-    prefect, mlflow_port, s3 = free_ports(3)
-    ports = Ports(prefect=prefect, mlflow=mlflow_port, s3=s3, weed_base=consecutive_free_base())
+    prefect, mlflow_port, s3, arena = free_ports(4)
+    ports = Ports(prefect=prefect, mlflow=mlflow_port, s3=s3, weed_base=consecutive_free_base(), arena=arena)
     st = Stack(directory, ports)
     try:
         st.up(timeout=timeout, echo=lambda _: None)

@@ -4,6 +4,7 @@ store: runs, metrics, artifacts, registry versions and aliases, load-back, deter
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -30,7 +31,10 @@ def run_small(tmp_path: Path, *extra: str) -> dict:
 
     cfg = load_config("configs/quickstart.yaml", [*SMALL, f"run.output_dir={tmp_path}", *extra])
     result = alignment_pipeline(cfg)
-    return json.loads(Path(result["summary_path"]).read_text())
+    summary = json.loads(Path(result["summary_path"]).read_text())
+    own = f"sqlite:///{Path(cfg.run.output_dir).resolve() / 'mlflow.db'}"
+    assert summary["tracking_uri"] == own, f"the run tracked into {summary['tracking_uri']}, not its own store {own}"
+    return summary
 
 
 @pytest.fixture(scope="module")
@@ -163,16 +167,27 @@ def test_non_finite_loss_stops_keeps_the_last_checkpoint_and_registers_nothing(
     args = [*NO_QUALITY_GATES, "promotion.model_name=it-nan", "dpo.optim.max_steps=10", "dpo.optim.save_every=4"]
     with pytest.raises(NonFiniteLossError, match="at step 7"):
         run_small(tmp_path, *args)
-    (dpo_dir,) = tmp_path.glob("dpo-*")
-    assert sorted(p.name for p in (dpo_dir / "checkpoints").glob("step-*")) == ["step-0000004"]
-    assert not (dpo_dir / "model").exists() and not (tmp_path / "summary.json").exists()
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert client.search_model_versions("name='it-nan'") == []
-    runs = client.search_runs([client.get_experiment_by_name("alignflow").experiment_id],
-                              "tags.`alignflow.stage` = 'dpo'")
-    assert [r.info.status for r in runs] == ["FAILED"]
+    dpo_dirs = sorted(tmp_path.glob("dpo-*"))
+    assert len(dpo_dirs) == 1, f"expected one dpo-* stage folder in {tmp_path}, found {[p.name for p in dpo_dirs]}"
+    dpo_dir = dpo_dirs[0]
+    checkpoints = sorted(p.name for p in (dpo_dir / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-0000004"], f"checkpoints in {dpo_dir / 'checkpoints'}: {checkpoints}"
+    assert not (dpo_dir / "model").exists(), f"{dpo_dir / 'model'} exists although the DPO run failed"
+    assert not (tmp_path / "summary.json").exists(), f"{tmp_path / 'summary.json'} written for a failed run"
+    # With no tracking.uri and no $MLFLOW_TRACKING_URI, the run tracks into a SQLite store in its output folder.
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store)
+    assert client.search_model_versions("name='it-nan'") == [], f"a version of it-nan was registered in {store}"
+    experiment = client.get_experiment_by_name("alignflow")
+    assert experiment is not None, (
+        f"no experiment 'alignflow' in the run's own store {store}: the run tracked elsewhere "
+        f"($MLFLOW_TRACKING_URI in this process: {os.environ.get('MLFLOW_TRACKING_URI')!r})")
+    runs = client.search_runs([experiment.experiment_id], "tags.`alignflow.stage` = 'dpo'")
+    assert [r.info.status for r in runs] == ["FAILED"], f"DPO runs in {store}: {[r.info.status for r in runs]}"
     monkeypatch.setattr(stages, "method_plan", real_plan)
     again = run_small(tmp_path, *args)
+    assert again["tracking_uri"] == store, f"the resumed run tracked into {again['tracking_uri']}, not {store}"
     dpo_run = client.get_run(again["stage_runs"]["dpo"])
-    assert dpo_run.data.metrics["resumed_from_step"] == 4.0
-    assert len(client.search_model_versions("name='it-nan'")) == 1
+    assert dpo_run.data.metrics["resumed_from_step"] == 4.0, f"DPO metrics in {store}: {dpo_run.data.metrics}"
+    versions = client.search_model_versions("name='it-nan'")
+    assert len(versions) == 1, f"expected one version of it-nan in {store}, found {len(versions)}"

@@ -27,9 +27,9 @@ PLANTED = "hf_PLANTEDsecretTOKEN0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Stack:
-    prefect, mlflow_port, s3 = free_ports(3)
+    prefect, mlflow_port, s3, arena = free_ports(4)
     st = Stack(tmp_path_factory.mktemp("stack"), Ports(prefect=prefect, mlflow=mlflow_port, s3=s3,
-                                                      weed_base=consecutive_free_base()))
+                                                      weed_base=consecutive_free_base(), arena=arena))
     try:
         st.up(timeout=180, echo=lambda _: None)
         yield st
@@ -41,7 +41,9 @@ def stack(tmp_path_factory) -> Stack:
 def run_summary(stack: Stack, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("run")
     env = {**os.environ, "HF_TOKEN": PLANTED, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+    # The CLI must find the stack from --stack-dir alone: none of the stack's variables may come from the
+    # test process (use_local_stack only fills unset ones, so a leftover S3 endpoint would win; issue #16).
+    for key in stack.client_env():
         env.pop(key, None)
     cmd = [str(Path(sys.executable).parent / "alignflow"), "run", "--config", "configs/quickstart.yaml",
            "--stack-dir", str(stack.dir), "--set", f"run.output_dir={out}", *sum((["--set", s] for s in SMALL), [])]
@@ -60,15 +62,23 @@ def test_status_is_healthy(stack: Stack) -> None:
 
 
 def test_run_tracked_by_the_server_with_artifacts_in_s3(stack: Stack, run_summary: dict) -> None:
-    assert run_summary["tracking_uri"] == stack.urls["mlflow"]
-    keys = [o["Key"] for o in s3_client(stack.client_env()).list_objects_v2(Bucket="mlflow", MaxKeys=1000)["Contents"]]
+    assert run_summary["tracking_uri"] == stack.urls["mlflow"], (
+        f"the run tracked into {run_summary['tracking_uri']}, not the test stack's MLflow {stack.urls['mlflow']}")
+    s3 = stack.urls["s3"]
+    keys = [o["Key"] for o in s3_client(stack.client_env()).list_objects_v2(Bucket="mlflow", MaxKeys=1000)
+            .get("Contents", [])]
     model_id = run_summary["registered_model"]["model_uri"].split("/")[-1]
-    assert any(k.endswith(f"models/{model_id}/artifacts/model/model.safetensors") for k in keys)
-    assert any(k.endswith("plots/curves.png") for k in keys)
-    assert any(k.endswith("data/report.json") for k in keys)
+    for suffix in (f"models/{model_id}/artifacts/model/model.safetensors", "plots/curves.png", "data/report.json"):
+        assert any(k.endswith(suffix) for k in keys), (
+            f"no object ending in {suffix} in bucket mlflow of the test stack's S3 {s3} ({len(keys)} keys there)")
     results = s3_client(stack.client_env()).list_objects_v2(Bucket="alignflow", Prefix="prefect-results/")
     cached = {o["Key"].rsplit("/", 1)[1].split("-")[0] for o in results.get("Contents", [])}
-    assert {"data", "base", "sft", "dpo"} <= cached  # the stage cache is persisted in S3
+    # the stage cache is persisted in S3: in the test stack's, not in whatever S3 the test process knew of
+    assert {"data", "base", "sft", "dpo"} <= cached, (
+        f"expected the cached results of the data, base, sft and dpo stages under s3://alignflow/prefect-results/ "
+        f"in the test stack's S3 {s3}; found stage prefixes {sorted(cached)}. The run's results went to another "
+        f"store (was an S3 endpoint or bucket inherited from the environment?); CLI output: "
+        f"{Path(run_summary['_out'], 'cli-output.txt')}")
 
 
 def test_wrong_s3_keys_are_refused(stack: Stack) -> None:

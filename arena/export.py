@@ -1,0 +1,53 @@
+"""Decided arena votes as an ordinary preference dataset: one conversational row per left/right vote
+(`prompt`, `chosen`, `rejected` as message lists, the format alignment/data.py loads) plus provenance columns
+(`arena_*`, which the loader ignores). Ties and "both bad" never become pairs: they are counted. A vote between
+two identical answers is counted too (the loader refuses a pair whose answers are equal)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def preference_rows(decided: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(rows, counts): counts has votes, pairs, ties, both_bad, identical (skipped)."""
+    rows: list[dict[str, Any]] = []
+    counts = {"votes": 0, "pairs": 0, "ties": 0, "both_bad": 0, "identical": 0}
+    for v in decided:
+        counts["votes"] += 1
+        if v["choice"] == "tie":
+            counts["ties"] += 1
+            continue
+        if v["choice"] == "both_bad":
+            counts["both_bad"] += 1
+            continue
+        sides = {"left": v["left_answer"], "right": v["right_answer"]}
+        chosen, rejected = sides[v["choice"]], sides["right" if v["choice"] == "left" else "left"]
+        if chosen.strip() == rejected.strip():
+            counts["identical"] += 1
+            continue
+        counts["pairs"] += 1
+        rows.append({
+            "prompt": list(v["prompt"]),
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "arena_comparison_id": v["comparison_id"],
+            "arena_chosen_model": v["winner_model"],
+            "arena_rejected_model": v["loser_model"],
+            "arena_annotator": v["annotator"],
+            "arena_voted_at": v["voted_at"],
+            "arena_note": v["note"] or "",
+            "arena_prompt_source": v["prompt_source"],
+            "arena_sampling": json.dumps(v["settings"], sort_keys=True),
+        })
+    return rows, counts
+
+
+def to_jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,133 @@
+"""On-policy pairs (alignment/onpolicy.py), the batched generator (alignment/generation.py) and the stage that
+joins them (alignment/stages.onpolicy_pairs) on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignment.config import PipelineConfig
+from alignment.generation import generate, generated_lengths
+from alignment.instructions import Instruction
+from alignment.onpolicy import VerifierScorer, best_over_worst, make_pairs, verifier_score
+from alignment.stages import HELDOUT_PROMPTS, onpolicy_pairs, read_jsonl, write_instruction_prompts
+from alignment.tiny_model import make_tiny_model
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+LOWER = Instruction("lowercase", None).text()
+BULLETS2 = Instruction("bullets", 2).text()
+
+
+# ---- pairing -------------------------------------------------------------------------------------------
+
+
+def test_best_over_worst_prefers_the_shortest_best_and_the_first_worst() -> None:
+    answers = ["a long good answer", "short good", "bad one", "bad two"]
+    assert best_over_worst(answers, [1.0, 1.0, 0.0, 0.0]) == (1, 2)
+
+
+def test_no_pair_when_scores_are_within_the_gap_or_answers_equal() -> None:
+    assert best_over_worst(["x", "y"], [0.5, 0.5]) is None
+    assert best_over_worst(["x", "y"], [0.6, 0.5], min_gap=0.2) is None
+    assert best_over_worst(["same", " same "], [1.0, 0.0]) is None
+    assert best_over_worst(["only"], [1.0]) is None
+    with pytest.raises(ValueError, match="2 answers but 1 scores"):
+        best_over_worst(["a", "b"], [1.0])
+
+
+def test_verifier_score_is_pass_plus_half_the_partial_credit() -> None:
+    """lowercase: 'hello world' passes (1 + 0.5 * 1.0 = 1.5); 'Hello World' has 8 of 10 letters lowercase
+    (degree 0.8, fails): 0 + 0.5 * 0.8 = 0.4."""
+    prompt = f"Say hello. {LOWER}"
+    assert verifier_score(prompt, "hello world") == pytest.approx(1.5)
+    assert verifier_score(prompt, "Hello World") == pytest.approx(0.4)
+    assert VerifierScorer().score_many([user(prompt)] * 2, ["hello world", "Hello World"]) == pytest.approx([1.5, 0.4])
+
+
+def test_make_pairs_counts_pairs_drops_and_pass_rates_per_kind() -> None:
+    """Prompt 1 (lowercase): 'ok fine' passes, 'OK' fails -> one pair. Prompt 2 (two bullets): both answers
+    have 2 bullets, both pass with the same score -> dropped. Pass rate: lowercase 1/2, bullets 2/2."""
+    prompts = [user(f"Are you there? {LOWER}"), user(f"Name two fruits. {BULLETS2}")]
+    answers = [["ok fine", "OK"], ["* apple\n* pear", "* fig\n* kiwi"]]
+    scores = [VerifierScorer().score_many([p] * len(a), a) for p, a in zip(prompts, answers, strict=True)]
+    rows, samples, report = make_pairs(prompts, answers, scores)
+    assert len(rows) == 1 and report.pairs == 1 and report.dropped_no_gap == 1 and report.samples == 4
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "ok fine"}]
+    assert rows[0]["rejected"] == [{"role": "assistant", "content": "OK"}]
+    metrics = report.metrics("train")
+    assert metrics["onpolicy/train/pass_rate/lowercase"] == 0.5
+    assert metrics["onpolicy/train/pass_rate/bullets"] == 1.0
+    assert metrics["onpolicy/train/pass_rate"] == 0.75
+    assert [s["passed"] for s in samples] == [True, False, True, True]
+
+
+# ---- generation ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = ["What sound does a cow make?", "The cow says moo.", "Answer in lowercase letters only."] * 10
+    path = make_tiny_model(tmp_path_factory.mktemp("tiny") / "m", texts, vocab_size=320, hidden_size=64,
+                           num_layers=2, num_heads=4, intermediate_size=128, max_position_embeddings=128, seed=0)
+    return path, AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def test_batched_greedy_equals_one_prompt_at_a_time_in_the_prompts_order(tiny: tuple) -> None:
+    _, model, tok = tiny
+    prompts = [user("What sound does a cow make?"), user("moo"), user("The cow says moo. What sound?")]
+    batched = generate(model, tok, prompts, max_new_tokens=6, batch_size=3)
+    single = [generate(model, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == single and all(len(a) == 1 for a in batched)
+
+
+def test_sampling_is_seeded_and_gives_num_samples_per_prompt(tiny: tuple) -> None:
+    _, model, tok = tiny
+    prompts = [user("What sound does a cow make?"), user("moo")]
+    kwargs = {"max_new_tokens": 5, "batch_size": 4, "num_samples": 3, "do_sample": True, "temperature": 1.5}
+    first, again = generate(model, tok, prompts, seed=7, **kwargs), generate(model, tok, prompts, seed=7, **kwargs)
+    assert first == again and [len(a) for a in first] == [3, 3]
+    assert generate(model, tok, prompts, seed=8, **kwargs) != first
+
+
+def test_generated_lengths_count_up_to_the_first_eos() -> None:
+    """Rows: [5, 2(eos), 0, 0] -> 2; [5, 6, 7, 8] (no eos) -> 4; [2, 2, 2, 2] -> 1."""
+    new = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 2, 2, 2]])
+    assert generated_lengths(new, eos_id=2, pad_id=0).tolist() == [2, 4, 1]
+
+
+# ---- the stage -----------------------------------------------------------------------------------------
+
+
+def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tiny: tuple, tmp_path: Path) -> None:
+    from alignment.models import fingerprint_model
+    from alignment.stages import ModelRef
+
+    path, _, _ = tiny
+    cfg = PipelineConfig.model_validate({
+        "data": {"source": "instructions", "instructions": {"max_train_prompts": 6, "max_heldout_prompts": 4},
+                 "max_prompt_tokens": 96, "max_response_tokens": 16},
+        "sft": {"enabled": False},
+        "onpolicy": {"enabled": True, "samples_per_prompt": 4, "max_new_tokens": 12, "temperature": 2.0}})
+    prompts = write_instruction_prompts(cfg, tmp_path / "data")
+    assert prompts.counts == {"train": 6, "heldout": 4}
+    model = ModelRef(path=str(path), fingerprint=fingerprint_model(str(path)))
+    prepared, metrics = onpolicy_pairs(cfg, prompts, model, VerifierScorer(), tmp_path / "onpolicy")
+    train = read_jsonl(prepared.path("train"))
+    assert len(train) == metrics["onpolicy/train/pairs"] >= 1
+    assert metrics["onpolicy/train/pairs"] + metrics["onpolicy/train/dropped_no_gap"] == 6
+    assert all(r["chosen"] != r["rejected"] for r in train)
+    assert len(read_jsonl(Path(prepared.dir) / HELDOUT_PROMPTS)) == 4  # paired or not
+    assert metrics["onpolicy/tokens_per_sec"] > 0 and metrics["onpolicy/sequences"] == 40
+    report = json.loads((Path(prepared.dir) / "report.json").read_text())
+    assert report["onpolicy"]["scorer"] == "verifier" and report["counts"]["train"] == len(train)
+    samples = read_jsonl(tmp_path / "onpolicy" / "samples-train.jsonl")
+    assert len(samples) == 24 and {"prompt", "answer", "score", "passed"} <= set(samples[0])
