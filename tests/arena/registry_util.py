@@ -5,6 +5,7 @@ parent's `run.output_dir` param and a `summary.json` naming the reference model,
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -80,7 +81,7 @@ def register_tiny(tracking_uri: str, root: Path, name: str, seed: int, champion:
                           resumed_from_step=0, final_metrics={}, seconds=0.0, tokens=0)
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
+    previous, exported = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
     try:
         uri, model_id = log_policy(load_causal_lm(str(policy)), load_tokenizer(str(policy)), trained, register)
@@ -88,7 +89,13 @@ def register_tiny(tracking_uri: str, root: Path, name: str, seed: int, champion:
         # the registry finds the logged model through the fluent tracking URI: keep it set until here
         version, _ = register_version(ctx, name, uri, model_id, register, gates)
     finally:
+        # set_tracking_uri also exports $MLFLOW_TRACKING_URI: put the variable back as it was (unset), or every
+        # later in-process run in this test session tracks into MLflow's default ./mlflow.db
         mlflow.set_tracking_uri(previous)
+        if exported is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = exported
     (out / "summary.json").write_text(json.dumps({"parent_run_id": parent,
                                                   "evaluation": {"reference_model": str(reference)}}))
     return version
