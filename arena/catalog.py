@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,8 +231,13 @@ class _tracking:  # noqa: N801 - a context manager used like a function
         self.uri = uri
 
     def __enter__(self) -> None:
-        self.previous = mlflow.get_tracking_uri()
+        self.previous, self.exported = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
 
     def __exit__(self, *exc: object) -> None:
         mlflow.set_tracking_uri(self.previous)
+        # set_tracking_uri exports $MLFLOW_TRACKING_URI too: put the variable back as it was
+        if self.exported is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = self.exported
