@@ -237,7 +237,7 @@ def test_two_runs_against_a_stack_the_script_starts(tmp_path: Path) -> None:
     assert report["stack"]["started_by_soak"] and report["stack"]["stopped"] is True and groups == []
     stack_pids = [pid for svc in record["snapshots"][-1]["services"].values() for pid in svc["pids"]]
     assert stack_pids and not any(soak.live(pid) for pid in stack_pids)  # the script stopped what it started
-    assert set(report["fds"]) == {"s3", "mlflow", "prefect", "worker-cpu", "worker-gpu"}
+    assert set(report["fds"]) == {"s3", "mlflow", "prefect", "worker-cpu", "worker-gpu", "arena"}
     assert all(r["exit_code"] == 0 and r["metrics"].get("compare/win_rate") is not None for r in record["runs"])
     assert report["disk"]["run_dirs"] > 0 and report["disk"]["s3"] > 0
     print(proc.stdout[-3000:], f"\n(soak test took {time.monotonic() - started:.0f} s)")
