@@ -19,7 +19,6 @@ cannot load from GGUF, a quantization type that cannot be dequantized, the ``ggu
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -34,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
 from alignment.models import ModelLoadError, first_line
+from alignment.prepare import file_sha256
 from alignment.s3io import default_cache_dir, fetch, fetch_folder, is_s3_uri
 
 PKG_SCHEME = "pkg://"
@@ -141,14 +141,6 @@ def check_magic(file: Path) -> None:
         head = fh.read(4)
     if head != GGUF_MAGIC:
         raise GGUFError(f"model file {file}: not a GGUF file (it starts with {head!r}, a GGUF file with b'GGUF')")
-
-
-def file_sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_header(file: Path) -> tuple[str, str, Counter[str]]:
