@@ -1,5 +1,5 @@
 """Decided arena votes as an ordinary preference dataset: one conversational row per left/right vote
-(`prompt`, `chosen`, `rejected` as message lists, the format alignment/data.py loads) plus provenance columns
+(`prompt`, `chosen`, `rejected` as message lists, the format alignment/data loads) plus provenance columns
 (`arena_*`, which the loader ignores). Ties and "both bad" never become pairs: they are counted. A vote between
 two identical answers is counted too (the loader refuses a pair whose answers are equal)."""
 
