@@ -33,8 +33,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
 from alignment.models import ModelLoadError, first_line
-from alignment.prepare import file_sha256
-from alignment.s3io import default_cache_dir, fetch, fetch_folder, is_s3_uri
+from storage.checksums import file_sha256
+from storage.s3 import default_cache_dir, fetch, fetch_folder, is_s3_uri
 
 PKG_SCHEME = "pkg://"
 GGUF_MAGIC = b"GGUF"
@@ -74,7 +74,7 @@ def is_gguf(name_or_path: str) -> bool:
 def locate_gguf(source: str, cache_dir: str | Path | None = None) -> Path:
     """The local file behind a GGUF source (a path, an s3:// URI, or pkg://package/path)."""
     if is_s3_uri(source):
-        [(_, path)] = fetch(source, cache_dir)
+        [(_, path)] = fetch(source, cache_dir, suffixes=(".gguf",))
         return path
     if source.startswith(PKG_SCHEME):
         return package_file(source)

@@ -42,6 +42,7 @@ from alignment.data import (
 )
 from alignment.data_report import LengthCollector, plot_lengths, summarise
 from alignment.tokenization import encode_conversation, encode_texts, split_response
+from storage.checksums import file_sha256
 
 SPLITS = ("sft", "train", "heldout")
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -232,15 +233,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
     blob = json.dumps([body, getattr(tokenizer, "chat_template", None), type(tokenizer).__name__])
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def encode_pair_batch(batch: Mapping[str, list[Any]], *, tokenizer: Any, max_prompt_tokens: int,

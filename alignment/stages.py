@@ -30,10 +30,10 @@ from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, 
 from alignment.objectives import Objective, method_plan
 from alignment.onpolicy import Scorer, make_pairs
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
-from alignment.s3io import read_json, shared_uri, write_json
 from alignment.tiny_model import make_tiny_model
 from alignment.tracking import MetricsLogger
 from alignment.trainer import train
+from storage.s3 import read_json, shared_uri, write_json
 
 log = logging.getLogger(__name__)
 CODE_VERSION = "1"  # bump when a stage's output for the same inputs changes
@@ -314,7 +314,7 @@ def reference_annotated_pairs(cfg: PipelineConfig, prepared: PreparedData, refer
     """Tokenized pairs with the reference model's summed log-probs of chosen and rejected.
 
     Computed once per (token ids scored, reference model) and kept beside the prepared data and, when the
-    run has S3 (alignment/s3io.py), at `s3://<bucket>/reference-logps/<split>-<key>.json`, so a beta sweep, a
+    run has S3 (storage/s3.py), at `s3://<bucket>/reference-logps/<split>-<key>.json`, so a beta sweep, a
     second method or a later run (another output folder, another worker) does not pay for the reference
     again; the reference model is freed before the policy trains."""
     rows = tokenized_rows(cfg, prepared, reference, split)

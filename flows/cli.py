@@ -106,12 +106,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from alignment.tokenization import TemplateError
     from arena.store import ArenaError
     from flows.stack import StackError
+    from storage.s3 import StorageError
     from tasks.locks import RunInProgressError
     from tasks.preflight import ServiceError
     from tasks.promotion import PromotionError
 
     return (ConfigError, DataError, ModelLoadError, TemplateError, StackError, ServiceError, PromotionError,
-            RunInProgressError, ArenaError)
+            RunInProgressError, ArenaError, StorageError)
 
 
 def command_run(args: argparse.Namespace) -> int:

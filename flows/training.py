@@ -15,7 +15,7 @@ from prefect import flow
 from alignment.config import PipelineConfig
 from alignment.runtime import setup_runtime
 from alignment.stages import ModelRef, PreparedData, TrainOutput
-from tasks.remote import materialize, put_json
+from storage.folders import materialize, put_json
 from tasks.stages import publish_stage_output, train_preference, train_sft
 from tasks.tracking import RunContext
 

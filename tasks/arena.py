@@ -17,12 +17,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from alignment.s3io import make_client, parse_s3_uri
 from arena.catalog import parse_id, tag_label
 from arena.export import digest, preference_rows, to_jsonl
 from arena.stats import pair_stats, version_tags
 from arena.store import open_store
 from evaluation.gates import GateResult, human_win_rate_gates
+from storage.s3 import make_client, parse_s3_uri
 
 EXPORT_EXPERIMENT = "alignflow-arena"
 

@@ -4,7 +4,7 @@ disk) resumes on another from where it stopped.
 The trainer (alignment/trainer.py) keeps writing its checkpoints locally under `<stage dir>/checkpoints`,
 each folder renamed into place once complete. Here a background thread watches that folder and publishes
 the newest complete checkpoint to `s3://<bucket>/stages/<stage>-<key>/checkpoints/step-N/` with the
-manifest written last (tasks/remote.py), keeping the newest `KEEP_CHECKPOINTS` there too. Training never
+manifest written last (storage/folders.py), keeping the newest `KEEP_CHECKPOINTS` there too. Training never
 waits for an upload; an upload that fails (S3 down) is logged and retried with the next checkpoint. When
 training fails (a non-finite loss, say) its last good checkpoint is published before the error goes on. Before
 training, `restore` downloads the newest complete S3 checkpoint when it is newer than every local one, and the
@@ -27,16 +27,16 @@ from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
 from alignment.config import PipelineConfig
-from alignment.s3io import make_client, parse_s3_uri
 from alignment.trainer import KEEP_CHECKPOINTS, latest_checkpoint
-from tasks import remote
+from storage import folders
+from storage.s3 import make_client, parse_s3_uri
 
 log = logging.getLogger("alignflow.checkpoints")
 STEP_DIR = re.compile(r"step-(\d{7})")
 
 
 def checkpoints_uri(stage_dir: Path) -> str:
-    return f"s3://{remote.bucket()}/stages/{stage_dir.name}/checkpoints"
+    return f"s3://{folders.bucket()}/stages/{stage_dir.name}/checkpoints"
 
 
 def remote_steps(client: Any, uri: str) -> list[int]:
@@ -47,7 +47,7 @@ def remote_steps(client: Any, uri: str) -> list[int]:
         for item in page.get("Contents", []):
             rest = item["Key"][len(prefix):]
             name, _, file = rest.partition("/")
-            if file == remote.MANIFEST and (m := STEP_DIR.fullmatch(name)):
+            if file == folders.MANIFEST and (m := STEP_DIR.fullmatch(name)):
                 steps.append(int(m.group(1)))
     return sorted(steps)
 
@@ -68,7 +68,7 @@ def restore(root: Path, uri: str, client: Any = None) -> int | None:
     name = f"step-{step:07d}"
     tmp = root / f".tmp-restore-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    remote.download_published(f"{uri}/{name}", tmp, client)
+    folders.download_published(f"{uri}/{name}", tmp, client)
     shutil.rmtree(root / name, ignore_errors=True)
     tmp.rename(root / name)  # complete, so the trainer may resume from it
     return step
@@ -115,7 +115,7 @@ class CheckpointMirror:
         if step in self.published:
             return None
         try:
-            remote.publish_dir(ckpt, f"{self.uri}/{ckpt.name}", self.client)
+            folders.publish_dir(ckpt, f"{self.uri}/{ckpt.name}", self.client)
         except FileNotFoundError:  # the trainer already replaced it by newer ones
             return None
         self.published.add(step)
@@ -130,7 +130,7 @@ class CheckpointMirror:
             folder = f"{prefix}/step-{step:07d}/"
             keys = [item["Key"] for page in self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=b, Prefix=folder) for item in page.get("Contents", [])]
-            keys.sort(key=lambda k: not k.endswith(remote.MANIFEST))
+            keys.sort(key=lambda k: not k.endswith(folders.MANIFEST))
             for key in keys:
                 self.client.delete_object(Bucket=b, Key=key)
             self.published.discard(step)

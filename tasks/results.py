@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
 
-from alignment.s3io import ENDPOINT_VARIABLES, make_client, s3_configured
+from storage.s3 import ENDPOINT_VARIABLES, make_client, s3_configured
 
 
 class S3ResultStorage(WritableFileSystem):

@@ -17,7 +17,7 @@ from alignment.config import PipelineConfig
 from alignment.stages import ModelRef, PreparedData, TrainOutput
 from evaluation.judges import make_scorer
 from evaluation.plots import plot_curves, plot_reward_margins
-from tasks import remote
+from storage import folders
 from tasks.checkpoints import mirrored_checkpoints
 from tasks.datasets import log_dataset_inputs
 from tasks.results import result_storage
@@ -132,14 +132,14 @@ def onpolicy(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: T
 def s3_stage_uri(local: str | Path) -> str:
     """Where a stage folder's part lives in S3: s3://<bucket>/stages/<stage>-<key>/<part>."""
     path = Path(local)
-    return f"s3://{remote.bucket()}/stages/{path.parent.name}/{path.name}"
+    return f"s3://{folders.bucket()}/stages/{path.parent.name}/{path.name}"
 
 
 def publish_model(ref: ModelRef) -> ModelRef:
     """The record with its model folder published to S3 (hub ids and s3:// URIs are kept)."""
-    if remote.is_s3_uri(ref.path) or not Path(ref.path).is_dir():
+    if folders.is_s3_uri(ref.path) or not Path(ref.path).is_dir():
         return ref
-    return ref.model_copy(update={"path": remote.publish_dir(ref.path, s3_stage_uri(ref.path))})
+    return ref.model_copy(update={"path": folders.publish_dir(ref.path, s3_stage_uri(ref.path))})
 
 
 def publish_stage_output(result: StageResult) -> StageResult:
@@ -153,14 +153,14 @@ def run_remote(cfg: PipelineConfig, stage: str, key: str, ctx: RunContext, *, pr
     """Run a training stage on the `training.pool` work pool via run_deployment, passing only s3:// URIs and
     the run context; the result comes back as a record in S3. A result already in S3 for this content key
     is reused (and recorded in MLflow as such) without starting a run."""
-    result_uri = f"s3://{remote.bucket()}/stages/{stage}-{key}/result.json"
-    found = remote.get_json(result_uri)
+    result_uri = f"s3://{folders.bucket()}/stages/{stage}-{key}/result.json"
+    found = folders.get_json(result_uri)
     reused = found is not None
     if found is None:
         params = {
             "stage": "sft" if stage == "sft" else "preference",
             "config": cfg.model_dump(mode="json"),
-            "prepared": prepared.model_copy(update={"dir": remote.publish_dir(
+            "prepared": prepared.model_copy(update={"dir": folders.publish_dir(
                 prepared.dir, s3_stage_uri(prepared.dir))}).model_dump(mode="json"),
             "base": publish_model(base).model_dump(mode="json"),
             "sft": sft.model_copy(update={"model": publish_model(sft.model)}).model_dump(mode="json") if sft else None,
@@ -172,13 +172,13 @@ def run_remote(cfg: PipelineConfig, stage: str, key: str, ctx: RunContext, *, pr
         if not flow_run.state or not flow_run.state.is_completed():
             raise RuntimeError(f"{stage} on pool {cfg.training.pool!r} ended {flow_run.state!r} "
                                f"(flow run {flow_run.id}); see the worker's log")
-        found = remote.get_json(result_uri)
+        found = folders.get_json(result_uri)
         if found is None:
             raise RuntimeError(f"{stage}: the training flow finished but wrote no result at {result_uri}")
     result = StageResult[TrainOutput].model_validate(found)
     trained = result.record
     local = trained.model_copy(update={"model": trained.model.model_copy(
-        update={"path": remote.materialize(trained.model.path)})})
+        update={"path": folders.materialize(trained.model.path)})})
     result = result.model_copy(update={"record": local})
     if reused and result.parent_run_id != ctx.parent_run_id:
         record_reuse(ctx, result)

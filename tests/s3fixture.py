@@ -47,7 +47,7 @@ class S3Server:
         return boto3.client("s3", **{**kwargs, **overrides})
 
     def env(self) -> dict[str, str]:
-        """The environment variables that point boto3 (and alignment.s3io) at this server."""
+        """The environment variables that point boto3 (and storage.s3) at this server."""
         return {"AWS_ENDPOINT_URL_S3": self.endpoint_url, "AWS_ACCESS_KEY_ID": self.access_key,
                 "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": self.region}
 

@@ -40,7 +40,7 @@ def test_prefect_home_stack_dir_and_cache_are_the_sessions_own() -> None:
     assert default_stack == SESSION_STATE["stack_dir"].resolve(), (
         f"the CLI's default stack directory is {default_stack}, expected the session's {SESSION_STATE['stack_dir']}")
     assert not default_stack.is_relative_to(CHECKOUT), f"{default_stack} is inside the checkout {CHECKOUT}"
-    from alignment.s3io import default_cache_dir
+    from storage.s3 import default_cache_dir
 
     assert default_cache_dir() == SESSION_STATE["cache_dir"], f"alignflow's cache is {default_cache_dir()}"
 

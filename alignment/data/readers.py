@@ -24,6 +24,7 @@ from alignment.data.errors import (
     RowItem,
     _type_name,
 )
+from storage import s3
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 KNOWN_COLUMNS = ("prompt", "chosen", "rejected", "messages", "completion", "system")
@@ -288,10 +289,13 @@ def _hub_dataset_id(source: str) -> str | None:
 
 
 def _s3_files(source: str, cache_dir: str | os.PathLike[str] | None) -> Iterator[tuple[str, Iterator[RowItem]]]:
-    """Download an s3:// object or every supported object under a prefix; read the local copies."""
-    from alignment import s3io
-
-    for name, local in s3io.fetch(source, cache_dir):
+    """Download an s3:// object or every supported object under a prefix; read the local copies. A storage
+    failure is a ``bad_file`` DataError naming the URI."""
+    try:
+        fetched = s3.fetch(source, cache_dir, suffixes=SUPPORTED_SUFFIXES)
+    except s3.StorageError as err:
+        raise DataError(BAD_FILE, err.detail, file=err.file) from err
+    for name, local in fetched:
         yield name, _read_file(local, name)
 
 

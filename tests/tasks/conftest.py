@@ -1,5 +1,5 @@
-"""Fixtures for the task-layer tests: the S3 server wired into the environment, and a pipeline run context
-on a SQLite MLflow store (artifacts kept under the test's folder)."""
+"""Fixtures for the task-layer tests: a pipeline run context on a SQLite MLflow store (artifacts kept under
+the test's folder). `s3_env` (the S3 server wired into the environment) is in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -9,17 +9,6 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks.tracking import RunContext
-from tests.s3fixture import S3Server
-
-
-@pytest.fixture
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Server:
-    """The session's S3 server as this process's S3 (endpoint, keys, bucket), with a fresh download cache."""
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("ALIGNFLOW_S3_BUCKET", s3_server.bucket)
-    monkeypatch.setenv("ALIGNFLOW_CACHE_DIR", str(tmp_path / "cache"))
-    return s3_server
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 from alignment.config import load_config
 from alignment.trainer import latest_checkpoint
-from tasks import remote
+from storage import folders
 from tasks.checkpoints import CheckpointMirror, mirrored_checkpoints, remote_steps, restore, s3_checkpoints_on
 from tests.s3fixture import S3Server
 
@@ -48,7 +48,7 @@ def test_restore_takes_the_newest_complete_one_only_when_newer(s3_env: S3Server,
     uri = f"s3://{s3_env.bucket}/stages/sft-{uuid.uuid4().hex}/checkpoints"
     worker = tmp_path / "worker" / "checkpoints"
     for step in (20, 40):
-        remote.publish_dir(write_checkpoint(worker, step), f"{uri}/step-{step:07d}")
+        folders.publish_dir(write_checkpoint(worker, step), f"{uri}/step-{step:07d}")
     # A newer folder without its manifest (the uploader was killed mid-way) is not a checkpoint.
     b, prefix = uri.removeprefix("s3://").split("/", 1)
     s3_env.client().put_object(Bucket=b, Key=f"{prefix}/step-0000060/model.safetensors", Body=b"partial")

@@ -11,7 +11,7 @@ import pytest
 from alignment.config import load_config
 from alignment.models import fingerprint_model, load_causal_lm
 from alignment.stages import build_base_model, prepare_data
-from tasks import remote
+from storage import folders
 from tests.s3fixture import S3Server
 
 
@@ -28,20 +28,20 @@ def test_publish_then_materialize_round_trips_and_verifies(s3_env: S3Server, tmp
     (folder / "a.txt").write_text("alpha")
     (folder / "sub" / "b.bin").write_bytes(bytes(range(256)))
     uri = f"s3://{s3_env.bucket}/stages/{uuid.uuid4().hex}/model"
-    assert remote.publish_dir(folder, uri) == uri
-    local = Path(remote.materialize(uri))
+    assert folders.publish_dir(folder, uri) == uri
+    local = Path(folders.materialize(uri))
     assert (local / "a.txt").read_text() == "alpha" and (local / "sub" / "b.bin").read_bytes() == bytes(range(256))
     # A corrupted cached copy is replaced on the next materialise.
     (local / "a.txt").write_text("tampered")
-    assert (Path(remote.materialize(uri)) / "a.txt").read_text() == "alpha"
-    assert remote.materialize(str(folder)) == str(folder)  # local paths pass through
+    assert (Path(folders.materialize(uri)) / "a.txt").read_text() == "alpha"
+    assert folders.materialize(str(folder)) == str(folder)  # local paths pass through
 
 
 def test_incomplete_published_folder_is_refused(s3_env: S3Server) -> None:
     uri = f"s3://{s3_env.bucket}/stages/{uuid.uuid4().hex}/model"
     s3_env.client().put_object(Bucket=s3_env.bucket, Key=uri.split("/", 3)[3] + "/x.txt", Body=b"x")
     with pytest.raises(FileNotFoundError, match="not a complete published folder"):
-        remote.materialize(uri)
+        folders.materialize(uri)
 
 
 def test_base_model_from_an_s3_uri(s3_env: S3Server, tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from alignment import s3io
 from alignment.data import DataError, load_preferences
+from storage import s3
 from tests.s3fixture import S3Server, free_ports
 
 ROWS = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(4)]
@@ -59,13 +59,13 @@ def test_cache_is_reused_until_the_object_changes(s3_env: S3Server, prefix: str,
     client.put_object(Bucket=s3_env.bucket, Key=key, Body=jsonl(ROWS[:1]))
     progress: list[tuple[str, int, int]] = []
     uri = f"s3://{s3_env.bucket}/{key}"
-    s3io.fetch(uri, tmp_path, progress=lambda *a: progress.append(a))
+    s3.fetch(uri, tmp_path, progress=lambda *a: progress.append(a))
     assert progress and progress[-1][1] == progress[-1][2] == len(jsonl(ROWS[:1]))
     progress.clear()
-    ((_, path),) = s3io.fetch(uri, tmp_path, progress=lambda *a: progress.append(a))
+    ((_, path),) = s3.fetch(uri, tmp_path, progress=lambda *a: progress.append(a))
     assert progress == []  # size and ETag match: no download
     client.put_object(Bucket=s3_env.bucket, Key=key, Body=jsonl(ROWS))
-    s3io.fetch(uri, tmp_path, progress=lambda *a: progress.append(a))
+    s3.fetch(uri, tmp_path, progress=lambda *a: progress.append(a))
     assert progress and path.read_bytes() == jsonl(ROWS)
 
 
@@ -96,19 +96,19 @@ def test_unreachable_endpoint_is_a_data_error(monkeypatch: pytest.MonkeyPatch, t
 def test_mlflow_endpoint_variable_is_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")
-    assert s3io.make_client().meta.endpoint_url == "http://127.0.0.1:9"
+    assert s3.make_client().meta.endpoint_url == "http://127.0.0.1:9"
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:8")
-    assert s3io.make_client().meta.endpoint_url == "http://127.0.0.1:8"
+    assert s3.make_client().meta.endpoint_url == "http://127.0.0.1:8"
 
 
 def test_download_is_verified_and_keys_stay_inside_the_cache(tmp_path: Path) -> None:
     path = tmp_path / "f.jsonl"
     path.write_bytes(b"abc")
-    with pytest.raises(DataError, match="3 bytes; the object has 4"):
-        s3io._verify(path, s3io.S3Object("b", "f.jsonl", 4, "x"))
-    with pytest.raises(DataError, match="ETag"):
-        s3io._verify(path, s3io.S3Object("b", "f.jsonl", 3, "0" * 32))
-    s3io._verify(path, s3io.S3Object("b", "f.jsonl", 3, "900150983cd24fb0d6963f7d28e17f72"))  # md5("abc")
-    s3io._verify(path, s3io.S3Object("b", "f.jsonl", 3, "0" * 32 + "-2"))  # multipart: size only
-    with pytest.raises(DataError, match="safe relative path"):
-        s3io.local_path(tmp_path, s3io.S3Object("b", "a/../../etc/x.jsonl", 1, "x"))
+    with pytest.raises(s3.StorageError, match="3 bytes; the object has 4"):
+        s3._verify(path, s3.S3Object("b", "f.jsonl", 4, "x"))
+    with pytest.raises(s3.StorageError, match="ETag"):
+        s3._verify(path, s3.S3Object("b", "f.jsonl", 3, "0" * 32))
+    s3._verify(path, s3.S3Object("b", "f.jsonl", 3, "900150983cd24fb0d6963f7d28e17f72"))  # md5("abc")
+    s3._verify(path, s3.S3Object("b", "f.jsonl", 3, "0" * 32 + "-2"))  # multipart: size only
+    with pytest.raises(s3.StorageError, match="safe relative path"):
+        s3.local_path(tmp_path, s3.S3Object("b", "a/../../etc/x.jsonl", 1, "x"))

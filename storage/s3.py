@@ -4,11 +4,11 @@ The endpoint comes from ``AWS_ENDPOINT_URL_S3`` or ``MLFLOW_S3_ENDPOINT_URL`` (u
 credentials from the usual AWS variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, profiles),
 the region from ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (default ``us-east-1``).
 
-A URI names one object, or a prefix (every ``.jsonl``/``.json``/``.parquet``/``.csv`` object under it,
+A URI names one object, or a prefix (every object under it with one of the suffixes the caller asks for,
 sorted by key). Objects land in ``<cache>/s3/<bucket>/<key>``; a copy whose size and ETag match the
 object is reused. A download goes to a temporary file, is checked (size always; MD5 when the ETag is a
 plain MD5, i.e. not multipart or encrypted), and is then renamed into place. Every S3 failure becomes a
-:class:`~alignment.data.DataError` (reason ``bad_file``) naming the URI.
+one-line :class:`StorageError` naming the URI (the data readers turn it into a ``bad_file`` DataError).
 """
 
 from __future__ import annotations
@@ -26,12 +26,30 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from alignment.data import BAD_FILE, SUPPORTED_SUFFIXES, DataError
+from storage.checksums import file_md5
 
 log = logging.getLogger("alignflow.s3")
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL")
 Progress = Callable[[str, int, int], None]  # (uri, bytes so far, total bytes)
 _PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
+BAD_FILE = "bad_file"  # the reason code, the same as alignment.data's for a file that cannot be read
+
+
+class StorageError(ValueError):
+    """An S3 object or prefix that cannot be listed, downloaded or trusted; names the URI, never a secret."""
+
+    reason = BAD_FILE
+
+    def __init__(self, detail: str, file: str) -> None:
+        super().__init__(detail, file)
+        self.detail = detail
+        self.file = file
+
+    def __str__(self) -> str:
+        return f"storage error in {self.file}: {self.reason} — {self.detail}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.detail, self.file))
 
 
 @dataclass(frozen=True)
@@ -53,10 +71,10 @@ def is_s3_uri(source: str) -> bool:
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> ("bucket", "a/b"); the key may be empty (the whole bucket)."""
     if not is_s3_uri(uri):
-        raise DataError(BAD_FILE, "not an s3:// URI", file=uri)
+        raise StorageError("not an s3:// URI", file=uri)
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     if not bucket:
-        raise DataError(BAD_FILE, "s3 URI has no bucket (expected s3://bucket/key)", file=uri)
+        raise StorageError("s3 URI has no bucket (expected s3://bucket/key)", file=uri)
     return bucket, key
 
 
@@ -100,8 +118,8 @@ def _new_client(endpoint_url: str | None) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
 
-def _s3_error(exc: BaseException, uri: str) -> DataError:
-    """Translate a botocore failure into a one-line DataError."""
+def _s3_error(exc: BaseException, uri: str) -> StorageError:
+    """Translate a botocore failure into a one-line StorageError."""
     from botocore.exceptions import ClientError, NoCredentialsError
 
     if isinstance(exc, NoCredentialsError):
@@ -112,7 +130,7 @@ def _s3_error(exc: BaseException, uri: str) -> DataError:
         detail = f"S3 refused the request: {code}" + (f" ({error['Message']})" if error.get("Message") else "")
     else:
         detail = f"S3 request failed: {exc}"
-    return DataError(BAD_FILE, detail, file=uri)
+    return StorageError(detail, file=uri)
 
 
 def _botocore_errors() -> tuple[type[BaseException], ...]:
@@ -121,8 +139,9 @@ def _botocore_errors() -> tuple[type[BaseException], ...]:
     return (BotoCoreError, ClientError)
 
 
-def list_objects(client: Any, uri: str) -> list[S3Object]:
-    """The object a URI names, or else the supported objects under it as a prefix (sorted by key)."""
+def list_objects(client: Any, uri: str, suffixes: tuple[str, ...]) -> list[S3Object]:
+    """The object a URI names, or else the objects under it as a prefix whose names end in one of `suffixes`
+    (sorted by key)."""
     bucket, key = parse_s3_uri(uri)
     try:
         head = _head(client, bucket, key) if key and not key.endswith("/") else None
@@ -133,13 +152,12 @@ def list_objects(client: Any, uri: str) -> list[S3Object]:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 name = item["Key"]
-                if PurePosixPath(name).suffix.lower() in SUPPORTED_SUFFIXES and not _hidden(name[len(prefix):]):
+                if PurePosixPath(name).suffix.lower() in suffixes and not _hidden(name[len(prefix):]):
                     found.append(S3Object(bucket, name, int(item["Size"]), item["ETag"].strip('"')))
     except _botocore_errors() as exc:
         raise _s3_error(exc, uri) from exc
     if not found:
-        raise DataError(BAD_FILE, f"no such object, and no {', '.join(SUPPORTED_SUFFIXES)} objects under "
-                                  "it as a prefix", file=uri)
+        raise StorageError(f"no such object, and no {', '.join(suffixes)} objects under it as a prefix", file=uri)
     return sorted(found, key=lambda o: o.key)
 
 
@@ -167,7 +185,7 @@ def local_path(cache_dir: Path, obj: S3Object) -> Path:
     """Where an object is cached; refuses keys that would escape the cache folder."""
     parts = PurePosixPath(obj.key).parts
     if not parts or any(part in ("..", ".") for part in parts) or obj.key.startswith("/"):
-        raise DataError(BAD_FILE, "object key is not a safe relative path", file=obj.uri)
+        raise StorageError("object key is not a safe relative path", file=obj.uri)
     return cache_dir / "s3" / obj.bucket / Path(*parts)
 
 
@@ -183,14 +201,6 @@ def _is_cached(path: Path, obj: S3Object) -> bool:
     except (OSError, ValueError):
         return False
     return meta == {"uri": obj.uri, "size": obj.size, "etag": obj.etag}
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def log_progress(uri: str, done: int, total: int) -> None:
@@ -239,17 +249,18 @@ def download(client: Any, obj: S3Object, target: Path, progress: Progress | None
 def _verify(path: Path, obj: S3Object) -> None:
     size = path.stat().st_size
     if size != obj.size:
-        raise DataError(BAD_FILE, f"download is {size} bytes; the object has {obj.size}", file=obj.uri)
-    if _PLAIN_MD5.fullmatch(obj.etag) and _md5(path) != obj.etag:
-        raise DataError(BAD_FILE, "download does not match the object's ETag (MD5)", file=obj.uri)
+        raise StorageError(f"download is {size} bytes; the object has {obj.size}", file=obj.uri)
+    if _PLAIN_MD5.fullmatch(obj.etag) and file_md5(path) != obj.etag:
+        raise StorageError("download does not match the object's ETag (MD5)", file=obj.uri)
 
 
-def fetch(uri: str, cache_dir: str | os.PathLike[str] | None = None, *, client: Any = None,
-          progress: Progress | None = log_progress) -> list[tuple[str, Path]]:
-    """Download an object or a prefix into the cache; return ``(s3 URI, local path)`` per object."""
+def fetch(uri: str, cache_dir: str | os.PathLike[str] | None = None, *, suffixes: tuple[str, ...] = (),
+          client: Any = None, progress: Progress | None = log_progress) -> list[tuple[str, Path]]:
+    """Download an object, or the objects under a prefix whose names end in one of `suffixes`, into the cache;
+    return ``(s3 URI, local path)`` per object."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     client = client if client is not None else make_client()
-    objects = list_objects(client, uri)
+    objects = list_objects(client, uri, suffixes)
     return [(obj.uri, download(client, obj, local_path(cache, obj), progress)) for obj in objects]
 
 
@@ -268,7 +279,7 @@ def fetch_folder(uri: str, cache_dir: str | os.PathLike[str] | None = None, *, c
     except _botocore_errors() as exc:
         raise _s3_error(exc, uri) from exc
     if not objects:
-        raise DataError(BAD_FILE, "no objects under this prefix", file=uri)
+        raise StorageError("no objects under this prefix", file=uri)
     for obj in objects:
         download(client, obj, local_path(cache, obj), progress)
     return cache / "s3" / bucket / Path(*PurePosixPath(prefix).parts) if prefix else cache / "s3" / bucket

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from alignment.prepare import file_sha256
-from alignment.s3io import default_cache_dir, is_s3_uri, make_client, parse_s3_uri, read_json, write_json
+from storage.checksums import file_sha256
+from storage.s3 import default_cache_dir, is_s3_uri, make_client, parse_s3_uri, read_json, write_json
 
 MANIFEST = "_MANIFEST.json"
 
