@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 
 from alignment import instructions, quicktask
 from alignment.config import PipelineConfig
 from alignment.data import write_jsonl
+from alignment.distributed import launch_training, make_accelerator, save_trained_model
 from alignment.generation import GenerationStats, generate
 from alignment.logprobs import reference_logps
 from alignment.model_source import resolve_model
@@ -30,6 +30,7 @@ from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, 
 from alignment.objectives import Objective, method_plan
 from alignment.onpolicy import Scorer, make_pairs
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
+from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
 from alignment.tiny_model import make_tiny_model
 from alignment.tracking import MetricsLogger
 from alignment.trainer import train
@@ -38,33 +39,6 @@ from storage.s3 import read_json, shared_uri, write_json
 log = logging.getLogger(__name__)
 CODE_VERSION = "1"  # bump when a stage's output for the same inputs changes
 HELDOUT_PROMPTS = "heldout_prompts.jsonl"  # every held-out prompt, beside on-policy pairs (paired or not)
-ProgressCallback = Callable[[int, int, dict[str, float]], None]
-
-
-class PreparedData(BaseModel):
-    dir: str  # holds sft.jsonl, train.jsonl, heldout.jsonl (canonical records) and report.json
-    fingerprint: str
-    counts: dict[str, int]
-    report: dict[str, Any]
-
-    def path(self, split: str) -> Path:
-        return Path(self.dir) / f"{split}.jsonl"
-
-
-class ModelRef(BaseModel):
-    path: str  # hub id or local directory
-    fingerprint: str
-    source: dict[str, str] | None = None  # a converted GGUF file's record (alignment/model_source.py)
-
-
-class TrainOutput(BaseModel):
-    model: ModelRef
-    method: str
-    steps: int
-    resumed_from_step: int
-    final_metrics: dict[str, float]
-    seconds: float
-    tokens: int
 
 
 def stage_key(*parts: Any) -> str:
@@ -236,9 +210,8 @@ def build_base_model(cfg: PipelineConfig, prepared: PreparedData, out_dir: Path)
 def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir: Path, logger: MetricsLogger,
             on_log: ProgressCallback | None = None, accelerator: Any = None) -> TrainOutput:
     """Supervised fine-tuning with the chat template, loss on assistant tokens only. With
-    training.num_processes > 1 (and no accelerator given) it runs in that many processes (alignment/launch.py)."""
+    training.num_processes > 1 (and no accelerator given) it runs in that many processes (alignment/distributed.py)."""
     if cfg.training.num_processes > 1 and accelerator is None:
-        from alignment.launch import launch_training
         return launch_training("sft", cfg, prepared=prepared, base=base, out_dir=out_dir, logger=logger,
                                on_log=on_log)
     tok = load_tokenizer(base.path, trust_remote_code=cfg.model.trust_remote_code)
@@ -257,7 +230,6 @@ def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, 
     precomputed log-probs, or ORPO (no reference) from base or SFT.
     With training.num_processes > 1 (and no accelerator given) it runs in that many processes."""
     if cfg.training.num_processes > 1 and accelerator is None:
-        from alignment.launch import launch_training
         return launch_training("preference", cfg, prepared=prepared, base=base, sft=sft, out_dir=out_dir,
                                logger=logger, on_log=on_log)
     method = cfg.preference.method
@@ -287,8 +259,6 @@ def fit_and_save(model: torch.nn.Module, tok: Any, rows: list[dict], objective: 
                  accelerator: Any = None) -> TrainOutput:
     """Train, then save the model from the main process (every process of a multi-process run gets here;
     only rank 0's record is used, the others carry no fingerprint)."""
-    from alignment.launch import make_accelerator, save_trained_model
-
     acc = accelerator or make_accelerator(cfg.training)
     model = prepare_for_training(model, cfg.training)  # LoRA, activation checkpointing, compile
     result = train(model, rows, objective=objective, collate=collate, optim=optim, output_dir=out_dir,

@@ -13,7 +13,8 @@ from alignment.config import PipelineConfig
 from alignment.instructions import strip_instructions
 from alignment.logprobs import collate_pairs, sequence_logps
 from alignment.models import load_causal_lm, load_tokenizer
-from alignment.stages import HELDOUT_PROMPTS, ModelRef, PreparedData, read_jsonl, reference_annotated_pairs
+from alignment.records import ModelRef, PreparedData
+from alignment.stages import HELDOUT_PROMPTS, read_jsonl, reference_annotated_pairs
 from evaluation.benchmarks import eval_set_texts, run_benchmarks
 from evaluation.contamination import contamination
 from evaluation.generate import generate_responses

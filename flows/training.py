@@ -13,8 +13,8 @@ from typing import Any, Literal
 from prefect import flow
 
 from alignment.config import PipelineConfig
+from alignment.records import ModelRef, PreparedData, TrainOutput
 from alignment.runtime import setup_runtime
-from alignment.stages import ModelRef, PreparedData, TrainOutput
 from storage.folders import materialize, put_json
 from tasks.stages import publish_stage_output, train_preference, train_sft
 from tasks.tracking import RunContext

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from alignment import stages
 from alignment.config import PipelineConfig
-from alignment.stages import ModelRef, PreparedData, TrainOutput
+from alignment.records import ModelRef, PreparedData, TrainOutput
 from evaluation.benchmarks import benchmark_deltas, benchmark_metrics, main_metrics, task_metrics
 from evaluation.plots import plot_benchmark_deltas, plot_length_view, plot_verdicts
 from evaluation.report import render_pipeline_report, write_report

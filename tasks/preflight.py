@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from alignment.config import PipelineConfig
+from storage.s3 import ENDPOINT_VARIABLES
 from tasks.tracking import resolve_tracking
 
 PROBE_TIMEOUT = 3.0
@@ -65,8 +66,6 @@ def check_mlflow(cfg: PipelineConfig) -> None:
 def check_s3(cfg: PipelineConfig | None = None) -> None:
     """When this run has an S3 endpoint and bucket (the local stack or production): they answer and take our
     keys. Training on a work pool, or with training.s3_checkpoints, needs them."""
-    from storage.s3 import ENDPOINT_VARIABLES
-
     endpoint = next((os.environ[v] for v in ENDPOINT_VARIABLES if os.environ.get(v)), None)
     bucket = os.environ.get("ALIGNFLOW_S3_BUCKET")
     if not endpoint or not bucket:

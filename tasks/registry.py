@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from alignment.config import PipelineConfig
 from alignment.models import load_causal_lm, load_tokenizer
-from alignment.stages import TrainOutput
+from alignment.records import TrainOutput
 from evaluation.gates import GateResult, all_passed, check_gates
 from tasks.background import drain, submit
 from tasks.stages import flatten

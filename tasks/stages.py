@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from alignment import stages
 from alignment.config import PipelineConfig
-from alignment.stages import ModelRef, PreparedData, TrainOutput
+from alignment.records import ModelRef, PreparedData, TrainOutput
 from evaluation.judges import make_scorer
 from evaluation.plots import plot_curves, plot_reward_margins
 from storage import folders

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from alignment.stages import TrainOutput
+from alignment.records import TrainOutput
 from tasks.registry import Registration
 from tasks.tracking import RunContext
 

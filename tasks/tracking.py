@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from alignment.config import PipelineConfig, config_to_params
 from tasks.background import submit
+from tasks.timing import current
 
 SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential)", re.I)
 BATCH_LIMIT = 1000  # MLflow's log_batch maximum number of metrics per call
@@ -246,8 +247,6 @@ def stage_run_ids(ctx: RunContext) -> dict[str, str]:
 def log_timing(ctx: RunContext) -> dict[str, Any]:
     """The run's time split so far (tasks/timing.py) as `timing/*` metrics of the parent run; returned for
     the summary. Empty when no timing is active."""
-    from tasks.timing import current
-
     timing = current()
     if timing is None:
         return {}

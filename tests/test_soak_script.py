@@ -163,10 +163,10 @@ def test_report_of_a_healthy_soak() -> None:
 def test_report_fails_on_a_failed_run_or_a_leak() -> None:
     snaps, runs = healthy_soak()
     runs[1] = run(2, code=1)
-    runs[2] = run(3, leaked=[{"pid": 4242, "cmdline": "python -m alignment.launch"}])
+    runs[2] = run(3, leaked=[{"pid": 4242, "cmdline": "python -m alignment.worker"}])
     report = soak.build_report(snaps, runs)
     assert not report["ok"] and report["failures"] == [2]
-    assert report["leaked"] == [{"run": 3, "pid": 4242, "cmdline": "python -m alignment.launch"}]
+    assert report["leaked"] == [{"run": 3, "pid": 4242, "cmdline": "python -m alignment.worker"}]
     assert report["verdicts"][0].startswith("FAIL runs: 2/3") and report["verdicts"][1].startswith("FAIL processes")
     runs[1] = run(2, code=None)
     assert "timeout" in soak.format_table(runs, snaps, soak.build_report(snaps, runs))

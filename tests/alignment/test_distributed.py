@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from torch.testing import assert_close
 
-from alignment import launch
+from alignment import distributed
 from alignment.config import ConfigError, PipelineConfig, load_config
-from alignment.launch import build_command, forward_record, launch_training
+from alignment.distributed import build_command, forward_record, launch_training
 from alignment.models import fingerprint_model, load_causal_lm
-from alignment.stages import ModelRef, PreparedData, prepare_data, read_jsonl, run_preference, run_sft
+from alignment.records import ModelRef, PreparedData
+from alignment.stages import prepare_data, read_jsonl, run_preference, run_sft
 from alignment.tiny_model import build_model
 from alignment.tokenization import IGNORE_INDEX, encode_sft
 from alignment.tracking import InMemoryLogger, JsonlMetricsLogger, read_new_records
@@ -116,7 +117,7 @@ def test_dpo_in_two_processes_forwards_its_metrics(workspace) -> None:
 
 def fake_launch(monkeypatch, script: str) -> None:
     """Replace the launched command with a short Python script (argv[1]: the spec path)."""
-    monkeypatch.setattr(launch, "build_command",
+    monkeypatch.setattr(distributed, "build_command",
                         lambda stage, cfg, spec_path: [sys.executable, "-c", script, str(spec_path)])
 
 
@@ -158,7 +159,7 @@ def test_commands_torchrun_on_cpu_accelerate_launch_on_cuda(tmp_path) -> None:
     cpu = build_command("sft", cfg, tmp_path / "spec.json", cuda=False)
     assert cpu[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert cpu[cpu.index("--nproc_per_node") + 1] == "4"
-    assert cpu[-4:] == ["-m", "alignment.launch", "sft", str(tmp_path / "spec.json")]
+    assert cpu[-4:] == ["-m", "alignment.worker", "sft", str(tmp_path / "spec.json")]
     gpu = build_command("sft", cfg, tmp_path / "spec.json", cuda=True)
     assert gpu[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert "--multi_gpu" in gpu and gpu[gpu.index("--num_processes") + 1] == "4"

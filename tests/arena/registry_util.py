@@ -11,7 +11,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from alignment import quicktask
-from alignment.stages import ModelRef, TrainOutput
+from alignment.records import ModelRef, TrainOutput
 from alignment.tiny_model import make_tiny_model
 from evaluation.gates import GateResult
 from tasks.registry import log_policy, register_version

@@ -51,7 +51,7 @@ def test_instruction_templates_shared_by_every_split_are_not_contamination(tmp_p
 
     from alignment.config import PipelineConfig
     from alignment.instructions import Instruction
-    from alignment.stages import PreparedData
+    from alignment.records import PreparedData
     from evaluation.stages import contamination_report
 
     bullets = Instruction("bullets", 3).text()

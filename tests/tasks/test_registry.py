@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from alignment import quicktask
 from alignment.config import load_config
 from alignment.models import load_causal_lm
-from alignment.stages import ModelRef, TrainOutput
+from alignment.records import ModelRef, TrainOutput
 from alignment.tiny_model import make_tiny_model
 from tasks.background import background_tracking
 from tasks.registry import start_policy_logging

@@ -1,0 +1,130 @@
+"""Multi-process training: the parent runs `python -m alignment.worker STAGE SPEC_JSON` once per device.
+
+`run_sft` / `run_preference` call `launch_training` when `cfg.training.num_processes > 1`. The parent writes a
+JSON spec (the config, the input records, the output folder) and starts the workers through the launcher
+(launcher/processes.py: `accelerate launch` on CUDA — DDP, or FSDP/DeepSpeed through
+`training.accelerate_config` — `torchrun` on CPU, in their own process group); while they run it tails the
+JSONL metrics file rank 0 writes and forwards every record to its own logger. Rank 0 writes the stage's
+`TrainOutput` to a result file, which the parent returns.
+
+Every process runs the same stage function as the in-process path, with its `Accelerator` passed in
+(alignment/worker.py); `make_accelerator` and `save_trained_model` are shared by both paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from alignment.config import PipelineConfig, TrainingConfig
+from alignment.models import plain_model
+from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
+from alignment.tracking import MetricsLogger, read_new_records
+from launcher.processes import distributed_command, run_group, tail
+
+STAGES = ("sft", "preference")
+WORKER = "alignment.worker"  # the entry point every process runs: `python -m alignment.worker STAGE SPEC_JSON`
+
+
+def make_accelerator(training: TrainingConfig) -> Accelerator:
+    """CUDA when available, else CPU (gloo when launched with several processes)."""
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=training.mixed_precision)
+
+
+def save_trained_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> Path:
+    """Save the trained model as a Hugging Face directory from the main process only, once every process is
+    done: the full state dict is gathered through the accelerator (collective under FSDP/DeepSpeed), the
+    model unwrapped (LoRA adapters merged, alignment.models.plain_model), written to a temporary folder and
+    renamed."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    adapted = hasattr(getattr(unwrapped, "_orig_mod", unwrapped), "merge_and_unload")  # LoRA (single/DDP)
+    state_dict = None if adapted else accelerator.get_state_dict(model)
+    if state_dict is not None:  # a compiled model's names carry its wrapper's prefix
+        state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+    if accelerator.is_main_process:
+        tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        plain_model(unwrapped).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    accelerator.wait_for_everyone()
+    return out_dir
+
+
+# ---- parent ----------------------------------------------------------------------------------------------
+
+
+def build_command(stage: str, cfg: PipelineConfig, spec_path: Path, *, cuda: bool | None = None) -> list[str]:
+    """`accelerate launch` on CUDA, `torchrun` on CPU; both run the module `alignment.worker`."""
+    t = cfg.training
+    return distributed_command(["-m", WORKER, stage, str(spec_path)], num_processes=t.num_processes,
+                               cuda=torch.cuda.is_available() if cuda is None else cuda,
+                               mixed_precision=t.mixed_precision, accelerate_config=t.accelerate_config)
+
+
+def launch_training(stage: str, cfg: PipelineConfig, *, prepared: PreparedData, base: ModelRef,
+                    sft: TrainOutput | None = None, out_dir: Path, logger: MetricsLogger,
+                    on_log: ProgressCallback | None = None) -> TrainOutput:
+    """Run `stage` ("sft" | "preference") in `cfg.training.num_processes` processes and return its output.
+
+    Metrics logged by rank 0 reach `logger` (and `on_log`) while training runs. Raises RuntimeError with the
+    tail of the processes' stderr if the launch fails."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    out_dir = Path(out_dir).resolve()
+    work = out_dir / "launch"
+    work.mkdir(parents=True, exist_ok=True)
+    metrics_path, result_path = work / "metrics.jsonl", work / "result.json"
+    stdout_path, stderr_path = work / "stdout.log", work / "stderr.log"
+    for stale in (metrics_path, result_path):
+        stale.unlink(missing_ok=True)
+    spec = {"config": cfg.model_dump(mode="json"), "prepared": prepared.model_dump(mode="json"),
+            "base": base.model_dump(mode="json"), "sft": sft.model_dump(mode="json") if sft else None,
+            "out_dir": str(out_dir), "metrics_path": str(metrics_path), "result_path": str(result_path)}
+    spec_path = work / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    cmd = build_command(stage, cfg, spec_path)
+    threads = str(cfg.run.torch_threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
+                                                     os.environ.get("PYTHONPATH")) if p)}
+    rc = run_group(cmd, env=env, stdout_path=stdout_path, stderr_path=stderr_path,
+                   on_poll=MetricsForwarder(metrics_path, logger, on_log))
+    if rc != 0:
+        raise RuntimeError(f"{stage} training with {cfg.training.num_processes} processes failed (exit {rc}); "
+                           f"command: {' '.join(cmd)}\n--- stderr (tail) ---\n{tail(stderr_path)}")
+    if not result_path.is_file():
+        raise RuntimeError(f"{stage} training exited 0 but wrote no result ({result_path})\n"
+                           f"--- stderr (tail) ---\n{tail(stderr_path)}")
+    return TrainOutput.model_validate_json(result_path.read_text())
+
+
+class MetricsForwarder:
+    """Called on every poll of the launched group: forward the JSONL records rank 0 wrote since the last call."""
+
+    def __init__(self, path: Path, logger: MetricsLogger, on_log: ProgressCallback | None) -> None:
+        self.path, self.logger, self.on_log = path, logger, on_log
+        self.offset, self.last_metrics = 0, {}
+
+    def __call__(self) -> None:
+        records, self.offset = read_new_records(self.path, self.offset)
+        for record in records:
+            self.last_metrics = forward_record(record, self.logger, self.on_log, self.last_metrics)
+
+
+def forward_record(record: dict[str, Any], logger: MetricsLogger, on_log: ProgressCallback | None,
+                   last_metrics: dict[str, float]) -> dict[str, float]:
+    if record.get("kind") == "metrics":
+        logger.log_metrics(record["metrics"], step=record.get("step"))
+        return record["metrics"]
+    if record.get("kind") == "progress" and on_log is not None:
+        on_log(record["step"], record["total"], last_metrics)
+    return last_metrics
