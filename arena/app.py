@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from arena.generation import Sampling
 from arena.stats import annotator_agreement, pair_stats
-from arena.store import ArenaError, Store
+from arena.store import ArenaError, Store, check_annotator
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -156,8 +156,6 @@ def create_app(store: Store, backend: Backend, settings: ArenaSettings | None = 
             raise ArenaError("prompt_source must be typed or heldout")
         if req.model_a == req.model_b:
             raise ArenaError("pick two different models")
-        from arena.store import check_annotator
-
         check_annotator(annotator)
         for model_id in (req.model_a, req.model_b):
             backend.choice(model_id)  # UnknownModel (404) before anything is written

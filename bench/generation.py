@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from bench.probe import MemoryProbe, load_model, pin_threads
+
 GENERATORS = ("alignflow", "hf-sorted", "hf-padded-batch", "hf-one-at-a-time")
 BASELINE = "hf-one-at-a-time"
 SPEED_TARGET = 3.0  # alignflow tokens/s >= 3 x one prompt at a time
@@ -47,7 +49,6 @@ def run_generation_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
     from alignment.generation import GenerationStats, generate, generated_lengths, left_padded
     from alignment.tokenization import encode_texts, prompt_for_generation
-    from bench.trial import MemoryProbe, load_model, pin_threads
 
     pin_threads(spec["threads"])
     device = spec["device"]

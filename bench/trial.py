@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -27,7 +26,9 @@ from typing import Any
 
 import torch
 
+from bench.generation import run_generation_trial
 from bench.pairs import pair_tokens, sft_rows
+from bench.probe import MemoryProbe, load_model, pin_threads
 
 # ORPO's NLL term as TRL computes it (over prompt + chosen; alignflow's orpo.nll_tokens="prompt_and_response"),
 # so both sides train and are compared on the same loss. The pipeline's default ("response") scores fewer
@@ -37,67 +38,6 @@ ORPO_NLL_TOKENS = "prompt_and_response"
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha": 32.0}},
                                                "checkpointing": {"gradient_checkpointing": True},
                                                "compile": {"compile": True}, "full-logits": {}}
-
-
-def pin_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
-
-
-def read_status_kib() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-    return out
-
-
-class MemoryProbe:
-    """Peak memory from `start()` on: VmHWM after a reset (CPU), max_memory_allocated (GPU)."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.reset_ok = False
-        self.baseline_kib = 0
-
-    def start(self) -> None:
-        import gc
-
-        gc.collect()
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-                fh.write("5")  # reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
-            self.reset_ok = True
-        except OSError:
-            self.reset_ok = False
-        self.baseline_kib = read_status_kib().get("VmRSS", 0)
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.gpu_baseline = torch.cuda.memory_allocated()
-
-    def result(self) -> dict[str, Any]:
-        status = read_status_kib()
-        peak_kib = status.get("VmHWM", 0) if self.reset_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        out = {"rss_baseline_mib": self.baseline_kib / 1024, "rss_peak_mib": peak_kib / 1024,
-               "rss_growth_mib": (peak_kib - self.baseline_kib) / 1024, "rss_peak_reset": self.reset_ok}
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            out["gpu_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
-            out["gpu_growth_allocated_mib"] = (torch.cuda.max_memory_allocated() - self.gpu_baseline) / 2**20
-        return out
-
-
-def load_model(path: str, device: str) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return model.to(device)
 
 
 def load_rows(spec: dict[str, Any]) -> list[dict[str, list[int]]]:
@@ -220,8 +160,6 @@ def trial_entry(spec: dict[str, Any], result_path: str) -> None:
     os.dup2(log, 2)
     try:
         if spec["kind"] == "generate":
-            from bench.generation import run_generation_trial
-
             result = run_generation_trial(spec)
         else:
             result = run_trial(spec) if spec["kind"] == "train" else run_loss_check(spec)

@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from alignment import model_source
 from alignment.config import PipelineConfig
 from alignment.model_source import GGUFError, local_model_path, resolve_gguf
-from alignment.stages import PreparedData, build_base_model
+from alignment.records import PreparedData
+from alignment.stages import build_base_model
 from alignment.tiny_model import make_tiny_model
 from tests.ggufutil import write_llama_gguf
 from tests.s3fixture import S3Server

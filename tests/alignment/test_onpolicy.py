@@ -109,7 +109,7 @@ def test_generated_lengths_count_up_to_the_first_eos() -> None:
 
 def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tiny: tuple, tmp_path: Path) -> None:
     from alignment.models import fingerprint_model
-    from alignment.stages import ModelRef
+    from alignment.records import ModelRef
 
     path, _, _ = tiny
     cfg = PipelineConfig.model_validate({

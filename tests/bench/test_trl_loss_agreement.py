@@ -21,8 +21,9 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from bench.pairs import build_pairs  # noqa: E402
+from bench.probe import load_model  # noqa: E402
 from bench.trainers import BenchOptions, save_tiny_model  # noqa: E402
-from bench.trial import alignflow_batch_losses, compare_losses, load_model, perturbed_copy  # noqa: E402
+from bench.trial import alignflow_batch_losses, compare_losses, perturbed_copy  # noqa: E402
 from bench.trl_side import batch_losses, make_trainer  # noqa: E402
 
 BATCH, BATCHES, MAX_LENGTH, TOLERANCE = 4, 3, 256, 1e-3
