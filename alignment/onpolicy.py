@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+from alignment.data import Message, read_jsonl
 from alignment.instructions import verify
-
-Message = dict[str, str]
 
 
 class Scorer(Protocol):
@@ -92,6 +92,29 @@ class PairReport:
     def to_dict(self) -> dict[str, Any]:
         return {"prompts": self.prompts, "pairs": self.pairs, "dropped_no_gap": self.dropped_no_gap,
                 "samples": self.samples, "passed": dict(self.passed), "seen": dict(self.seen)}
+
+
+def distinct_prompts(path: Path) -> list[list[Message]]:
+    """The prompts of a prompt-only (or pair) file, each once, in file order."""
+    seen, prompts = set(), []
+    for row in read_jsonl(path):
+        key = repr(row["prompt"])
+        if key not in seen:
+            seen.add(key)
+            prompts.append(row["prompt"])
+    return prompts
+
+
+def score_answers(scorer: Scorer, prompts: Sequence[list[Message]],
+                  answers: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Score every answer to every prompt in one `score_many` call; the scores grouped like `answers`."""
+    flat = scorer.score_many([p for p, a in zip(prompts, answers, strict=True) for _ in a],
+                             [x for a in answers for x in a])
+    scores, k = [], 0
+    for a in answers:
+        scores.append(list(flat[k:k + len(a)]))
+        k += len(a)
+    return scores
 
 
 def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]], scores: Sequence[Sequence[float]],

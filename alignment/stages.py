@@ -21,14 +21,14 @@ import torch
 
 from alignment import instructions, quicktask
 from alignment.config import PipelineConfig
-from alignment.data import write_jsonl
+from alignment.data import read_jsonl, write_jsonl
 from alignment.distributed import launch_training, make_accelerator, save_trained_model
 from alignment.generation import GenerationStats, generate
 from alignment.logprobs import reference_logps
 from alignment.model_source import resolve_model
 from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, prepare_for_training
 from alignment.objectives import Objective, method_plan
-from alignment.onpolicy import Scorer, make_pairs
+from alignment.onpolicy import Scorer, distinct_prompts, make_pairs, score_answers
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
 from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
 from alignment.tiny_model import make_tiny_model
@@ -45,11 +45,6 @@ def stage_key(*parts: Any) -> str:
     """Content key of a stage: its config section, its inputs' fingerprints and the code version."""
     blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -115,16 +110,6 @@ def write_instruction_prompts(cfg: PipelineConfig, out_dir: Path) -> PreparedDat
     return PreparedData(dir=str(out_dir), fingerprint=stage_key(digests), counts=counts, report=report)
 
 
-def distinct_prompts(path: Path) -> list[list[dict[str, str]]]:
-    seen, prompts = set(), []
-    for row in read_jsonl(path):
-        key = repr(row["prompt"])
-        if key not in seen:
-            seen.add(key)
-            prompts.append(row["prompt"])
-    return prompts
-
-
 def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef, scorer: Scorer,
                    out_dir: Path) -> tuple[PreparedData, dict[str, float]]:
     """Sample `onpolicy.samples_per_prompt` answers per training and held-out prompt from `model`, score them,
@@ -143,12 +128,7 @@ def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef,
         answers = generate(lm, tok, prompts, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
                            num_samples=o.samples_per_prompt, do_sample=True, temperature=o.temperature,
                            top_p=o.top_p, seed=cfg.run.seed * 1000 + offset, stats=stats)
-        flat_prompts = [p for p, a in zip(prompts, answers, strict=True) for _ in a]
-        flat = scorer.score_many(flat_prompts, [x for a in answers for x in a])
-        scores, k = [], 0
-        for a in answers:
-            scores.append(flat[k:k + len(a)])
-            k += len(a)
+        scores = score_answers(scorer, prompts, answers)
         rows, samples, report = make_pairs(prompts, answers, scores, min_gap=o.min_score_gap)
         log.info("onpolicy %s: %d prompts x %d samples -> %d pairs (%d dropped: all answers scored alike); "
                  "%.1f generated tokens/s so far", split, report.prompts, o.samples_per_prompt, report.pairs,

@@ -76,7 +76,7 @@ from alignment.data.formats import (
 )
 from alignment.data.loading import iter_preferences, iter_sft, load_preferences, load_sft
 from alignment.data.readers import KNOWN_COLUMNS, SUPPORTED_SUFFIXES, load_hub_rows, read_rows
-from alignment.data.splits import JsonlWriter, fingerprint, is_heldout, split_by_hash, write_jsonl
+from alignment.data.splits import JsonlWriter, fingerprint, is_heldout, read_jsonl, split_by_hash, write_jsonl
 
 __all__ = [
     "AUTO", "BAD_ENCODING", "BAD_FILE", "BAD_JSON", "BAD_ROLE", "CONVERSATIONAL", "DUPLICATE", "EMPTY_TEXT",
@@ -85,6 +85,6 @@ __all__ = [
     "SFT_FORMATS", "SFT_MESSAGES", "SFT_PROMPT_COMPLETION", "STANDARD", "SUPPORTED_SUFFIXES", "TOO_LONG",
     "ULTRAFEEDBACK", "WRONG_TYPE", "DataError", "DataValidationError", "DropReport", "JsonlWriter", "Message",
     "Pair", "Policy", "Record", "canonicalize_preference", "canonicalize_sft", "detect_format", "fingerprint",
-    "is_heldout", "iter_preferences", "iter_sft", "load_hub_rows", "load_preferences", "load_sft", "read_rows",
+    "is_heldout", "iter_preferences", "iter_sft", "load_hub_rows", "load_preferences", "load_sft", "read_jsonl", "read_rows",
     "split_by_hash", "write_jsonl",
 ]

@@ -70,6 +70,13 @@ def fingerprint(records: Iterable[Mapping[str, Any]]) -> str:
     return digest.hexdigest()
 
 
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a canonical JSON Lines file this package wrote (no validation: use the loaders for
+    users' files)."""
+    with Path(path).open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
     """Write canonical JSON lines atomically (temporary file in the same folder, then rename)."""
     with JsonlWriter(path) as writer:

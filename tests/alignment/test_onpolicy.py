@@ -12,7 +12,14 @@ import torch
 from alignment.config import PipelineConfig
 from alignment.generation import generate, generated_lengths
 from alignment.instructions import Instruction
-from alignment.onpolicy import VerifierScorer, best_over_worst, make_pairs, verifier_score
+from alignment.onpolicy import (
+    VerifierScorer,
+    best_over_worst,
+    distinct_prompts,
+    make_pairs,
+    score_answers,
+    verifier_score,
+)
 from alignment.stages import HELDOUT_PROMPTS, onpolicy_pairs, read_jsonl, write_instruction_prompts
 from alignment.tiny_model import make_tiny_model
 
@@ -131,3 +138,24 @@ def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tin
     assert report["onpolicy"]["scorer"] == "verifier" and report["counts"]["train"] == len(train)
     samples = read_jsonl(tmp_path / "onpolicy" / "samples-train.jsonl")
     assert len(samples) == 24 and {"prompt", "answer", "score", "passed"} <= set(samples[0])
+
+
+def test_answers_are_scored_in_one_call_and_regrouped_per_prompt() -> None:
+    class Length:
+        name, calls = "length", []
+
+        def score_many(self, prompts, responses):
+            self.calls.append((len(prompts), len(responses)))
+            return [float(len(r)) for r in responses]
+
+    p1, p2 = [{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]
+    scorer = Length()
+    assert score_answers(scorer, [p1, p2], [["x", "yy", "zzz"], ["wwww"]]) == [[1.0, 2.0, 3.0], [4.0]]
+    assert scorer.calls == [(4, 4)]
+
+
+def test_distinct_prompts_keep_file_order_once_each(tmp_path: Path) -> None:
+    p1, p2 = [{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (p2, p1, p2, p1)))
+    assert distinct_prompts(path) == [p2, p1]
