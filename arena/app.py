@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, select_autoescape
 from pydantic import BaseModel, Field
 
 from arena.generation import Sampling
@@ -31,6 +31,8 @@ from arena.stats import annotator_agreement, pair_stats
 from arena.store import ArenaError, Store, check_annotator
 
 TEMPLATES = Path(__file__).parent / "templates"
+SUBTITLE = ("Two models answer the same prompt. Which answer is better? Sides are shuffled and the models are "
+            "hidden until you vote.")
 
 
 class Backend(Protocol):
@@ -82,7 +84,9 @@ def create_app(store: Store, backend: Backend, settings: ArenaSettings | None = 
     settings = settings or ArenaSettings()
     rng = rng or random.SystemRandom()
     app = FastAPI(title=settings.title, docs_url=None, redoc_url=None)
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    # arena.html extends the reports' base.html (evaluation/templates/): one look for every alignflow page
+    env = Environment(loader=ChoiceLoader([FileSystemLoader(TEMPLATES), PackageLoader("evaluation", "templates")]),
+                      autoescape=select_autoescape(["html"]))
     basic = HTTPBasic(auto_error=False)
 
     def login(credentials: HTTPBasicCredentials | None = Depends(basic)) -> str | None:  # noqa: B008
@@ -115,7 +119,7 @@ def create_app(store: Store, backend: Backend, settings: ArenaSettings | None = 
         model_a, model_b = backend.defaults(choices)
         votes = store.decided()
         html = env.get_template("arena.html").render(
-            title=settings.title, choices=choices, model_a=model_a, model_b=model_b, user=user,
+            title=settings.title, subtitle=SUBTITLE, sections=[], choices=choices, model_a=model_a, model_b=model_b, user=user,
             sampling=settings.sampling.model_dump(), max_prompt_chars=settings.max_prompt_chars,
             stats=pair_stats(votes), agreement=annotator_agreement(votes), labels=_labels(choices))
         return HTMLResponse(html)
