@@ -18,21 +18,17 @@ import pytest
 
 from flows.stack import Stack, s3_client
 from tests.arena.registry_util import register_tiny
+from tests.integration.browserutil import BROWSER_MARKS, save_failure
 from tests.integration.stackutil import running_stack
-from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS, REQUIRED, save_failure
 
 try:
-    from playwright.sync_api import Browser, expect, sync_playwright
+    from playwright.sync_api import Browser, expect
 except ImportError:  # pragma: no cover - the test extra installs it
-    sync_playwright = None
+    pass
 
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "arena"
 QUESTION = "What sound does a cow make?"
-pytestmark = [
-    pytest.mark.browser, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900),
-    pytest.mark.skipif(not REQUIRED and not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing"),
-    pytest.mark.skipif(not REQUIRED and sync_playwright is None, reason="the playwright package is missing"),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +45,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         yield st
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def test_ask_vote_and_find_the_vote_in_the_database_and_the_export(stack: Stack, browser: Browser) -> None:

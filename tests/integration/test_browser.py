@@ -11,7 +11,6 @@ extra).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import urllib.request
@@ -22,47 +21,25 @@ from pathlib import Path
 import pytest
 
 from flows.stack import Stack
+from tests.integration.browserutil import BROWSER_MARKS, save_failure
 from tests.integration.stackutil import deploy, running_stack
 
 try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Page, expect
 except ImportError:  # pragma: no cover - the test extra installs it
-    sync_playwright = None
-
-CHROMIUM = Path("/usr/bin/chromium")
-# Nothing may try to reach the internet: no component updates, sync, field trials or first-run pings.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage"]
+    pass
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 STAGES = ["prepare_data", "base_model", "sft", "dpo", "evaluate", "benchmarks", "compare", "register"]
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RUN_TIMEOUT = 360
 
-# CI sets ALIGNFLOW_REQUIRE_BROWSER=1: there a missing browser is a failure, never a skip.
-REQUIRED = os.environ.get("ALIGNFLOW_REQUIRE_BROWSER") == "1"
-pytestmark = [
-    pytest.mark.browser, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900),
-    pytest.mark.skipif(not REQUIRED and not CHROMIUM.is_file(),
-                       reason=f"{CHROMIUM} is missing (Debian's chromium package: .ci/install-browser.sh)"),
-    pytest.mark.skipif(not REQUIRED and sync_playwright is None,
-                       reason="the playwright package is missing (pip install -e '.[test]')"),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(tmp_path_factory.mktemp("stack")) as st:
         yield st
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture
@@ -208,21 +185,6 @@ def find_run_in_mlflow_ui(page: Page, stack: Stack, summary: dict, shots: Path) 
     page.screenshot(path=str(shots / "08-mlflow-parent-run-params.png"))
 
 
-def save_failure(page: Page, stack: Stack, shots: Path) -> None:
-    """What CI keeps when the test fails: the page as it was, its HTML, and the stack's service logs; the
-    page's visible text also goes to the test's output (CI prints it), since the files may not be kept."""
-    try:
-        print(f"page {page.url} at the failure:\n{page.locator('body').inner_text()[:3000]}")
-    except Exception as err:  # noqa: BLE001 - never hide the test's own failure
-        print(f"could not read the page: {err}")
-    for name, save in (("failure.png", lambda: page.screenshot(path=str(shots / "failure.png"))),
-                       ("failure.html", lambda: (shots / "failure.html").write_text(page.content())),
-                       ("stack-logs", lambda: shutil.copytree(stack.dir / "logs", shots / "stack-logs",
-                                                              dirs_exist_ok=True))):
-        try:
-            save()
-        except Exception as err:  # noqa: BLE001 - never hide the test's own failure
-            print(f"could not save {name}: {err}")
 
 
 def close_assistant(page: Page) -> None:
