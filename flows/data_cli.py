@@ -68,12 +68,13 @@ def run_data_command(args: argparse.Namespace) -> int:
     """Run ``data inspect`` or ``data prepare``; user errors print ``error: ...`` and return 1 or 2."""
     from alignment.data import DataError
     from alignment.tokenization import TemplateError
+    from storage.s3 import StorageError
 
     _log_to_stderr()
     try:
         _check_args(args)
         return {"inspect": command_inspect, "prepare": command_prepare}[args.data_command](args)
-    except DataError as err:
+    except (DataError, StorageError) as err:  # a file that cannot be read, local or in S3
         print(f"error: {err}", file=sys.stderr)
         return 1
     except (TemplateError, ValueError, _model_load_error()) as err:

@@ -139,9 +139,9 @@ def _botocore_errors() -> tuple[type[BaseException], ...]:
     return (BotoCoreError, ClientError)
 
 
-def list_objects(client: Any, uri: str, suffixes: tuple[str, ...]) -> list[S3Object]:
-    """The object a URI names, or else the objects under it as a prefix whose names end in one of `suffixes`
-    (sorted by key)."""
+def list_objects(client: Any, uri: str, suffixes: tuple[str, ...] | None = None) -> list[S3Object]:
+    """The object a URI names, or else the objects under it as a prefix (sorted by key): those whose names end
+    in one of `suffixes`, or every one with `suffixes=None`."""
     bucket, key = parse_s3_uri(uri)
     try:
         head = _head(client, bucket, key) if key and not key.endswith("/") else None
@@ -152,12 +152,13 @@ def list_objects(client: Any, uri: str, suffixes: tuple[str, ...]) -> list[S3Obj
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 name = item["Key"]
-                if PurePosixPath(name).suffix.lower() in suffixes and not _hidden(name[len(prefix):]):
+                if (suffixes is None or PurePosixPath(name).suffix.lower() in suffixes) and not _hidden(name[len(prefix):]):
                     found.append(S3Object(bucket, name, int(item["Size"]), item["ETag"].strip('"')))
     except _botocore_errors() as exc:
         raise _s3_error(exc, uri) from exc
     if not found:
-        raise StorageError(f"no such object, and no {', '.join(suffixes)} objects under it as a prefix", file=uri)
+        kinds = f"{', '.join(suffixes)} " if suffixes else ""
+        raise StorageError(f"no such object, and no {kinds}objects under it as a prefix", file=uri)
     return sorted(found, key=lambda o: o.key)
 
 
@@ -254,10 +255,10 @@ def _verify(path: Path, obj: S3Object) -> None:
         raise StorageError("download does not match the object's ETag (MD5)", file=obj.uri)
 
 
-def fetch(uri: str, cache_dir: str | os.PathLike[str] | None = None, *, suffixes: tuple[str, ...] = (),
+def fetch(uri: str, cache_dir: str | os.PathLike[str] | None = None, *, suffixes: tuple[str, ...] | None = None,
           client: Any = None, progress: Progress | None = log_progress) -> list[tuple[str, Path]]:
-    """Download an object, or the objects under a prefix whose names end in one of `suffixes`, into the cache;
-    return ``(s3 URI, local path)`` per object."""
+    """Download an object, or the objects under a prefix (those whose names end in one of `suffixes`; every one
+    with None), into the cache; return ``(s3 URI, local path)`` per object."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     client = client if client is not None else make_client()
     objects = list_objects(client, uri, suffixes)

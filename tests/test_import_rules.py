@@ -26,9 +26,9 @@ def test_the_project_keeps_every_import_contract() -> None:
     assert proc.stdout.count(" KEPT") == len(contracts) == 3
 
 
-def test_a_cycle_or_an_mlflow_import_below_tasks_breaks_a_contract(tmp_path: Path) -> None:
-    """The contracts can fail: a copy of the tree with a cycle hidden in a function, and MLflow imported by
-    storage/, breaks exactly the two contracts that forbid them."""
+def test_a_cycle_an_mlflow_import_or_an_upward_import_breaks_a_contract(tmp_path: Path) -> None:
+    """The contracts can fail: a copy of the tree with a cycle hidden in a function, MLflow imported by
+    storage/, and storage/ importing alignment/ (upwards) breaks each of the three contracts."""
     for name in ("pyproject.toml", "flows", "tasks", "bench", "arena", "evaluation", "alignment", "storage",
                  "launcher"):
         source = ROOT / name
@@ -39,8 +39,9 @@ def test_a_cycle_or_an_mlflow_import_below_tasks_breaks_a_contract(tmp_path: Pat
     with (tmp_path / "alignment" / "distributed.py").open("a") as fh:
         fh.write("\n\ndef _cycle():\n    from alignment import stages  # noqa: F401\n")
     with (tmp_path / "storage" / "checksums.py").open("a") as fh:
-        fh.write("\n\ndef _tracking():\n    import mlflow  # noqa: F401\n")
+        fh.write("\n\ndef _tracking():\n    import mlflow  # noqa: F401\n\n\ndef _upwards():\n"
+                 "    import alignment.config  # noqa: F401\n")
     proc = lint_imports("--no-cache", cwd=tmp_path)
     assert proc.returncode != 0
-    assert proc.stdout.count(" BROKEN") == 2 and proc.stdout.count(" KEPT") == 1, proc.stdout[-4000:]
+    assert proc.stdout.count(" BROKEN") == 3 and proc.stdout.count(" KEPT") == 0, proc.stdout[-4000:]
     assert "alignment.stages -> alignment.distributed" in proc.stdout or ".stages -> .distributed" in proc.stdout

@@ -23,6 +23,8 @@ COPY tasks ./tasks
 COPY flows ./flows
 COPY arena ./arena
 COPY bench ./bench
+COPY storage ./storage
+COPY launcher ./launcher
 COPY configs ./configs
 COPY infra/accelerate ./infra/accelerate
 # psycopg2: the arena's votes in Postgres (postgresql+psycopg2:// URLs)

@@ -347,6 +347,21 @@ def test_arena_service_logs_annotators_in_and_keeps_votes_in_postgres(services: 
     assert "COPY arena ./arena" in dockerfile and "psycopg2-binary" in dockerfile
 
 
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    """`pip install .` in the image installs what pyproject's package list finds there: a package the image
+    does not copy would be missing only at import time, on the workers."""
+    import tomllib
+
+    root = COMPOSE_DIR.parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    dockerfile = (COMPOSE_DIR / "alignflow.Dockerfile").read_text()
+    packages = [p.removesuffix("*") for p in patterns]
+    assert {"alignment", "storage", "launcher", "arena"} <= set(packages)
+    for package in packages:
+        assert (root / package / "__init__.py").is_file(), package
+        assert f"COPY {package} ./{package}" in dockerfile, f"the image does not copy {package}/"
+
+
 def test_s3_service(services: dict) -> None:
     s3 = services["s3"]
     assert s3["image"].startswith("chrislusf/seaweedfs:")
