@@ -73,7 +73,7 @@ class SiLUMul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         gate, up = ctx.saved_tensors
-        return silu_mul_grads(gate, up, grad)
+        return silu_mul_grads(gate, up, F.silu(gate), grad)
 
 
 class SwiGLUDown(torch.autograd.Function):
@@ -93,24 +93,25 @@ class SwiGLUDown(torch.autograd.Function):
         need_gate, need_up, need_w, need_b = ctx.needs_input_grad
         g2 = grad.reshape(-1, grad.shape[-1])  # (N, H)
         grad_w = grad_b = grad_gate = grad_up = None
+        silu = F.silu(gate)  # (..., I), recomputed
         if need_w:
-            product = (F.silu(gate) * up).reshape(-1, gate.shape[-1])  # (N, I), recomputed
+            product = (silu * up).reshape(-1, gate.shape[-1])  # (N, I), recomputed
             grad_w = g2.t().mm(product)  # (H, I)
             del product
         if need_b and ctx.has_bias:
             grad_b = g2.sum(0)
         if need_gate or need_up:
-            grad_product = grad.matmul(weight)  # (..., I)
-            grad_gate, grad_up = silu_mul_grads(gate, up, grad_product)
+            grad_gate, grad_up = silu_mul_grads(gate, up, silu, grad.matmul(weight))
         return grad_gate, grad_up, grad_w, grad_b
 
 
-def silu_mul_grads(gate: torch.Tensor, up: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """d/d gate and d/d up of silu(gate) * up given the output's gradient (as torch's silu and mul backward:
-    silu'(x) = s * (1 + x * (1 - s)), s = sigmoid(x))."""
-    sig = torch.sigmoid(gate)
-    grad_up = grad * (gate * sig)
-    grad_gate = (grad * up) * (sig * (1 + gate * (1 - sig)))
+def silu_mul_grads(gate: torch.Tensor, up: torch.Tensor, silu: torch.Tensor,
+                   grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """d/d gate and d/d up of silu(gate) * up given the product's gradient and silu(gate): the kernels autograd
+    runs for the plain expression (mul's backward, then aten.silu_backward: grad * s * (1 + x * (1 - s)),
+    s = sigmoid(x), in one pass), so the same values."""
+    grad_up = grad * silu
+    grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
     return grad_gate, grad_up
 
 
@@ -140,6 +141,15 @@ def is_silu(act: object) -> bool:
     """torch's nn.SiLU or transformers' SiLUActivation (ACT2FN["silu"], whose forward is F.silu)."""
     return type(act) is nn.SiLU or type(act).__module__ + "." + type(act).__name__ == (
         "transformers.activations.SiLUActivation")
+
+
+def keep_plain_modules(model: nn.Module) -> None:
+    """Give back the modules' own forward where `use_fused_ops` switched it, and mark `model` so that it is
+    not switched again (training.lean_modules=false)."""
+    for module in model.modules():
+        if getattr(vars(module).get("forward"), "__func__", None) in (fused_rmsnorm_forward, fused_mlp_forward):
+            del module.forward
+    object.__setattr__(model, _PATCHED, 0)
 
 
 def use_fused_ops(model: nn.Module) -> int:

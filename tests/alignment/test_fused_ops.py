@@ -209,3 +209,17 @@ def test_autocast_runs_the_modules_own_forward() -> None:
         fused_ops.ENABLED = True
         got = sequence_logps(copy.deepcopy(model), b).sum
     assert_close(got, want, rtol=0, atol=0)
+
+
+def test_lean_modules_off_gives_back_the_modules_own_forward() -> None:
+    from alignment.config import TrainingConfig
+    from alignment.models import prepare_for_training
+
+    model = llama(layers=1)
+    assert use_fused_ops(model) == 4  # two norms and the MLP of one layer, the final norm
+    model = prepare_for_training(model, TrainingConfig(lean_modules=False))
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert use_fused_ops(model) == 0  # marked: the log-prob path does not switch it again
+    sequence_logps(model, batch())
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert TrainingConfig().lean_modules
