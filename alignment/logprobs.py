@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from alignment.attention import use_gqa_attention
+from alignment.fused_ops import use_fused_ops
 from alignment.lm_head import chunked_token_logps, final_hidden_states, linear_head, unwrap
 from alignment.tokenization import IGNORE_INDEX
 
@@ -162,8 +163,10 @@ def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], pred_
                    target: torch.Tensor, full_logits: bool = False) -> torch.Tensor:
     """(M,) fp32 log p(target_i | prefix) read at flat positions `pred_index` (b * T + t) of the batch."""
     head = None if full_logits else linear_head(model)
-    if not full_logits and (inner := unwrap(model)) is not None:
-        use_gqa_attention(inner)
+    if (inner := unwrap(model)) is not None:
+        use_fused_ops(inner)  # memory-lean RMSNorm / SwiGLU MLP where the model's classes are known
+        if not full_logits:
+            use_gqa_attention(inner)
     if head is not None:
         hidden = final_hidden_states(model, head, batch)  # (B, T, H)
         if hidden is not None:

@@ -78,7 +78,8 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_d
 
 def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> torch.nn.Module:
     """Apply `training`'s model settings (alignment.config.TrainingConfig): activation checkpointing, LoRA
-    adapters (peft; the base weights frozen), torch.compile. Returns the module to train."""
+    adapters (peft; the base weights frozen), transformers' own modules instead of the lean ones
+    (lean_modules=false), torch.compile. Returns the module to train."""
     if training.gradient_checkpointing:
         # Non-reentrant checkpointing: gradients reach adapters even where the inputs need none (frozen base).
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -96,6 +97,11 @@ def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> to
                              if isinstance(module, torch.nn.Linear)})
             raise ValueError(f"training.lora.target_modules={targets!r} does not fit this model "
                              f"({first_line(err)}); its linear layers are named {', '.join(linear)}") from None
+    if not training.lean_modules:
+        from alignment.fused_ops import keep_plain_modules
+        from alignment.lm_head import unwrap
+
+        keep_plain_modules(unwrap(model))
     if training.compile:
         model = torch.compile(model, dynamic=True)
     return model

@@ -37,8 +37,9 @@ TRAINERS: dict[str, tuple[str, ...]] = {"sft": ("alignflow", "trl"), "dpo": ("al
                                         "orpo": ("alignflow", "trl")}
 # alignflow's optional model settings (training.lora / gradient_checkpointing / compile), each measured as an extra
 # alignflow trainer `alignflow+<variant>` beside the plain one with --variants
-# ("full-logits": the plain log-prob path, LM head at every position, as before the chunked head)
-VARIANTS = ("lora", "checkpointing", "compile", "full-logits")
+# ("full-logits": the plain log-prob path, LM head at every position, as before the chunked head; "plain-ops":
+# transformers' own RMSNorm and MLP modules instead of alignment/fused_ops.py's memory-lean functions)
+VARIANTS = ("lora", "checkpointing", "compile", "full-logits", "plain-ops")
 # (steps, batch size) per data set for the full run: ~10 minutes on a 2-core machine in all
 DEFAULT_SHAPE = {"quickstart": (24, 16), "hh": (6, 8)}
 # the same with --model (a real model, e.g. SmolLM2-135M: ~15-40 s a step per trainer on 2 cores), and its

@@ -37,7 +37,7 @@ ORPO_NLL_TOKENS = "prompt_and_response"
 # TrainingConfig settings of the `alignflow+<variant>` trainers (bench.trainers.VARIANTS)
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha": 32.0}},
                                                "checkpointing": {"gradient_checkpointing": True},
-                                               "compile": {"compile": True}, "full-logits": {}}
+                                               "compile": {"compile": True}, "full-logits": {}, "plain-ops": {"lean_modules": False}}
 
 
 def load_rows(spec: dict[str, Any]) -> list[dict[str, list[int]]]:
@@ -76,6 +76,10 @@ def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict
     variant = spec["trainer"].partition("+")[2]
     if variant == "full-logits":  # the plain path for every log-prob (this trial's own process)
         use_full_logits()
+    if variant == "plain-ops":  # transformers' RMSNorm / MLP modules in the reference pass too (this process)
+        import alignment.fused_ops as fused_ops
+
+        fused_ops.ENABLED = False
     probe.start()
     started = time.perf_counter()
     ref_s = 0.0

@@ -209,3 +209,27 @@ def test_grouped_steps_do_not_depend_on_processes_or_accumulation() -> None:
 
     for step in range(3):
         assert step_rows(8, 1, 1, step) == step_rows(4, 2, 1, step) == step_rows(2, 2, 2, step)
+
+
+def test_cpu_memory_choices_train_to_the_same_weights(quick_tokenizer, sft_rows, tmp_path, monkeypatch) -> None:
+    """On CPU the trainer uses torch's fused AdamW, trims the heap after each step and, with activation
+    checkpointing, zeroes gradients in place instead of freeing them: the same weights as foreach AdamW with
+    freed gradients (to float rounding), over 8 steps."""
+    import alignment.trainer as trainer
+
+    assert trainer.adamw_implementation(torch.device("cpu")) == {"fused": True}
+    assert trainer.adamw_implementation(torch.device("meta")) == {}
+    model, _, _ = fit(quick_tokenizer, sft_rows, OPTIM, tmp_path / "lean")
+    checkpointed = make_model(quick_tokenizer)
+    checkpointed.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert trainer.keeps_grads(checkpointed) and not trainer.keeps_grads(model)
+    train(checkpointed, sft_rows, objective=sft_objective,
+          collate=functools.partial(collate_sft, pad_id=quick_tokenizer.pad_token_id), optim=OPTIM,
+          output_dir=tmp_path / "kept", seed=0, logger=InMemoryLogger())
+    monkeypatch.setattr(trainer, "adamw_implementation", lambda device: {"foreach": True})
+    monkeypatch.setattr(trainer, "keeps_grads", lambda model: False)
+    monkeypatch.setattr(trainer, "release_free_memory", lambda device: None)
+    plain, _, _ = fit(quick_tokenizer, sft_rows, OPTIM, tmp_path / "plain")
+    assert_same_weights(model, plain, atol=1e-6)
+    checkpointed.activation_checkpointing_disable()
+    assert_same_weights(checkpointed, plain, atol=1e-6)
