@@ -11,6 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from alignment.config import TrainingConfig
+from alignment.fused_ops import keep_plain_modules
+from alignment.lm_head import unwrap
 
 HASH_CONTENT_LIMIT = 1 << 30  # hash file contents up to 1 GiB; above that, name + size + mtime
 
@@ -98,9 +100,6 @@ def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> to
             raise ValueError(f"training.lora.target_modules={targets!r} does not fit this model "
                              f"({first_line(err)}); its linear layers are named {', '.join(linear)}") from None
     if not training.lean_modules:
-        from alignment.fused_ops import keep_plain_modules
-        from alignment.lm_head import unwrap
-
         keep_plain_modules(unwrap(model))
     if training.compile:
         model = torch.compile(model, dynamic=True)

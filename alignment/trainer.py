@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import json
 import math
 import random
@@ -25,6 +26,7 @@ from accelerate import Accelerator
 from transformers import get_scheduler
 
 from alignment.config import OptimConfig
+from alignment.lm_head import unwrap
 from alignment.logprobs import count_tokens
 from alignment.objectives import Objective
 from alignment.tracking import MetricsLogger
@@ -186,8 +188,6 @@ def keeps_grads(model: torch.nn.Module) -> bool:
     step's new gradients from being scattered through the heap among the recomputed layers' temporaries (on CPU,
     glibc then cannot reuse that space and the heap grows). Without checkpointing the peak is at the end of the
     forward pass, where freed gradients are memory saved."""
-    from alignment.lm_head import unwrap
-
     inner = unwrap(model)
     inner = getattr(inner, "get_base_model", lambda: inner)()  # through peft
     return bool(getattr(inner, "is_activation_checkpointing", False))
@@ -235,7 +235,12 @@ def run_step(loop: _Loop, rows: list[dict], step: int, objective: Objective, col
     return sums, tokens
 
 
-_LIBC: list = []  # [the C library, or None where it has no malloc_trim], looked up once
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once; None where the C library has none."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return getattr(libc, "malloc_trim", None)
 
 
 def release_free_memory(device: torch.device) -> None:
@@ -248,12 +253,9 @@ def release_free_memory(device: torch.device) -> None:
     step returns it and costs a madvise call and the page faults of touching that memory again."""
     if device.type != "cpu":
         return
-    if not _LIBC:
-        name = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name) if name else None
-        _LIBC.append(libc if libc is not None and hasattr(libc, "malloc_trim") else None)
-    if _LIBC[0] is not None:
-        _LIBC[0].malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def average_across_processes(acc: Accelerator, metrics: dict[str, float]) -> dict[str, float]:
