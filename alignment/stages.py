@@ -13,7 +13,7 @@ import logging
 import os
 from array import array
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from alignment.config import PipelineConfig
 from alignment.data import read_jsonl, write_jsonl
 from alignment.distributed import launch_training, make_accelerator, save_trained_model
 from alignment.generation import GenerationStats, generate
+from alignment.host_memory import large_blocks_mapped
 from alignment.logprobs import reference_logps
 from alignment.model_source import resolve_model
 from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, prepare_for_training
@@ -194,6 +195,20 @@ def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir
     if cfg.training.num_processes > 1 and accelerator is None:
         return launch_training("sft", cfg, prepared=prepared, base=base, out_dir=out_dir, logger=logger,
                                on_log=on_log)
+    with training_allocator(cfg):
+        return _sft_here(cfg, prepared, base, out_dir, logger, on_log, accelerator)
+
+
+def training_allocator(cfg: PipelineConfig) -> AbstractContextManager[bool]:
+    """A training stage runs under training.cpu_mmap_threshold_mib from before it loads a model (so the reference
+    pass's and the load's freed memory does not sit in the heap for the training steps to fragment); on CPU
+    only (alignment/host_memory.py)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return large_blocks_mapped(cfg.training.cpu_mmap_threshold_mib, device)
+
+
+def _sft_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir: Path, logger: MetricsLogger,
+              on_log: ProgressCallback | None, accelerator: Any) -> TrainOutput:
     tok = load_tokenizer(base.path, trust_remote_code=cfg.model.trust_remote_code)
     with accelerator.main_process_first() if accelerator else nullcontext():  # one writes the token cache
         rows = tokenized_rows(cfg, prepared, base, "sft")
@@ -212,6 +227,13 @@ def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, 
     if cfg.training.num_processes > 1 and accelerator is None:
         return launch_training("preference", cfg, prepared=prepared, base=base, sft=sft, out_dir=out_dir,
                                logger=logger, on_log=on_log)
+    with training_allocator(cfg):
+        return _preference_here(cfg, prepared, base, sft, out_dir, logger, on_log, accelerator)
+
+
+def _preference_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: TrainOutput | None,
+                     out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None,
+                     accelerator: Any) -> TrainOutput:
     method = cfg.preference.method
     if method == "dpo":
         d = cfg.dpo

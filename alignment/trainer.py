@@ -8,9 +8,6 @@ stopped at without replaying the loader. Checkpoints hold model, optimizer, sche
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import json
 import math
 import random
@@ -26,6 +23,7 @@ from accelerate import Accelerator
 from transformers import get_scheduler
 
 from alignment.config import OptimConfig
+from alignment.host_memory import release_free_memory
 from alignment.lm_head import unwrap
 from alignment.logprobs import count_tokens
 from alignment.objectives import Objective
@@ -233,29 +231,6 @@ def run_step(loop: _Loop, rows: list[dict], step: int, objective: Objective, col
     sums["grad_norm"] = float(grad_norm)
     sums["learning_rate"] = loop.scheduler.get_last_lr()[0]
     return sums, tokens
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, looked up once; None where the C library has none."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return getattr(libc, "malloc_trim", None)
-
-
-def release_free_memory(device: torch.device) -> None:
-    """Hand the heap's free pages back to the OS after a CPU step (glibc's malloc_trim; elsewhere nothing).
-
-    glibc keeps freed memory in its heap, and the optimizer's state, allocated in the first step amid the freed
-    activations, splits that free space: the next steps' activations no longer fit in it and grow the heap,
-    so the process holds the previous steps' activation memory on top of the current ones. Measured on DPO at
-    SmolLM2-135M's shape (docs/performance.md), this was ~1.2 GB of the peak resident set; trimming once per
-    step returns it and costs a madvise call and the page faults of touching that memory again."""
-    if device.type != "cpu":
-        return
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def average_across_processes(acc: Accelerator, metrics: dict[str, float]) -> dict[str, float]:

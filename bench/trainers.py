@@ -39,7 +39,11 @@ TRAINERS: dict[str, tuple[str, ...]] = {"sft": ("alignflow", "trl"), "dpo": ("al
 # alignflow trainer `alignflow+<variant>` beside the plain one with --variants
 # ("full-logits": the plain log-prob path, LM head at every position, as before the chunked head; "plain-ops":
 # transformers' own RMSNorm and MLP modules instead of alignment/fused_ops.py's memory-lean functions)
-VARIANTS = ("lora", "checkpointing", "compile", "full-logits", "plain-ops")
+# "glibc-malloc": glibc's adaptive mmap threshold instead of training.cpu_mmap_threshold_mib's 1 MiB)
+VARIANTS = ("lora", "checkpointing", "compile", "full-logits", "plain-ops", "glibc-malloc")
+# with --model, DPO is also measured against TRL's default under the allocator setting alignflow's CPU training
+# makes (bench.trial.TRL_MMAP), and the targets are judged against the best of TRL's configurations
+MODEL_EXTRA_TRAINERS: dict[str, tuple[str, ...]] = {"dpo": ("trl-mmap",)}
 # (steps, batch size) per data set for the full run: ~10 minutes on a 2-core machine in all
 DEFAULT_SHAPE = {"quickstart": (24, 16), "hh": (6, 8)}
 # the same with --model (a real model, e.g. SmolLM2-135M: ~15-40 s a step per trainer on 2 cores), and its
@@ -87,7 +91,8 @@ class BenchOptions:
     gen_batch_size: int = 8
 
     def trainers(self, method: str) -> tuple[str, ...]:
-        return TRAINERS[method] + tuple(f"alignflow+{v}" for v in self.variants)
+        extra = MODEL_EXTRA_TRAINERS.get(method, ()) if self.model else ()
+        return TRAINERS[method] + extra + tuple(f"alignflow+{v}" for v in self.variants)
 
     def grouped(self, data: str) -> bool:
         return self.group_by_length == "on" or (self.group_by_length == "preset" and data == "hh")
@@ -495,7 +500,7 @@ def judge_tiny(run: BenchRun) -> list[dict[str, Any]]:
 
 def format_table(run: BenchRun) -> str:
     header = (f"{'method':6s} {'data':10s} {'trainer':23s} {'pairs/s':>8s} {'tokens/s':>9s} {'RSS +MiB':>8s} "
-              f"{'RSS MiB':>8s} {'vs trl':>7s} {'vs trl-pre':>10s} {'loss diff':>9s}")
+              f"{'RSS MiB':>8s} {'vs trl':>7s} {'vs trl-pre':>10s} {'vs best':>7s} {'loss diff':>9s}")
     lines = [header, "-" * len(header)]
     for row in sorted(run.results, key=lambda r: (METHODS.index(r["method"]), r["data"])):
         if "seconds" not in row:
@@ -505,7 +510,8 @@ def format_table(run: BenchRun) -> str:
         lines.append(
             f"{row['method']:6s} {row['data']:10s} {row['trainer']:23s} {rate(row['pairs_per_s'])} "
             f"{row['tokens_per_s']:9.0f} {row['rss_growth_mib']:8.1f} {row['rss_peak_mib']:8.0f} "
-            f"{ratio(speed.get('trl')):>7s} {ratio(speed.get('trl-precompute')):>10s} {diff(row['loss_diff']):>9s}")
+            f"{ratio(speed.get('trl')):>7s} {ratio(speed.get('trl-precompute')):>10s} "
+            f"{ratio(min(speed.values()) if speed else None):>7s} {diff(row['loss_diff']):>9s}")
     env = run.environment
     model = env.get("model", {})
     lines.append(f"model {model.get('source')}: {model.get('model_type')}, vocabulary {model.get('vocab_size')}, "

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from alignment.host_memory import large_blocks_mapped
 from bench.generation import run_generation_trial
 from bench.pairs import pair_tokens, sft_rows
 from bench.probe import MemoryProbe, load_model, pin_threads
@@ -37,7 +38,11 @@ ORPO_NLL_TOKENS = "prompt_and_response"
 # TrainingConfig settings of the `alignflow+<variant>` trainers (bench.trainers.VARIANTS)
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha": 32.0}},
                                                "checkpointing": {"gradient_checkpointing": True},
-                                               "compile": {"compile": True}, "full-logits": {}, "plain-ops": {"lean_modules": False}}
+                                               "compile": {"compile": True}, "full-logits": {}, "plain-ops": {"lean_modules": False},
+                                               "glibc-malloc": {"cpu_mmap_threshold_mib": None}}
+# TRL's DPOTrainer default with the allocator setting alignflow's CPU training makes
+# (training.cpu_mmap_threshold_mib, alignment/host_memory.py), so that setting is not counted as alignflow's lead
+TRL_MMAP = "trl-mmap"
 
 
 def load_rows(spec: dict[str, Any]) -> list[dict[str, list[int]]]:
@@ -116,7 +121,8 @@ def run_trl(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], tok
 
     probe.start()
     started = time.perf_counter()
-    trainer = make_trainer(spec["method"], spec["trainer"], model, tokenizer, pairs, work / "trl",
+    trainer = make_trainer(spec["method"], "trl" if spec["trainer"] == TRL_MMAP else spec["trainer"], model,
+                           tokenizer, pairs, work / "trl",
                            steps=spec["steps"], batch_size=spec["batch_size"], learning_rate=spec["learning_rate"],
                            seed=spec["seed"], max_length=spec["max_length"], beta=spec["beta"], lam=spec["lam"])
     init_s = time.perf_counter() - started
@@ -128,8 +134,25 @@ def run_trl(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], tok
             "final_loss": output.training_loss, "steps_done": trainer.state.global_step, **probe.result()}
 
 
+def mmap_threshold_mib(trainer: str) -> int | None:
+    """The allocator setting a trial runs under (alignment/host_memory.py): alignflow's training.cpu_mmap_threshold_mib
+    (its default, or its variant's), the same for TRL_MMAP, glibc's default for TRL's other configurations."""
+    from alignment.config import TrainingConfig
+
+    if trainer.startswith("alignflow"):
+        return TrainingConfig(**VARIANT_SETTINGS.get(trainer.partition("+")[2], {})).cpu_mmap_threshold_mib
+    return TrainingConfig().cpu_mmap_threshold_mib if trainer == TRL_MMAP else None
+
+
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one trainer on one data set (spec from `bench.trainers.trial_spec`); returns the measurements."""
+    """Train one trainer on one data set (spec from `bench.trainers.trial_spec`); returns the measurements.
+    The allocator setting covers the whole trial, from loading the model on, as the pipeline's training stages
+    (alignment/stages.py) run under it from theirs."""
+    with large_blocks_mapped(mmap_threshold_mib(spec["trainer"]), torch.device(spec["device"])):
+        return _run_trial(spec)
+
+
+def _run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     pin_threads(spec["threads"])
