@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alignment.cpu_matmul import mm_nt
+
 _PATCHED = "_alignflow_fused_ops"  # attribute set on the model once its modules were visited
 ENABLED = True  # False: leave every model's modules alone (the benchmark's `plain-ops` variant measures that)
 # classes whose forward is, source for source, transformers' LlamaRMSNorm / LlamaMLP (transformers 5.23)
@@ -85,7 +87,7 @@ class SwiGLUDown(torch.autograd.Function):
         # gate, up (..., I); weight (H, I); bias (H,) or None -> (..., H)
         ctx.save_for_backward(gate, up, weight)
         ctx.has_bias = bias is not None
-        return F.linear(F.silu(gate) * up, weight, bias)
+        return mm_nt(F.silu(gate) * up, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
@@ -96,12 +98,12 @@ class SwiGLUDown(torch.autograd.Function):
         silu = F.silu(gate)  # (..., I), recomputed
         if need_w:
             product = (silu * up).reshape(-1, gate.shape[-1])  # (N, I), recomputed
-            grad_w = g2.t().mm(product)  # (H, I)
+            grad_w = mm_nt(g2.t().contiguous(), product.t())  # (H, I): g2.T @ product
             del product
         if need_b and ctx.has_bias:
             grad_b = g2.sum(0)
         if need_gate or need_up:
-            grad_gate, grad_up = silu_mul_grads(gate, up, silu, grad.matmul(weight))
+            grad_gate, grad_up = silu_mul_grads(gate, up, silu, mm_nt(grad, weight.t()))  # grad @ weight
         return grad_gate, grad_up, grad_w, grad_b
 
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alignment.cpu_matmul import applies, mm_nt
+
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (positions x vocabulary): 32 MiB in fp32
 _CHECKED = "_alignflow_head_checked"  # attribute set on the unwrapped model once its head is verified
 # config fields of models that transform logits after the head (Gemma 2's softcapping, Cohere's scale, ...)
@@ -43,7 +45,7 @@ class ChunkedTokenLogps(torch.autograd.Function):
         out = torch.empty(rows, dtype=acc, device=hidden.device)
         lse = torch.empty(rows, dtype=acc, device=hidden.device)
         for s in range(0, rows, chunk):
-            logits = F.linear(hidden[s:s + chunk], weight, bias).to(acc)  # (c, V)
+            logits = mm_nt(hidden[s:s + chunk], weight, bias).to(acc)  # (c, V)
             lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
             out[s:s + chunk] = logits.gather(1, target[s:s + chunk, None]).squeeze(1) - lse[s:s + chunk]
         ctx.save_for_backward(hidden, weight, bias, target, lse)
@@ -59,14 +61,17 @@ class ChunkedTokenLogps(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
         grad = grad.to(acc)
+        weight_t = weight.t().contiguous() if need_h and applies(weight) else weight.t()  # (H, V), once
         for s in range(0, hidden.shape[0], ctx.chunk):
             h, g_out = hidden[s:s + ctx.chunk], grad[s:s + ctx.chunk, None]  # (c, H), (c, 1)
-            logits = F.linear(h, weight, bias).to(acc)  # (c, V), recomputed
+            logits = mm_nt(h, weight, bias).to(acc)  # (c, V), recomputed
             g = logits.sub_(lse[s:s + ctx.chunk, None]).exp_().mul_(-g_out)  # -softmax * grad
             g.scatter_add_(1, target[s:s + ctx.chunk, None], g_out)  # + onehot * grad
             if need_h:
-                grad_h[s:s + ctx.chunk] = g.to(weight.dtype) @ weight
-            if need_w:
+                grad_h[s:s + ctx.chunk] = mm_nt(g.to(weight.dtype), weight_t)  # g @ weight
+            if need_w and applies(g, h):
+                grad_w += mm_nt(g.t().contiguous(), h.t())  # g.T @ h
+            elif need_w:
                 grad_w.addmm_(g.t(), h.to(acc))
             if need_b:
                 grad_b += g.sum(0)

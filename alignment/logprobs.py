@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from alignment.attention import use_gqa_attention
+from alignment.cpu_matmul import use_onednn_linears
 from alignment.fused_ops import use_fused_ops
 from alignment.lm_head import chunked_token_logps, final_hidden_states, linear_head, unwrap
 from alignment.tokenization import IGNORE_INDEX
@@ -165,6 +166,7 @@ def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], pred_
     head = None if full_logits else linear_head(model)
     if (inner := unwrap(model)) is not None:
         use_fused_ops(inner)  # memory-lean RMSNorm / SwiGLU MLP where the model's classes are known
+        use_onednn_linears(inner)  # fp32 products on CPU through oneDNN (alignment/cpu_matmul.py)
         if not full_logits:
             use_gqa_attention(inner)
     if head is not None:

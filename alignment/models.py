@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from alignment.config import TrainingConfig
+from alignment.cpu_matmul import keep_torch_linears
 from alignment.fused_ops import keep_plain_modules
 from alignment.lm_head import unwrap
 
@@ -81,7 +82,7 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_d
 def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> torch.nn.Module:
     """Apply `training`'s model settings (alignment.config.TrainingConfig): activation checkpointing, LoRA
     adapters (peft; the base weights frozen), transformers' own modules instead of the lean ones
-    (lean_modules=false), torch.compile. Returns the module to train."""
+    (lean_modules=false), torch's own linears instead of oneDNN's (onednn_linear=false), torch.compile. Returns the module to train."""
     if training.gradient_checkpointing:
         # Non-reentrant checkpointing: gradients reach adapters even where the inputs need none (frozen base).
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -101,6 +102,8 @@ def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> to
                              f"({first_line(err)}); its linear layers are named {', '.join(linear)}") from None
     if not training.lean_modules:
         keep_plain_modules(unwrap(model))
+    if not training.onednn_linear or training.compile:  # compile traces torch's own linears
+        keep_torch_linears(unwrap(model))
     if training.compile:
         model = torch.compile(model, dynamic=True)
     return model

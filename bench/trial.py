@@ -39,7 +39,8 @@ ORPO_NLL_TOKENS = "prompt_and_response"
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha": 32.0}},
                                                "checkpointing": {"gradient_checkpointing": True},
                                                "compile": {"compile": True}, "full-logits": {}, "plain-ops": {"lean_modules": False},
-                                               "glibc-malloc": {"cpu_mmap_threshold_mib": None}}
+                                               "glibc-malloc": {"cpu_mmap_threshold_mib": None},
+                                               "mkl-linear": {"onednn_linear": False}}
 # TRL's DPOTrainer default with the allocator setting alignflow's CPU training makes
 # (training.cpu_mmap_threshold_mib, alignment/host_memory.py), so that setting is not counted as alignflow's lead
 TRL_MMAP = "trl-mmap"
@@ -85,6 +86,10 @@ def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict
         import alignment.fused_ops as fused_ops
 
         fused_ops.ENABLED = False
+    if variant == "mkl-linear":  # torch's own (MKL) products in the reference pass too (this process)
+        import alignment.cpu_matmul as cpu_matmul
+
+        cpu_matmul.ENABLED = False
     probe.start()
     started = time.perf_counter()
     ref_s = 0.0

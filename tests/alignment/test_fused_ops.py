@@ -95,6 +95,16 @@ def test_rmsnorm_function_equals_llama_rmsnorm() -> None:
     assert_close(lw, gw, **TOL)
 
 
+@pytest.fixture
+def torch_products(monkeypatch):
+    """The lean functions' own maths, bit for bit: their matrix products through the same library as the
+    modules' (oneDNN's products agree with MKL's to rounding only: tests/alignment/test_cpu_matmul.py)."""
+    from alignment import cpu_matmul
+
+    monkeypatch.setattr(cpu_matmul, "ENABLED", False)
+
+
+@pytest.mark.usefixtures("torch_products")
 def test_swiglu_functions_equal_llama_mlp() -> None:
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaMLP
@@ -114,6 +124,7 @@ def test_swiglu_functions_equal_llama_mlp() -> None:
             assert_close(got, ref, **TOL)
 
 
+@pytest.mark.usefixtures("torch_products")
 def test_swiglu_down_with_bias_matches() -> None:
     gate, up = torch.randn(5, INTER, requires_grad=True), torch.randn(5, INTER, requires_grad=True)
     w, b = torch.randn(HIDDEN, INTER, requires_grad=True), torch.randn(HIDDEN, requires_grad=True)
@@ -217,7 +228,7 @@ def test_lean_modules_off_gives_back_the_modules_own_forward() -> None:
 
     model = llama(layers=1)
     assert use_fused_ops(model) == 4  # two norms and the MLP of one layer, the final norm
-    model = prepare_for_training(model, TrainingConfig(lean_modules=False))
+    model = prepare_for_training(model, TrainingConfig(lean_modules=False, onednn_linear=False))
     assert not any("forward" in vars(m) for m in model.modules())
     assert use_fused_ops(model) == 0  # marked: the log-prob path does not switch it again
     sequence_logps(model, batch())

@@ -1,0 +1,109 @@
+"""fp32 matrix products on CPU through oneDNN instead of torch's default BLAS.
+
+torch's CPU wheels multiply fp32 matrices with MKL, whose kernels choose their instruction set by CPU vendor:
+on AMD processors they run AVX2 code even where the CPU has AVX-512. oneDNN (shipped inside torch as
+`torch.ops.mkldnn`) dispatches on the CPU's features. Measured on this project's 2-core AMD EPYC machines
+(AVX-512), one thread, the matrix shapes of SmolLM2-135M's training step (1008 x 576 by 576 x 1536): MKL
+97-106 GFLOP/s, oneDNN 194-236 GFLOP/s for the forward product and both backward ones
+(docs/performance.md). Products are fp32 with fp32 accumulation either way; the two libraries sum in a
+different order, so results agree to float rounding (~1e-6 relative), not bit for bit.
+
+`linear` is F.linear with that forward and a backward of two more oneDNN products; `mm_nt` is a @ b.T.
+They fall back to torch's own ops where oneDNN does not apply: not CPU, not fp32, autocast on, inside
+torch.compile (which traces torch's ops), torch without oneDNN, or switched off (`ENABLED`; training.onednn_linear=false keeps a model's linears on torch's path).
+`use_onednn_linears` switches a model's nn.Linear modules to `linear`.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENABLED = True  # False: torch's own products everywhere in this process (the benchmark's `mkl-linear` variant)
+_PATCHED = "_alignflow_onednn_linears"
+
+
+def _op():
+    ops = getattr(torch.ops, "mkldnn", None)
+    return getattr(ops, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+_LINEAR = _op()
+
+
+def applies(*tensors: torch.Tensor | None) -> bool:
+    """oneDNN runs these: every tensor on CPU in fp32, no autocast, and the op there."""
+    if not ENABLED or _LINEAR is None or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+        return False
+    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
+
+
+def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b.T (+ bias): a (..., K), b (M, K) -> (..., M). No autograd of its own (use `linear` for that)."""
+    if applies(a, b, bias):
+        return _LINEAR(a, b.contiguous(), bias, "none", [], "")
+    return F.linear(a, b, bias)
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """y = x @ W.T + b; backward: dx = dy @ W, dW = dy.T @ x, db = sum(dy) (all three through `mm_nt`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor,  # type: ignore[override]
+                bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _LINEAR(x, weight.contiguous(), bias, "none", [], "")  # (..., M)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        g2 = grad.reshape(-1, grad.shape[-1])  # (N, M)
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = mm_nt(grad, weight.t()).reshape(x.shape)  # (..., K)
+        if need_w:
+            grad_w = mm_nt(g2.t().contiguous(), x.reshape(-1, x.shape[-1]).t())  # (M, K)
+        if need_b and ctx.has_bias:
+            grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, through oneDNN where it applies (module docstring)."""
+    if x.shape[-1] and applies(x, weight, bias):
+        return OneDNNLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def onednn_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return linear(x, self.weight, self.bias)
+
+
+def use_onednn_linears(model: nn.Module) -> int:
+    """Switch every plain nn.Linear of `model` (LoRA's base and adapter layers included; hooks still run) to
+    `linear`; returns how many. Idempotent; a model marked by `keep_torch_linears` is left alone."""
+    if not ENABLED or _LINEAR is None:
+        return 0
+    if getattr(model, _PATCHED, None) is not None:
+        return getattr(model, _PATCHED)
+    switched = 0
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.forward = types.MethodType(onednn_linear_forward, module)
+            switched += 1
+    object.__setattr__(model, _PATCHED, switched)
+    return switched
+
+
+def keep_torch_linears(model: nn.Module) -> None:
+    """Give the linears back their own forward and mark `model` so it is not switched again
+    (training.onednn_linear=false)."""
+    for module in model.modules():
+        if getattr(vars(module).get("forward"), "__func__", None) is onednn_linear_forward:
+            del module.forward
+    object.__setattr__(model, _PATCHED, 0)

@@ -1,0 +1,129 @@
+"""fp32 products through oneDNN on CPU (alignment/cpu_matmul.py): the same values and gradients as torch's
+own linear up to float rounding (1e-5 relative to each tensor's largest entry), alone and through a Llama of
+SmolLM2-135M's width (tied embeddings, LoRA, activation checkpointing); torch's path wherever oneDNN does not
+apply; a model's linears switched and given back."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alignment import cpu_matmul
+from alignment.config import TrainingConfig
+from alignment.logprobs import collate_shared_pairs, sequence_logps
+from alignment.models import prepare_for_training
+
+pytestmark = pytest.mark.skipif(cpu_matmul._LINEAR is None, reason="torch without oneDNN")
+HIDDEN, INTER = 576, 1536
+
+
+def close(got: torch.Tensor, want: torch.Tensor, rel: float = 1e-5) -> None:
+    scale = want.abs().max().clamp(min=1e-12)
+    assert ((got - want).abs().max() / scale).item() <= rel, (got - want).abs().max()
+
+
+@pytest.mark.parametrize("shape", [(7, 576), (2, 33, 576)], ids=["2d", "3d"])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
+def test_linear_matches_torch(shape: tuple[int, ...], with_bias: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen, requires_grad=True)
+    w = torch.randn(INTER, HIDDEN, generator=gen, requires_grad=True)
+    b = torch.randn(INTER, generator=gen, requires_grad=True) if with_bias else None
+    g = torch.randn(*shape[:-1], INTER, generator=gen)
+    inputs = [t for t in (x, w, b) if t is not None]
+    got = cpu_matmul.linear(x, w, b)
+    assert got.grad_fn is not None and type(got.grad_fn).__name__ == "OneDNNLinearBackward"
+    want = F.linear(x, w, b)
+    close(got, want)
+    for a, r in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(want, inputs, g), strict=True):
+        assert a.shape == r.shape
+        close(a, r)
+
+
+def test_frozen_weight_and_input_without_grad() -> None:
+    x, w = torch.randn(5, 16), torch.randn(8, 16)
+    xg = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(cpu_matmul.linear(xg, w).sum(), [xg])  # the weight frozen (a LoRA base layer)
+    close(gx, torch.ones(5, 8) @ w)
+    wg = w.clone().requires_grad_()
+    (gw,) = torch.autograd.grad(cpu_matmul.linear(x, wg).sum(), [wg])
+    close(gw, torch.ones(5, 8).t() @ x)
+
+
+def test_torchs_path_where_onednn_does_not_apply(monkeypatch) -> None:
+    x, w = torch.randn(5, 16, dtype=torch.float64), torch.randn(8, 16, dtype=torch.float64)
+    assert torch.equal(cpu_matmul.mm_nt(x, w), F.linear(x, w))  # fp64
+    assert cpu_matmul.linear(x.requires_grad_(), w).grad_fn.name() != "OneDNNLinearBackward"
+    x32, w32 = x.detach().float(), w.float()
+    assert cpu_matmul.applies(x32, w32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not cpu_matmul.applies(x32, w32)
+    monkeypatch.setattr(cpu_matmul, "ENABLED", False)
+    assert not cpu_matmul.applies(x32, w32)
+    assert torch.equal(cpu_matmul.mm_nt(x32, w32), F.linear(x32, w32))
+
+
+def llama(tie: bool) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=2048, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=9,
+                         num_key_value_heads=3, intermediate_size=INTER, max_position_embeddings=256,
+                         tie_word_embeddings=tie)
+    model = LlamaForCausalLM(config)
+    model.train()
+    return model
+
+
+def pairs_batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(3, 2048, (n,), generator=gen).tolist()
+
+    rows = [{"prompt_ids": ids(p), "chosen_ids": ids(c), "rejected_ids": ids(r)} for p, c, r in
+            ((40, 17, 23), (25, 30, 9), (61, 12, 20))]
+    return collate_shared_pairs(rows, pad_id=0)
+
+
+def logps_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    logps = sequence_logps(model, batch)
+    (logps.sum * torch.linspace(0.5, 1.5, logps.sum.shape[0])).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logps.sum.detach(), grads
+
+
+@pytest.mark.parametrize("setting", ["tied", "untied", "lora", "checkpointing"])
+def test_model_logps_and_gradients_match_torchs_linears(setting: str, monkeypatch) -> None:
+    base = llama(tie=setting != "untied")
+    training = TrainingConfig(**({"lora": {"r": 8, "alpha": 16.0}} if setting == "lora" else {}),
+                              gradient_checkpointing=setting == "checkpointing")
+    torch.manual_seed(1)  # LoRA's initial A matrices: the same on both sides
+    ours = prepare_for_training(copy.deepcopy(base), training)
+    torch.manual_seed(1)
+    theirs = prepare_for_training(copy.deepcopy(base), training.model_copy(update={"onednn_linear": False}))
+    batch = pairs_batch()
+    got, got_grads = logps_and_grads(ours, batch)
+    assert cpu_matmul.use_onednn_linears(ours) > 0  # switched by the log-prob path
+    want, want_grads = logps_and_grads(theirs, batch)
+    assert not any("forward" in vars(m) for m in theirs.modules() if type(m) is torch.nn.Linear)
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+    assert got_grads.keys() == want_grads.keys() and got_grads
+    for name, grad in want_grads.items():
+        close(got_grads[name], grad)
+
+
+def test_switching_is_idempotent_and_reversible() -> None:
+    model = llama(tie=True)
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    assert cpu_matmul.use_onednn_linears(model) == linears == 2 * 7 + 1  # q k v o gate up down a layer, the head
+    assert cpu_matmul.use_onednn_linears(model) == linears
+    cpu_matmul.keep_torch_linears(model)
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert cpu_matmul.use_onednn_linears(model) == 0  # marked
+    assert TrainingConfig().onednn_linear
+    compiled = prepare_for_training(llama(tie=True), TrainingConfig(compile=True))  # compile traces torch's linears
+    assert cpu_matmul.use_onednn_linears(compiled._orig_mod) == 0
