@@ -193,6 +193,9 @@ def _read_parquet(path: Path, name: str) -> Iterator[RowItem]:
                 index += 1
     except (pa.ArrowException, OSError) as exc:
         raise DataError(BAD_FILE, f"cannot read parquet: {exc}", file=name) from exc
+    except UnicodeDecodeError as exc:  # pyarrow decodes column names and metadata without catching this
+        raise DataError(BAD_FILE, f"cannot read parquet: its schema is not valid UTF-8 ({exc.reason} at byte "
+                                  f"{exc.start})", file=name) from exc
 
 
 def _parquet_rows(batch: Any) -> list[dict[str, Any] | DataError]:

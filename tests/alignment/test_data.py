@@ -475,6 +475,17 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
     assert loaded[-1]["row_index"] == 1499 and report.rows_read == 1500
 
 
+def test_parquet_with_a_column_name_that_is_not_utf8_is_a_bad_file(tmp_path: Path) -> None:
+    """Found by tests/alignment/test_data_fuzz.py: pyarrow raised UnicodeDecodeError for such a footer."""
+    path = write_parquet(tmp_path / "pairs.parquet", [triple(r) for r in make_records(2)])
+    raw = path.read_bytes()
+    assert raw.count(b"\x08rejected") >= 1
+    path.write_bytes(raw.replace(b"\x08rejected", b"\x08\x8dejected", 1))  # the footer's first copy of the name
+    with pytest.raises(DataError) as err:
+        load_preferences(str(path))
+    assert err.value.reason == "bad_file" and "pairs.parquet" in str(err.value) and "UTF-8" in str(err.value)
+
+
 def test_folder_reads_supported_files_sorted(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     write_lines(tmp_path / "b.jsonl", [std_row(prompt="b")])
