@@ -342,13 +342,15 @@ class TrainingConfig(_Section):
                           "(alignment/cpu_matmul.py) instead of torch's default BLAS (MKL), whose kernels run AVX2 "
                           "code on AMD processors even where AVX-512 is there: ~2.2x the matmul speed measured on "
                           "this project's AMD EPYC machines, the same fp32 maths up to rounding. Off: torch's own "
-                          "linears (also with training.compile). No effect on GPU.")
+                          "products for the whole training stage, its reference pass included (the model's linears "
+                          "also with training.compile). x86-64 only; no effect on GPU.")
     cpu_mmap_threshold_mib: int | None = Field(
         1, ge=1, le=32,
         description="On CPU with glibc, while training: every allocation of this many MiB or more gets its own "
                     "memory mapping, handed back to the OS when freed (mallopt M_MMAP_THRESHOLD), so one step's "
-                    "freed activations do not stay resident in a fragmented heap (measured: ~1 GB less peak RSS "
-                    "for DPO on SmolLM2-135M, docs/performance.md). Null: glibc's adaptive default. A "
+                    "freed activations do not stay resident in a fragmented heap (measured for DPO on SmolLM2-135M: "
+                    "640 MiB less peak RSS, 26 % slower; docs/performance.md). Null: glibc's adaptive default, "
+                    "the fast setting for a machine with memory to spare. A "
                     "MALLOC_MMAP_THRESHOLD_ environment variable takes precedence. No effect on GPU memory.")
     s3_checkpoints: bool | None = Field(
         None, description="Mirror training checkpoints (the newest two, uploaded in the background) to "

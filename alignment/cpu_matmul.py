@@ -10,25 +10,33 @@ different order, so results agree to float rounding (~1e-6 relative), not bit fo
 
 `linear` is F.linear with that forward and a backward of two more oneDNN products; `mm_nt` is a @ b.T.
 They fall back to torch's own ops where oneDNN does not apply: not CPU, not fp32, autocast on, inside
-torch.compile (which traces torch's ops), torch without oneDNN, or switched off (`ENABLED`; training.onednn_linear=false keeps a model's linears on torch's path).
+torch.compile (which traces torch's ops), torch without oneDNN or with `torch.backends.mkldnn` disabled, a
+CPU other than x86-64, or switched off (`ENABLED`; a training stage with training.onednn_linear=false runs
+under `products(False)`).
 `use_onednn_linears` switches a model's nn.Linear modules to `linear`.
 """
 
 from __future__ import annotations
 
+import platform
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 ENABLED = True  # False: torch's own products everywhere in this process (the benchmark's `mkl-linear` variant)
 _PATCHED = "_alignflow_onednn_linears"
 
 
 def _op():
-    ops = getattr(torch.ops, "mkldnn", None)
-    return getattr(ops, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+    """oneDNN's linear, on x86-64 only (measured there; on ARM the default BLAS may well be faster)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
 _LINEAR = _op()
@@ -36,14 +44,15 @@ _LINEAR = _op()
 
 def applies(*tensors: torch.Tensor | None) -> bool:
     """oneDNN runs these: every tensor on CPU in fp32, no autocast, and the op there."""
-    if not ENABLED or _LINEAR is None or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+    if not ENABLED or _LINEAR is None or not torch.backends.mkldnn.enabled or torch.is_autocast_enabled("cpu") \
+            or torch.compiler.is_compiling():
         return False
     return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
 
 
 def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """a @ b.T (+ bias): a (..., K), b (M, K) -> (..., M). No autograd of its own (use `linear` for that)."""
-    if applies(a, b, bias):
+    if a.shape[-1] and a.numel() and applies(a, b, bias):  # an empty product: torch's op
         return _LINEAR(a, b.contiguous(), bias, "none", [], "")
     return F.linear(a, b, bias)
 
@@ -54,18 +63,20 @@ class OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor,  # type: ignore[override]
                 bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        # the input only where the weight needs its gradient (a frozen LoRA base layer keeps none), as F.linear
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
+        ctx.has_bias, ctx.x_shape = bias is not None, x.shape
         return _LINEAR(x, weight.contiguous(), bias, "none", [], "")  # (..., M)
 
     @staticmethod
+    @once_differentiable  # no double backward: an error rather than a silently wrong second derivative
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         g2 = grad.reshape(-1, grad.shape[-1])  # (N, M)
         grad_x = grad_w = grad_b = None
         if need_x:
-            grad_x = mm_nt(grad, weight.t()).reshape(x.shape)  # (..., K)
+            grad_x = mm_nt(grad, weight.t()).reshape(ctx.x_shape)  # (..., K)
         if need_w:
             grad_w = mm_nt(g2.t().contiguous(), x.reshape(-1, x.shape[-1]).t())  # (M, K)
         if need_b and ctx.has_bias:
@@ -75,9 +86,22 @@ class OneDNNLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, through oneDNN where it applies (module docstring)."""
-    if x.shape[-1] and applies(x, weight, bias):
+    if x.shape[-1] and x.numel() and applies(x, weight, bias):
         return OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+@contextmanager
+def products(enabled: bool) -> Iterator[None]:
+    """oneDNN's products on (as far as `ENABLED` already allows) or off for the block, process-wide: a training
+    stage runs under training.onednn_linear, its reference pass, LM head and MLP included."""
+    global ENABLED
+    before = ENABLED
+    ENABLED = before and enabled
+    try:
+        yield
+    finally:
+        ENABLED = before
 
 
 def onednn_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,8 @@ import json
 import logging
 import os
 from array import array
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 
 from alignment import instructions, quicktask
 from alignment.config import PipelineConfig
+from alignment.cpu_matmul import products
 from alignment.data import read_jsonl, write_jsonl
 from alignment.distributed import launch_training, make_accelerator, save_trained_model
 from alignment.generation import GenerationStats, generate
@@ -195,16 +196,19 @@ def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir
     if cfg.training.num_processes > 1 and accelerator is None:
         return launch_training("sft", cfg, prepared=prepared, base=base, out_dir=out_dir, logger=logger,
                                on_log=on_log)
-    with training_allocator(cfg):
+    with training_scope(cfg):
         return _sft_here(cfg, prepared, base, out_dir, logger, on_log, accelerator)
 
 
-def training_allocator(cfg: PipelineConfig) -> AbstractContextManager[bool]:
-    """A training stage runs under training.cpu_mmap_threshold_mib from before it loads a model (so the reference
-    pass's and the load's freed memory does not sit in the heap for the training steps to fragment); on CPU
-    only (alignment/host_memory.py)."""
+@contextmanager
+def training_scope(cfg: PipelineConfig) -> Iterator[None]:
+    """A training stage runs, from before it loads a model, under training.cpu_mmap_threshold_mib (so the
+    reference pass's and the load's freed memory does not sit in the heap for the training steps to fragment;
+    CPU only, alignment/host_memory.py) and training.onednn_linear (every product of the stage, the reference
+    pass's included; alignment/cpu_matmul.py)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return large_blocks_mapped(cfg.training.cpu_mmap_threshold_mib, device)
+    with large_blocks_mapped(cfg.training.cpu_mmap_threshold_mib, device), products(cfg.training.onednn_linear):
+        yield
 
 
 def _sft_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir: Path, logger: MetricsLogger,
@@ -227,7 +231,7 @@ def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, 
     if cfg.training.num_processes > 1 and accelerator is None:
         return launch_training("preference", cfg, prepared=prepared, base=base, sft=sft, out_dir=out_dir,
                                logger=logger, on_log=on_log)
-    with training_allocator(cfg):
+    with training_scope(cfg):
         return _preference_here(cfg, prepared, base, sft, out_dir, logger, on_log, accelerator)
 
 

@@ -97,7 +97,7 @@ def logps_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
 
 
 @pytest.mark.parametrize("setting", ["tied", "untied", "lora", "checkpointing"])
-def test_model_logps_and_gradients_match_torchs_linears(setting: str, monkeypatch) -> None:
+def test_model_logps_and_gradients_match_torchs_linears(setting: str) -> None:
     base = llama(tie=setting != "untied")
     training = TrainingConfig(**({"lora": {"r": 8, "alpha": 16.0}} if setting == "lora" else {}),
                               gradient_checkpointing=setting == "checkpointing")
@@ -108,7 +108,8 @@ def test_model_logps_and_gradients_match_torchs_linears(setting: str, monkeypatc
     batch = pairs_batch()
     got, got_grads = logps_and_grads(ours, batch)
     assert cpu_matmul.use_onednn_linears(ours) > 0  # switched by the log-prob path
-    want, want_grads = logps_and_grads(theirs, batch)
+    with cpu_matmul.products(False):  # as a stage with training.onednn_linear=false: the head and MLP too
+        want, want_grads = logps_and_grads(theirs, batch)
     assert not any("forward" in vars(m) for m in theirs.modules() if type(m) is torch.nn.Linear)
     assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
     assert got_grads.keys() == want_grads.keys() and got_grads
@@ -127,3 +128,39 @@ def test_switching_is_idempotent_and_reversible() -> None:
     assert TrainingConfig().onednn_linear
     compiled = prepare_for_training(llama(tie=True), TrainingConfig(compile=True))  # compile traces torch's linears
     assert cpu_matmul.use_onednn_linears(compiled._orig_mod) == 0
+
+
+def saved_bytes(fn) -> int:
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
+def test_a_frozen_weight_keeps_no_input_and_no_double_backward() -> None:
+    x, w = torch.randn(6, 16, requires_grad=True), torch.randn(8, 16)
+    assert saved_bytes(lambda: cpu_matmul.linear(x, w)) == w.numel() * 4  # the weight only, as F.linear
+    trained = w.clone().requires_grad_()
+    assert saved_bytes(lambda: cpu_matmul.linear(x, trained)) == (w.numel() + x.numel()) * 4
+    (gx,) = torch.autograd.grad(cpu_matmul.linear(x, trained).sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()  # once_differentiable: an error, not a silently wrong second derivative
+
+
+def test_products_switch_and_empty_inputs() -> None:
+    x, w = torch.randn(4, 16), torch.randn(8, 16)
+    with cpu_matmul.products(False):
+        assert not cpu_matmul.applies(x, w)
+        with cpu_matmul.products(True):  # cannot switch back on inside an off block
+            assert not cpu_matmul.applies(x, w)
+    assert cpu_matmul.applies(x, w)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not cpu_matmul.applies(x, w)
+    empty = torch.randn(0, 16, requires_grad=True)
+    assert cpu_matmul.linear(empty, w).shape == (0, 8)
+    assert torch.equal(cpu_matmul.mm_nt(torch.randn(3, 0), torch.randn(5, 0)), torch.zeros(3, 5))
