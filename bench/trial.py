@@ -86,10 +86,6 @@ def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict
         import alignment.fused_ops as fused_ops
 
         fused_ops.ENABLED = False
-    if variant == "mkl-linear":  # torch's own (MKL) products in the reference pass too (this process)
-        import alignment.cpu_matmul as cpu_matmul
-
-        cpu_matmul.ENABLED = False
     probe.start()
     started = time.perf_counter()
     ref_s = 0.0
@@ -142,18 +138,27 @@ def run_trl(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], tok
 def mmap_threshold_mib(trainer: str) -> int | None:
     """The allocator setting a trial runs under (alignment/host_memory.py): alignflow's training.cpu_mmap_threshold_mib
     (its default, or its variant's), the same for TRL_MMAP, glibc's default for TRL's other configurations."""
+    if trainer.startswith("alignflow"):
+        return variant_training(trainer).cpu_mmap_threshold_mib
+    return variant_training("alignflow").cpu_mmap_threshold_mib if trainer == TRL_MMAP else None
+
+
+def variant_training(trainer: str) -> Any:
+    """The TrainingConfig of an `alignflow[+variant]` trainer."""
     from alignment.config import TrainingConfig
 
-    if trainer.startswith("alignflow"):
-        return TrainingConfig(**VARIANT_SETTINGS.get(trainer.partition("+")[2], {})).cpu_mmap_threshold_mib
-    return TrainingConfig().cpu_mmap_threshold_mib if trainer == TRL_MMAP else None
+    return TrainingConfig(**VARIANT_SETTINGS.get(trainer.partition("+")[2], {}))
 
 
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one trainer on one data set (spec from `bench.trainers.trial_spec`); returns the measurements.
-    The allocator setting covers the whole trial, from loading the model on, as the pipeline's training stages
-    (alignment/stages.py) run under it from theirs."""
-    with large_blocks_mapped(mmap_threshold_mib(spec["trainer"]), torch.device(spec["device"])):
+    The allocator setting and training.onednn_linear cover the whole trial, from loading the model on, as the
+    pipeline's training stages (alignment/stages.py training_scope) run under them from theirs (TRL's trainers
+    call torch's own linears either way)."""
+    from alignment.cpu_matmul import products
+
+    onednn = variant_training(spec["trainer"]).onednn_linear if spec["trainer"].startswith("alignflow") else True
+    with large_blocks_mapped(mmap_threshold_mib(spec["trainer"]), torch.device(spec["device"])), products(onednn):
         return _run_trial(spec)
 
 
