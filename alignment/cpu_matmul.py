@@ -50,10 +50,19 @@ def applies(*tensors: torch.Tensor | None) -> bool:
     return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
 
 
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself where oneDNN reads it in place: contiguous, or a 2-D transpose of a contiguous matrix (oneDNN
+    takes its strides, so the backward products `dy @ W` and `dy.T @ x` copy nothing); else a contiguous copy.
+    A copy costs more than its memory traffic during training: on CPU each new block of a MiB or more is fresh
+    pages from the OS (alignment/host_memory.py), zeroed by the kernel on first touch."""
+    return t if t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous()) else t.contiguous()
+
+
 def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b.T (+ bias): a (..., K), b (M, K) -> (..., M). No autograd of its own (use `linear` for that)."""
+    """a @ b.T (+ bias): a (..., K), b (M, K) -> (..., M); a plain transpose as `a` or `b` is read in place
+    (`_strided`). No autograd of its own (use `linear` for that)."""
     if a.shape[-1] and a.numel() and applies(a, b, bias):  # an empty product: torch's op
-        return _LINEAR(a, b.contiguous(), bias, "none", [], "")
+        return _LINEAR(_strided(a), _strided(b), bias, "none", [], "")
     return F.linear(a, b, bias)
 
 
@@ -66,7 +75,7 @@ class OneDNNLinear(torch.autograd.Function):
         # the input only where the weight needs its gradient (a frozen LoRA base layer keeps none), as F.linear
         ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
         ctx.has_bias, ctx.x_shape = bias is not None, x.shape
-        return _LINEAR(x, weight.contiguous(), bias, "none", [], "")  # (..., M)
+        return _LINEAR(x, _strided(weight), bias, "none", [], "")  # (..., M)
 
     @staticmethod
     @once_differentiable  # no double backward: an error rather than a silently wrong second derivative
@@ -78,7 +87,7 @@ class OneDNNLinear(torch.autograd.Function):
         if need_x:
             grad_x = mm_nt(grad, weight.t()).reshape(ctx.x_shape)  # (..., K)
         if need_w:
-            grad_w = mm_nt(g2.t().contiguous(), x.reshape(-1, x.shape[-1]).t())  # (M, K)
+            grad_w = mm_nt(g2.t(), x.reshape(-1, x.shape[-1]).t())  # (M, K); both transposes read in place
         if need_b and ctx.has_bias:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b

@@ -98,7 +98,7 @@ class SwiGLUDown(torch.autograd.Function):
         silu = F.silu(gate)  # (..., I), recomputed
         if need_w:
             product = (silu * up).reshape(-1, gate.shape[-1])  # (N, I), recomputed
-            grad_w = mm_nt(g2.t().contiguous(), product.t())  # (H, I): g2.T @ product
+            grad_w = mm_nt(g2.t(), product.t())  # (H, I): g2.T @ product
             del product
         if need_b and ctx.has_bias:
             grad_b = g2.sum(0)

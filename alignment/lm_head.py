@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignment.cpu_matmul import applies, mm_nt
+from alignment.cpu_matmul import mm_nt
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (positions x vocabulary): 32 MiB in fp32
 _CHECKED = "_alignflow_head_checked"  # attribute set on the unwrapped model once its head is verified
@@ -58,10 +58,10 @@ class ChunkedTokenLogps(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
         acc = lse.dtype
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_w = None  # (V, H) in `acc`: the first chunk's product, the others added to it in place
         grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
         grad = grad.to(acc)
-        weight_t = weight.t().contiguous() if need_h and applies(weight) else weight.t()  # (H, V), once
+        weight_t = weight.t()  # (H, V), read in place by either library
         for s in range(0, hidden.shape[0], ctx.chunk):
             h, g_out = hidden[s:s + ctx.chunk], grad[s:s + ctx.chunk, None]  # (c, H), (c, 1)
             logits = mm_nt(h, weight, bias).to(acc)  # (c, V), recomputed
@@ -69,12 +69,12 @@ class ChunkedTokenLogps(torch.autograd.Function):
             g.scatter_add_(1, target[s:s + ctx.chunk, None], g_out)  # + onehot * grad
             if need_h:
                 grad_h[s:s + ctx.chunk] = mm_nt(g.to(weight.dtype), weight_t)  # g @ weight
-            if need_w and applies(g, h):
-                grad_w += mm_nt(g.t().contiguous(), h.t())  # g.T @ h
-            elif need_w:
-                grad_w.addmm_(g.t(), h.to(acc))
+            if need_w:  # g.T @ h, accumulated in place: no (V, H) temporary per chunk (docs/performance.md)
+                grad_w = mm_nt(g.t(), h.to(acc).t()) if grad_w is None else grad_w.addmm_(g.t(), h.to(acc))
             if need_b:
                 grad_b += g.sum(0)
+        if need_w and grad_w is None:  # no rows
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,
                 grad_b.to(bias.dtype) if need_b else None, None, None)
 

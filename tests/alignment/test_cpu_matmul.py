@@ -43,6 +43,23 @@ def test_linear_matches_torch(shape: tuple[int, ...], with_bias: bool) -> None:
         close(a, r)
 
 
+@pytest.mark.parametrize("rows", [1, 7, 170])
+@pytest.mark.parametrize("a_transposed", [False, True], ids=["a", "a.T"])
+@pytest.mark.parametrize("b_transposed", [False, True], ids=["b", "b.T"])
+def test_mm_nt_reads_plain_transposes_in_place(rows: int, a_transposed: bool, b_transposed: bool) -> None:
+    """The backward products pass `W.t()`, `dy.t()`, `x.t()`: oneDNN takes their strides (no copy for the
+    weight-side operand) with the same result as a contiguous copy; other layouts are copied first."""
+    gen = torch.Generator().manual_seed(rows)
+    a = torch.randn(HIDDEN, rows, generator=gen).t() if a_transposed else torch.randn(rows, HIDDEN, generator=gen)
+    b = torch.randn(HIDDEN, 96, generator=gen).t() if b_transposed else torch.randn(96, HIDDEN, generator=gen)
+    assert cpu_matmul._strided(b) is b  # contiguous or a plain transpose: passed as it is
+    close(cpu_matmul.mm_nt(a, b), a.double().matmul(b.double().t()).float())
+    close(cpu_matmul.mm_nt(a, b), cpu_matmul.mm_nt(a.contiguous(), b.contiguous()), rel=1e-6)
+    every_other = torch.randn(96, 2 * HIDDEN, generator=gen)[:, ::2]  # neither layout: copied
+    assert not every_other.is_contiguous() and cpu_matmul._strided(every_other).is_contiguous()
+    close(cpu_matmul.mm_nt(a, every_other), a.double().matmul(every_other.double().t()).float())
+
+
 def test_frozen_weight_and_input_without_grad() -> None:
     x, w = torch.randn(5, 16), torch.randn(8, 16)
     xg = x.clone().requires_grad_()
