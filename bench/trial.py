@@ -5,7 +5,8 @@ A trial is a JSON-serialisable spec (see `bench.trainers.trial_spec`). Measured:
 * ``seconds``: wall time of the training call with the model already loaded and the rows already tokenized.
   alignflow: `reference_logps` (DPO only) + `alignment.trainer.train` (which builds its Accelerator, optimiser
   and scheduler, and writes one checkpoint at the last step; that write is timed on its own as
-  ``checkpoint_s`` and stays inside ``seconds``). TRL: `trainer.train()`, plus for
+  ``checkpoint_s`` and stays inside ``seconds``). TRL: `trainer.train()` (which writes the same kind of
+  checkpoint at its last step, bench.trl_side, timed as ``checkpoint_s`` likewise), plus for
   ``precompute_ref_log_probs=True`` the reference pass TRL runs inside its constructor (``ref_s``). The rest of
   TRL's constructor (its dataset preparation and, for default DPO, loading the reference model) is reported
   as ``init_s`` and is not in ``seconds``.
@@ -128,10 +129,21 @@ def run_trl(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], tok
                            seed=spec["seed"], max_length=spec["max_length"], beta=spec["beta"], lam=spec["lam"])
     init_s = time.perf_counter() - started
     ref_s = getattr(trainer, "precompute_seconds", 0.0)
+    checkpoint_s = [0.0]
+    original_save = trainer._save_checkpoint
+
+    def timed_save(*args: Any, **kwargs: Any) -> Any:  # its last-step checkpoint (bench.trl_side): time it
+        begun = time.perf_counter()
+        try:
+            return original_save(*args, **kwargs)
+        finally:
+            checkpoint_s[0] += time.perf_counter() - begun
+
+    trainer._save_checkpoint = timed_save
     started = time.perf_counter()
     output = trainer.train()
     train_s = time.perf_counter() - started
-    return {"seconds": train_s + ref_s, "ref_s": ref_s, "init_s": init_s - ref_s, "checkpoint_s": 0.0,
+    return {"seconds": train_s + ref_s, "ref_s": ref_s, "init_s": init_s - ref_s, "checkpoint_s": checkpoint_s[0],
             "final_loss": output.training_loss, "steps_done": trainer.state.global_step, **probe.result()}
 
 

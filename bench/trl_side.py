@@ -7,8 +7,10 @@ Settings shared by every TRL trainer (`common_args`), chosen to match alignflow'
 fp32 (`bf16=False`; TRL defaults to bf16 autocast), no gradient checkpointing (TRL defaults to it on), AdamW
 (`optim="adamw_torch"`, betas (0.9, 0.999), eps 1e-8, weight decay 0), constant learning rate, no warm-up,
 gradient clipping at 1.0, one micro-batch per step, `max_steps` steps over exactly `steps * batch` rows (one
-epoch), no evaluation, no checkpoints (`save_strategy="no"`), no logging backends (`report_to="none"`), one
-log line at the end, dataloader workers 0.
+epoch), no evaluation, one checkpoint at the last step (`save_strategy="steps"`, `save_steps=steps`: model,
+optimizer, scheduler and RNG state, the same resumable checkpoint alignflow's loop writes at its last step, so
+both sides do the same work), no logging backends (`report_to="none"`), one log line at the end, dataloader
+workers 0.
 
 Token ids reach TRL unchanged:
 * DPO: rows `{prompt_ids, chosen_ids, rejected_ids}` (TRL's own tokenized layout); `_prepare_dataset` is
@@ -47,7 +49,7 @@ def common_args(output_dir: Path, *, steps: int, batch_size: int, learning_rate:
         "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "optim": "adamw_torch",
         "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "seed": seed, "data_seed": seed,
         "bf16": False, "fp16": False, CHECKPOINTING_FIELD: False, "logging_strategy": "steps",
-        "logging_steps": steps, "save_strategy": "no", "eval_strategy": "no", "report_to": "none",
+        "logging_steps": steps, "save_strategy": "steps", "save_steps": steps, "eval_strategy": "no", "report_to": "none",
         "dataloader_num_workers": 0, "dataloader_pin_memory": False, "disable_tqdm": True,
         "use_cpu": not torch.cuda.is_available(),
     }
