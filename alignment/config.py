@@ -337,13 +337,14 @@ class TrainingConfig(_Section):
                           "(alignment/fused_ops.py): ~38 % fewer activations kept for the backward pass, the same "
                           "values; the MLP's backward recomputes its product (a few % of its time on CPU). Off: "
                           "transformers' own modules.")
-    onednn_linear: bool = Field(
-        True, description="On CPU in fp32, the linear layers and the LM head multiply through oneDNN "
+    onednn_linear: bool | None = Field(
+        None, description="On CPU in fp32, the linear layers and the LM head multiply through oneDNN "
                           "(alignment/cpu_matmul.py) instead of torch's default BLAS (MKL), whose kernels run AVX2 "
                           "code on AMD processors even where AVX-512 is there: ~2.2x the matmul speed measured on "
-                          "this project's AMD EPYC machines, the same fp32 maths up to rounding. Off: torch's own "
-                          "products for the whole training stage, its reference pass included (the model's linears "
-                          "also with training.compile). x86-64 only; no effect on GPU.")
+                          "this project's AMD EPYC machines, the same fp32 maths up to rounding. Unset: on for x86-64 "
+                          "CPUs other than Intel's (on an Intel Xeon MKL's own AVX-512 kernels were the faster ones). "
+                          "False: torch's own products for the whole training stage, its reference pass included "
+                          "(the model's linears also with training.compile). x86-64 only; no effect on GPU.")
     cpu_mmap_threshold_mib: int | None = Field(
         1, ge=1, le=32,
         description="On CPU with glibc, while training: every allocation of this many MiB or more gets its own "

@@ -12,14 +12,18 @@ different order, so results agree to float rounding (~1e-6 relative), not bit fo
 They fall back to torch's own ops where oneDNN does not apply: not CPU, not fp32, autocast on, inside
 torch.compile (which traces torch's ops), torch without oneDNN or with `torch.backends.mkldnn` disabled, a
 CPU other than x86-64, or switched off (`ENABLED`; a training stage with training.onednn_linear=false runs
-under `products(False)`).
+under `products(False)`). Left unset, training.onednn_linear is `pays_here()`: on for x86-64 CPUs that are not
+Intel's. On an Intel Xeon with AVX-512 (family 6, model 207) MKL runs its own AVX-512 kernels and was the
+faster of the two at these shapes (docs/performance.md), so Intel CPUs keep torch's products.
 `use_onednn_linears` switches a model's nn.Linear modules to `linear`.
 """
 
 from __future__ import annotations
 
+import functools
 import platform
 import types
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -100,13 +104,37 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+@functools.cache
+def pays_here() -> bool:
+    """Whether oneDNN's products are the faster ones on this CPU: x86-64 with oneDNN in torch, and a vendor
+    other than Intel (where MKL dispatches AVX2 code whatever the CPU has). Read from /proc/cpuinfo; where
+    that cannot be read, x86-64 decides alone."""
+    if _LINEAR is None:
+        return False
+    return cpu_vendor() != "GenuineIntel"
+
+
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's vendor id (GenuineIntel, AuthenticAMD, ...), None where it is not known."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), None)
+
+
+def wanted(setting: bool | None) -> bool:
+    """training.onednn_linear as set, or `pays_here()` where it is left unset (None)."""
+    return pays_here() if setting is None else setting
+
+
 @contextmanager
-def products(enabled: bool) -> Iterator[None]:
+def products(enabled: bool | None) -> Iterator[None]:
     """oneDNN's products on (as far as `ENABLED` already allows) or off for the block, process-wide: a training
-    stage runs under training.onednn_linear, its reference pass, LM head and MLP included."""
+    stage runs under training.onednn_linear, its reference pass, LM head and MLP included. None: `pays_here()`."""
     global ENABLED
     before = ENABLED
-    ENABLED = before and enabled
+    ENABLED = before and wanted(enabled)
     try:
         yield
     finally:

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from alignment.config import TrainingConfig
-from alignment.cpu_matmul import keep_torch_linears
+from alignment.cpu_matmul import keep_torch_linears, wanted
 from alignment.fused_ops import keep_plain_modules
 from alignment.lm_head import unwrap
 
@@ -102,7 +102,7 @@ def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> to
                              f"({first_line(err)}); its linear layers are named {', '.join(linear)}") from None
     if not training.lean_modules:
         keep_plain_modules(unwrap(model))
-    if not training.onednn_linear or training.compile:  # compile traces torch's own linears
+    if not wanted(training.onednn_linear) or training.compile:  # compile traces torch's own linears
         keep_torch_linears(unwrap(model))
     if training.compile:
         model = torch.compile(model, dynamic=True)

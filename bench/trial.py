@@ -169,7 +169,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     call torch's own linears either way)."""
     from alignment.cpu_matmul import products
 
-    onednn = variant_training(spec["trainer"]).onednn_linear if spec["trainer"].startswith("alignflow") else True
+    onednn = variant_training(spec["trainer"]).onednn_linear if spec["trainer"].startswith("alignflow") else None
     with large_blocks_mapped(mmap_threshold_mib(spec["trainer"]), torch.device(spec["device"])), products(onednn):
         return _run_trial(spec)
 

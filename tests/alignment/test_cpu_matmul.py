@@ -117,7 +117,7 @@ def logps_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
 def test_model_logps_and_gradients_match_torchs_linears(setting: str) -> None:
     base = llama(tie=setting != "untied")
     training = TrainingConfig(**({"lora": {"r": 8, "alpha": 16.0}} if setting == "lora" else {}),
-                              gradient_checkpointing=setting == "checkpointing")
+                              gradient_checkpointing=setting == "checkpointing", onednn_linear=True)
     torch.manual_seed(1)  # LoRA's initial A matrices: the same on both sides
     ours = prepare_for_training(copy.deepcopy(base), training)
     torch.manual_seed(1)
@@ -142,7 +142,7 @@ def test_switching_is_idempotent_and_reversible() -> None:
     cpu_matmul.keep_torch_linears(model)
     assert not any("forward" in vars(m) for m in model.modules())
     assert cpu_matmul.use_onednn_linears(model) == 0  # marked
-    assert TrainingConfig().onednn_linear
+    assert TrainingConfig().onednn_linear is None  # unset: cpu_matmul.pays_here() decides
     compiled = prepare_for_training(llama(tie=True), TrainingConfig(compile=True))  # compile traces torch's linears
     assert cpu_matmul.use_onednn_linears(compiled._orig_mod) == 0
 
@@ -181,3 +181,25 @@ def test_products_switch_and_empty_inputs() -> None:
     empty = torch.randn(0, 16, requires_grad=True)
     assert cpu_matmul.linear(empty, w).shape == (0, 8)
     assert torch.equal(cpu_matmul.mm_nt(torch.randn(3, 0), torch.randn(5, 0)), torch.zeros(3, 5))
+
+
+@pytest.mark.parametrize(("vendor", "expected"), [("AuthenticAMD", True), ("GenuineIntel", False), (None, True)])
+def test_unset_onednn_linear_follows_the_cpu_vendor(tmp_path, monkeypatch, vendor: str | None, expected: bool) -> None:
+    """Unset, training.onednn_linear is on for x86-64 CPUs other than Intel's (where MKL's own AVX-512 kernels
+    were measured faster), and where the vendor cannot be read; set, it is what it says."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: avx512f\n" if vendor else "processor\t: 0\n")
+    assert cpu_matmul.cpu_vendor(cpuinfo) == vendor
+    assert cpu_matmul.cpu_vendor(tmp_path / "missing") is None
+    real = cpu_matmul.cpu_vendor
+    monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: real(cpuinfo))
+    cpu_matmul.pays_here.cache_clear()
+    try:
+        assert cpu_matmul.wanted(None) is expected
+        assert cpu_matmul.wanted(True) and not cpu_matmul.wanted(False)
+        with cpu_matmul.products(None):
+            assert cpu_matmul.ENABLED is expected
+        model = prepare_for_training(llama(tie=True), TrainingConfig())
+        assert (cpu_matmul.use_onednn_linears(model) > 0) is expected
+    finally:
+        cpu_matmul.pays_here.cache_clear()
