@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -345,19 +345,31 @@ class TrainingConfig(_Section):
                           "CPUs other than Intel's (on an Intel Xeon MKL's own AVX-512 kernels were the faster ones). "
                           "False: torch's own products for the whole training stage, its reference pass included "
                           "(the model's linears also with training.compile). x86-64 only; no effect on GPU.")
-    cpu_mmap_threshold_mib: int | None = Field(
-        1, ge=1, le=32,
+    cpu_mmap_threshold_mib: Annotated[int, Field(ge=1, le=32)] | Literal["auto"] | None = Field(
+        "auto",
         description="On CPU with glibc, while training: every allocation of this many MiB or more gets its own "
                     "memory mapping, handed back to the OS when freed (mallopt M_MMAP_THRESHOLD), so one step's "
-                    "freed activations do not stay resident in a fragmented heap (measured for DPO on SmolLM2-135M: "
-                    "640 MiB less peak RSS, 26 % slower; docs/performance.md). Null: glibc's adaptive default, "
-                    "the fast setting for a machine with memory to spare. A "
+                    "freed activations do not stay resident in a fragmented heap. It trades speed for memory "
+                    "(measured on SmolLM2-135M at 1 MiB: DPO 640 MiB less peak RSS; SFT 16 % less peak, 32 % less "
+                    "speed; docs/performance.md). auto: 1 MiB for the preference stage (DPO/ORPO: two responses "
+                    "a row, the pipeline's largest peak), glibc's default for SFT. Null: glibc's adaptive "
+                    "default everywhere, the fast setting for a machine with memory to spare. A "
                     "MALLOC_MMAP_THRESHOLD_ environment variable takes precedence. No effect on GPU memory.")
     s3_checkpoints: bool | None = Field(
         None, description="Mirror training checkpoints (the newest two, uploaded in the background) to "
                           "s3://<bucket>/stages/<stage>-<key>/checkpoints and resume from there, so a stage "
                           "killed on one machine resumes on another. Unset: on when training runs on a work "
                           "pool (training.pool), off in process (checkpoints stay under run.output_dir).")
+
+    def mmap_threshold_mib(self, stage: Literal["sft", "preference"]) -> int | None:
+        """cpu_mmap_threshold_mib for one training stage, "auto" resolved (1 MiB for preference, none for SFT)."""
+        if self.cpu_mmap_threshold_mib == "auto":
+            return AUTO_MMAP_THRESHOLD_MIB.get(stage)
+        return self.cpu_mmap_threshold_mib
+
+
+# training.cpu_mmap_threshold_mib="auto": the stages that get the memory-saving threshold (docs/performance.md)
+AUTO_MMAP_THRESHOLD_MIB: dict[str, int] = {"preference": 1}
 
 
 class PipelineConfig(_Section):

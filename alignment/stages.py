@@ -15,7 +15,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -196,18 +196,18 @@ def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir
     if cfg.training.num_processes > 1 and accelerator is None:
         return launch_training("sft", cfg, prepared=prepared, base=base, out_dir=out_dir, logger=logger,
                                on_log=on_log)
-    with training_scope(cfg):
+    with training_scope(cfg, "sft"):
         return _sft_here(cfg, prepared, base, out_dir, logger, on_log, accelerator)
 
 
 @contextmanager
-def training_scope(cfg: PipelineConfig) -> Iterator[None]:
+def training_scope(cfg: PipelineConfig, stage: Literal["sft", "preference"]) -> Iterator[None]:
     """A training stage runs, from before it loads a model, under training.cpu_mmap_threshold_mib (so the
     reference pass's and the load's freed memory does not sit in the heap for the training steps to fragment;
     CPU only, alignment/host_memory.py) and training.onednn_linear (every product of the stage, the reference
     pass's included; alignment/cpu_matmul.py)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with large_blocks_mapped(cfg.training.cpu_mmap_threshold_mib, device), products(cfg.training.onednn_linear):
+    with large_blocks_mapped(cfg.training.mmap_threshold_mib(stage), device), products(cfg.training.onednn_linear):
         yield
 
 
@@ -231,7 +231,7 @@ def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, 
     if cfg.training.num_processes > 1 and accelerator is None:
         return launch_training("preference", cfg, prepared=prepared, base=base, sft=sft, out_dir=out_dir,
                                logger=logger, on_log=on_log)
-    with training_scope(cfg):
+    with training_scope(cfg, "preference"):
         return _preference_here(cfg, prepared, base, sft, out_dir, logger, on_log, accelerator)
 
 

@@ -39,9 +39,10 @@ TRAINERS: dict[str, tuple[str, ...]] = {"sft": ("alignflow", "trl"), "dpo": ("al
 # alignflow trainer `alignflow+<variant>` beside the plain one with --variants
 # ("full-logits": the plain log-prob path, LM head at every position, as before the chunked head; "plain-ops":
 # transformers' own RMSNorm and MLP modules instead of alignment/fused_ops.py's memory-lean functions)
-# "glibc-malloc": glibc's adaptive mmap threshold instead of training.cpu_mmap_threshold_mib's 1 MiB;
+# "glibc-malloc": glibc's adaptive mmap threshold in every stage (training.cpu_mmap_threshold_mib=null; its default
+# "auto" is 1 MiB for DPO/ORPO, glibc's own for SFT); "mmap-1mib": 1 MiB in every stage, SFT included;
 # "mkl-linear": torch's own fp32 products (MKL) instead of oneDNN's, training.onednn_linear=false)
-VARIANTS = ("lora", "checkpointing", "compile", "full-logits", "plain-ops", "glibc-malloc", "mkl-linear")
+VARIANTS = ("lora", "checkpointing", "compile", "full-logits", "plain-ops", "glibc-malloc", "mmap-1mib", "mkl-linear")
 # with --model, DPO is also measured against TRL's default under the allocator setting alignflow's CPU training
 # makes (bench.trial.TRL_MMAP), and the targets are judged against the best of TRL's configurations
 MODEL_EXTRA_TRAINERS: dict[str, tuple[str, ...]] = {"dpo": ("trl-mmap",)}

@@ -41,6 +41,7 @@ VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha
                                                "checkpointing": {"gradient_checkpointing": True},
                                                "compile": {"compile": True}, "full-logits": {}, "plain-ops": {"lean_modules": False},
                                                "glibc-malloc": {"cpu_mmap_threshold_mib": None},
+                                               "mmap-1mib": {"cpu_mmap_threshold_mib": 1},
                                                "mkl-linear": {"onednn_linear": False}}
 # TRL's DPOTrainer default with the allocator setting alignflow's CPU training makes
 # (training.cpu_mmap_threshold_mib, alignment/host_memory.py), so that setting is not counted as alignflow's lead
@@ -147,12 +148,14 @@ def run_trl(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], tok
             "final_loss": output.training_loss, "steps_done": trainer.state.global_step, **probe.result()}
 
 
-def mmap_threshold_mib(trainer: str) -> int | None:
+def mmap_threshold_mib(trainer: str, method: str) -> int | None:
     """The allocator setting a trial runs under (alignment/host_memory.py): alignflow's training.cpu_mmap_threshold_mib
-    (its default, or its variant's), the same for TRL_MMAP, glibc's default for TRL's other configurations."""
+    for the method's stage (its default, or its variant's), the same for TRL_MMAP, glibc's default for TRL's
+    other configurations."""
+    stage = "sft" if method == "sft" else "preference"
     if trainer.startswith("alignflow"):
-        return variant_training(trainer).cpu_mmap_threshold_mib
-    return variant_training("alignflow").cpu_mmap_threshold_mib if trainer == TRL_MMAP else None
+        return variant_training(trainer).mmap_threshold_mib(stage)
+    return variant_training("alignflow").mmap_threshold_mib(stage) if trainer == TRL_MMAP else None
 
 
 def variant_training(trainer: str) -> Any:
@@ -170,7 +173,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from alignment.cpu_matmul import products
 
     onednn = variant_training(spec["trainer"]).onednn_linear if spec["trainer"].startswith("alignflow") else None
-    with large_blocks_mapped(mmap_threshold_mib(spec["trainer"]), torch.device(spec["device"])), products(onednn):
+    with large_blocks_mapped(mmap_threshold_mib(spec["trainer"], spec["method"]), torch.device(spec["device"])), \
+            products(onednn):
         return _run_trial(spec)
 
 

@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--variants", default="",
                        help="also time alignflow with each of these on, as extra trainers: lora, checkpointing, "
                             "compile, full-logits (the LM head at every position), plain-ops (transformers' own "
-                            "RMSNorm/MLP), glibc-malloc (glibc's default mmap threshold), mkl-linear (torch's own "
-                            "fp32 products); comma-separated")
+                            "RMSNorm/MLP), glibc-malloc (glibc's default mmap threshold in every stage), mmap-1mib "
+                            "(a 1 MiB mmap threshold in every stage, SFT included), mkl-linear (torch's own fp32 "
+                            "products); comma-separated")
     bench.add_argument("--group-by-length", choices=["preset", "on", "off"], default="preset",
                        help="alignflow's optim.group_by_length: as its presets (default: on for the HH-like data, "
                             "off for the quickstart's), or on/off everywhere; TRL samples as by default")

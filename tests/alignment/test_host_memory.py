@@ -89,8 +89,12 @@ def test_restored_even_when_training_fails(monkeypatch):
 
 
 def test_config_default_and_bounds():
-    assert TrainingConfig().cpu_mmap_threshold_mib == 1
-    assert TrainingConfig(cpu_mmap_threshold_mib=None).cpu_mmap_threshold_mib is None
-    for bad in (0, 33):
+    auto = TrainingConfig()
+    assert auto.cpu_mmap_threshold_mib == "auto"  # 1 MiB for the preference stage, glibc's default for SFT
+    assert (auto.mmap_threshold_mib("preference"), auto.mmap_threshold_mib("sft")) == (1, None)
+    for value in (None, 1, 32):  # set: the same in both stages
+        training = TrainingConfig(cpu_mmap_threshold_mib=value)
+        assert training.mmap_threshold_mib("sft") == training.mmap_threshold_mib("preference") == value
+    for bad in (0, 33, "big"):
         with pytest.raises(ValueError):
             TrainingConfig(cpu_mmap_threshold_mib=bad)

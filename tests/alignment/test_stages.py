@@ -82,3 +82,24 @@ def test_training_stages_run_under_their_cpu_settings(monkeypatch, stage: str) -
     assert cpu_matmul.ENABLED
     if expected_inside:
         assert thresholds == [3 * 1024 * 1024, host_memory.GLIBC_ADAPTIVE_MAX]
+
+
+@pytest.mark.parametrize(("stage", "expected_mib"), [("sft", None), ("preference", 1)])
+def test_the_default_mmap_threshold_is_for_the_preference_stage(monkeypatch, stage: str, expected_mib: int | None) -> None:
+    """training.cpu_mmap_threshold_mib="auto" (the default): DPO/ORPO train under a 1 MiB threshold, SFT under
+    glibc's own (docs/performance.md measures both sides of the trade)."""
+    from alignment import host_memory, stages
+
+    thresholds: list[int] = []
+    seen: list[list[int]] = []
+    monkeypatch.delenv(host_memory.ENV_OVERRIDE, raising=False)
+    monkeypatch.setattr(host_memory, "set_mmap_threshold", lambda n: thresholds.append(n) or True)
+    monkeypatch.setattr(stages, "_sft_here" if stage == "sft" else "_preference_here",
+                        lambda *args: seen.append(list(thresholds)))
+    cfg = load_config(None, [])
+    if stage == "sft":
+        stages.run_sft(cfg, None, None, Path("unused"), None)
+    else:
+        stages.run_preference(cfg, None, None, None, Path("unused"), None)
+    on_cpu = not __import__("torch").cuda.is_available()
+    assert seen == [[expected_mib * 1024 * 1024] if expected_mib and on_cpu else []]
