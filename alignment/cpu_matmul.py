@@ -23,9 +23,9 @@ from __future__ import annotations
 import functools
 import platform
 import types
-from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
