@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignment.instructions import KINDS
 
@@ -345,10 +345,10 @@ class TrainingConfig(_Section):
                           "CPUs other than Intel's (on an Intel Xeon MKL's own AVX-512 kernels were the faster ones). "
                           "False: torch's own products for the whole training stage, its reference pass included "
                           "(the model's linears also with training.compile). x86-64 only; no effect on GPU.")
-    cpu_mmap_threshold_mib: Annotated[int, Field(ge=1, le=32)] | Literal["auto"] | None = Field(
+    cpu_mmap_threshold_mib: int | Literal["auto"] | None = Field(
         "auto",
-        description="On CPU with glibc, while training: every allocation of this many MiB or more gets its own "
-                    "memory mapping, handed back to the OS when freed (mallopt M_MMAP_THRESHOLD), so one step's "
+        description="On CPU with glibc, while training: every allocation of this many MiB (1 to 32) or more gets "
+                    "its own memory mapping, handed back to the OS when freed (mallopt M_MMAP_THRESHOLD), so one step's "
                     "freed activations do not stay resident in a fragmented heap. It trades speed for memory "
                     "(measured on SmolLM2-135M at 1 MiB: DPO 640 MiB less peak RSS; SFT 16 % less peak, 32 % less "
                     "speed; docs/performance.md). auto: 1 MiB for the preference stage (DPO/ORPO: two responses "
@@ -360,6 +360,14 @@ class TrainingConfig(_Section):
                           "s3://<bucket>/stages/<stage>-<key>/checkpoints and resume from there, so a stage "
                           "killed on one machine resumes on another. Unset: on when training runs on a work "
                           "pool (training.pool), off in process (checkpoints stay under run.output_dir).")
+
+    @field_validator("cpu_mmap_threshold_mib", mode="before")
+    @classmethod
+    def _threshold_in_range(cls, value: Any) -> Any:
+        # one clear message for every bad value (bools are not numbers of MiB here)
+        if value is None or value == "auto" or (type(value) is int and 1 <= value <= 32):
+            return value
+        raise ValueError("must be a whole number of MiB from 1 to 32, auto or null")
 
     def mmap_threshold_mib(self, stage: Literal["sft", "preference"]) -> int | None:
         """cpu_mmap_threshold_mib for one training stage, "auto" resolved (1 MiB for preference, none for SFT)."""

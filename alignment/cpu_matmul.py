@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-ENABLED = True  # False: torch's own products everywhere in this process (the benchmark's `mkl-linear` variant)
+# None: oneDNN where `pays_here()`; True / False: on / off everywhere in this process (`products`, the benchmark's
+# `mkl-linear` variant)
+ENABLED: bool | None = None
 _PATCHED = "_alignflow_onednn_linears"
 
 
@@ -48,15 +50,16 @@ _LINEAR = _op()
 
 def applies(*tensors: torch.Tensor | None) -> bool:
     """oneDNN runs these: every tensor on CPU in fp32, no autocast, and the op there."""
-    if not ENABLED or _LINEAR is None or not torch.backends.mkldnn.enabled or torch.is_autocast_enabled("cpu") \
+    if not enabled() or _LINEAR is None or not torch.backends.mkldnn.enabled or torch.is_autocast_enabled("cpu") \
             or torch.compiler.is_compiling():
         return False
     return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
 
 
 def _strided(t: torch.Tensor) -> torch.Tensor:
-    """`t` itself where oneDNN reads it in place: contiguous, or a 2-D transpose of a contiguous matrix (oneDNN
-    takes its strides, so the backward products `dy @ W` and `dy.T @ x` copy nothing); else a contiguous copy.
+    """`t` itself where oneDNN can read it in place: contiguous, or a 2-D transpose of a contiguous matrix; else a
+    contiguous copy. oneDNN takes the weight-side operand through its strides, so `dy @ W` copies no `W.T`;
+    torch's op still makes its first operand contiguous itself (`dy.T` in `dy.T @ x`).
     A copy costs more than its memory traffic during training: on CPU each new block of a MiB or more is fresh
     pages from the OS (alignment/host_memory.py), zeroed by the kernel on first touch."""
     return t if t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous()) else t.contiguous()
@@ -91,7 +94,7 @@ class OneDNNLinear(torch.autograd.Function):
         if need_x:
             grad_x = mm_nt(grad, weight.t()).reshape(ctx.x_shape)  # (..., K)
         if need_w:
-            grad_w = mm_nt(g2.t(), x.reshape(-1, x.shape[-1]).t())  # (M, K); both transposes read in place
+            grad_w = mm_nt(g2.t(), x.reshape(-1, x.shape[-1]).t())  # (M, K); x.T read in place, dy.T copied by torch
         if need_b and ctx.has_bias:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b
@@ -123,18 +126,24 @@ def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), None)
 
 
+def enabled() -> bool:
+    """Whether oneDNN's products are on in this process now (`ENABLED`, else `pays_here()`)."""
+    return pays_here() if ENABLED is None else ENABLED
+
+
 def wanted(setting: bool | None) -> bool:
     """training.onednn_linear as set, or `pays_here()` where it is left unset (None)."""
     return pays_here() if setting is None else setting
 
 
 @contextmanager
-def products(enabled: bool | None) -> Iterator[None]:
+def products(setting: bool | None) -> Iterator[None]:
     """oneDNN's products on (as far as `ENABLED` already allows) or off for the block, process-wide: a training
-    stage runs under training.onednn_linear, its reference pass, LM head and MLP included. None: `pays_here()`."""
+    stage runs under training.onednn_linear, its reference pass, LM head and MLP included. None: as it was
+    (`pays_here()` unless set around the block)."""
     global ENABLED
     before = ENABLED
-    ENABLED = before and wanted(enabled)
+    ENABLED = before if setting is None else (setting and before is not False)
     try:
         yield
     finally:
@@ -148,7 +157,7 @@ def onednn_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def use_onednn_linears(model: nn.Module) -> int:
     """Switch every plain nn.Linear of `model` (LoRA's base and adapter layers included; hooks still run) to
     `linear`; returns how many. Idempotent; a model marked by `keep_torch_linears` is left alone."""
-    if not ENABLED or _LINEAR is None:
+    if not enabled() or _LINEAR is None:
         return 0
     if getattr(model, _PATCHED, None) is not None:
         return getattr(model, _PATCHED)

@@ -70,7 +70,7 @@ class ChunkedTokenLogps(torch.autograd.Function):
             if need_h:
                 grad_h[s:s + ctx.chunk] = mm_nt(g.to(weight.dtype), weight_t)  # g @ weight
             if need_w:  # g.T @ h, accumulated in place: no (V, H) temporary per chunk (docs/performance.md)
-                grad_w = mm_nt(g.t(), h.to(acc).t()) if grad_w is None else grad_w.addmm_(g.t(), h.to(acc))
+                grad_w = mm_nt(g.t(), h.to(acc).t()).to(acc) if grad_w is None else grad_w.addmm_(g.t(), h.to(acc))
             if need_b:
                 grad_b += g.sum(0)
         if need_w and grad_w is None:  # no rows

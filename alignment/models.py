@@ -82,7 +82,8 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_d
 def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> torch.nn.Module:
     """Apply `training`'s model settings (alignment.config.TrainingConfig): activation checkpointing, LoRA
     adapters (peft; the base weights frozen), transformers' own modules instead of the lean ones
-    (lean_modules=false), torch's own linears instead of oneDNN's (onednn_linear=false), torch.compile. Returns the module to train."""
+    (lean_modules=false), torch's own linears instead of oneDNN's (onednn_linear=false, or unset on a CPU where
+    oneDNN does not pay: cpu_matmul.pays_here), torch.compile. Returns the module to train."""
     if training.gradient_checkpointing:
         # Non-reentrant checkpointing: gradients reach adapters even where the inputs need none (frozen base).
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

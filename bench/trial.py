@@ -167,9 +167,9 @@ def variant_training(trainer: str) -> Any:
 
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one trainer on one data set (spec from `bench.trainers.trial_spec`); returns the measurements.
-    The allocator setting and training.onednn_linear cover the whole trial, from loading the model on, as the
-    pipeline's training stages (alignment/stages.py training_scope) run under them from theirs (TRL's trainers
-    call torch's own linears either way)."""
+    The allocator setting (the method's stage's) and training.onednn_linear (unset: by CPU vendor) cover the whole
+    trial, from loading the model on, as the pipeline's training stages (alignment/stages.py training_scope) run
+    under them from theirs (TRL's trainers call torch's own linears either way)."""
     from alignment.cpu_matmul import products
 
     onednn = variant_training(spec["trainer"]).onednn_linear if spec["trainer"].startswith("alignflow") else None

@@ -17,6 +17,12 @@ from alignment.logprobs import collate_shared_pairs, sequence_logps
 from alignment.models import prepare_for_training
 
 pytestmark = pytest.mark.skipif(cpu_matmul._LINEAR is None, reason="torch without oneDNN")
+
+
+@pytest.fixture(autouse=True)
+def onednn_on(monkeypatch) -> None:
+    """These tests exercise oneDNN's path on any x86-64 CPU (unset, it is off on Intel's: pays_here)."""
+    monkeypatch.setattr(cpu_matmul, "ENABLED", True)
 HIDDEN, INTER = 576, 1536
 
 
@@ -193,12 +199,18 @@ def test_unset_onednn_linear_follows_the_cpu_vendor(tmp_path, monkeypatch, vendo
     assert cpu_matmul.cpu_vendor(tmp_path / "missing") is None
     real = cpu_matmul.cpu_vendor
     monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: real(cpuinfo))
+    monkeypatch.setattr(cpu_matmul, "ENABLED", None)  # unset, as in a fresh process
     cpu_matmul.pays_here.cache_clear()
     try:
         assert cpu_matmul.wanted(None) is expected
         assert cpu_matmul.wanted(True) and not cpu_matmul.wanted(False)
+        assert cpu_matmul.enabled() is expected  # evaluation's log-prob passes too, outside any training stage
         with cpu_matmul.products(None):
-            assert cpu_matmul.ENABLED is expected
+            assert cpu_matmul.enabled() is expected
+        with cpu_matmul.products(True):  # training.onednn_linear=true: on whatever the vendor
+            assert cpu_matmul.enabled()
+        with cpu_matmul.products(False):
+            assert not cpu_matmul.enabled()
         model = prepare_for_training(llama(tie=True), TrainingConfig())
         assert (cpu_matmul.use_onednn_linears(model) > 0) is expected
     finally:

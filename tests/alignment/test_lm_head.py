@@ -90,6 +90,30 @@ def test_chunked_function_equals_log_softmax_in_value_and_gradient() -> None:
                                     (hidden, weight, bias))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_weight_gradient_in_fp32_and_bf16_over_several_chunks(dtype: torch.dtype) -> None:
+    """The weight gradient is the first chunk's product plus the others added in place, in fp32 (oneDNN's
+    product, then torch's addmm_) or for bf16 weights in fp32 then cast; no rows: zeros."""
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(10, 64, generator=gen).to(dtype).requires_grad_()
+    weight = (torch.randn(96, 64, generator=gen) * 0.1).to(dtype).requires_grad_()
+    target = torch.randint(0, 96, (10,), generator=gen)
+    upstream = torch.randn(10, generator=gen)
+    h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    expected = F.log_softmax(h64 @ w64.T, -1).gather(1, target[:, None]).squeeze(1)
+    want = torch.autograd.grad((expected * upstream.double()).sum(), (h64, w64))
+    out = chunked_token_logps(hidden, weight, None, target, chunk=3)  # 4 chunks: 3 + 3 + 3 + 1
+    got = torch.autograd.grad((out * upstream).sum(), (hidden, weight))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype
+        assert_close(g.double(), w, rtol=tol, atol=tol)
+    empty = torch.zeros(0, 64, dtype=dtype, requires_grad=True)
+    out = chunked_token_logps(empty, weight, None, torch.zeros(0, dtype=torch.long), chunk=3)
+    (gw,) = torch.autograd.grad(out.sum(), (weight,), allow_unused=True)
+    assert gw is None or (gw.shape == weight.shape and not gw.any())
+
+
 def test_frozen_head_gets_no_gradient_computed() -> None:
     hidden = torch.randn(4, 3, requires_grad=True)
     weight = torch.randn(6, 3)  # frozen (LoRA): only the hidden states need a gradient
