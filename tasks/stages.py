@@ -40,6 +40,10 @@ def flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
 
 T = TypeVar("T")
 COMPLETE = "COMPLETE"  # written last into a stage folder: the stage's outputs are all there
+# Training settings that do not change what a stage produces, so they are left out of its cache key: where it
+# runs (training.pool), where its checkpoints are kept, and glibc's mmap threshold (where freed memory goes:
+# speed and peak memory, not the arithmetic). training.onednn_linear stays in: another kernel, other rounding.
+UNKEYED_TRAINING = {"pool", "s3_checkpoints", "cpu_mmap_threshold_mib"}
 
 
 class StageResult(BaseModel, Generic[T]):
@@ -59,9 +63,7 @@ def stage_keys(cfg: PipelineConfig, prepared: PreparedData | None = None, base: 
     if prepared is not None:
         keys["base"] = stages.stage_key("base", cfg.model.model_dump(), prepared.fingerprint, cfg.run.seed)
     if prepared is not None and base is not None:
-        # Where training runs (training.pool) and where its checkpoints are kept do not change what it
-        # produces: not part of the key.
-        common = [cfg.training.model_dump(exclude={"pool", "s3_checkpoints"}), cfg.data.max_prompt_tokens,
+        common = [cfg.training.model_dump(exclude=UNKEYED_TRAINING), cfg.data.max_prompt_tokens,
                   cfg.data.max_response_tokens, prepared.fingerprint, base.fingerprint, cfg.run.seed,
                   cfg.model.trust_remote_code]
         keys["sft"] = stages.stage_key("sft", cfg.sft.model_dump(), *common)

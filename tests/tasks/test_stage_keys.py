@@ -1,0 +1,55 @@
+"""Which settings re-run a cached stage: tasks.stages.stage_keys. A setting that changes what a stage produces
+must change its key (else a stale model is reused); one that only changes where or how fast it runs must not
+(else a finished stage is trained again for nothing)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from alignment.config import load_config
+from tasks.stages import stage_keys
+
+# stage_keys reads only the inputs' fingerprints
+PREPARED = SimpleNamespace(fingerprint="data-1")
+BASE = SimpleNamespace(fingerprint="base-1")
+SFT = SimpleNamespace(model=SimpleNamespace(fingerprint="sft-1"))
+
+
+def keys(*overrides: str) -> dict[str, str]:
+    return stage_keys(load_config(None, list(overrides)), PREPARED, BASE, SFT)
+
+
+@pytest.mark.parametrize("override", [
+    "training.pool=gpu",
+    "training.s3_checkpoints=true",
+    "training.cpu_mmap_threshold_mib=null",
+    "training.cpu_mmap_threshold_mib=8",
+])
+def test_placement_and_allocator_settings_keep_every_key(override: str) -> None:
+    assert keys(override) == keys()
+
+
+@pytest.mark.parametrize("override", [
+    "training.gradient_checkpointing=true",
+    "training.onednn_linear=false",
+    "training.mixed_precision=bf16",
+    "run.seed=7",
+])
+def test_settings_that_change_the_numbers_change_both_training_keys(override: str) -> None:
+    before, after = keys(), keys(override)
+    assert after["sft"] != before["sft"]
+    assert after["dpo"] != before["dpo"]
+
+
+def test_a_dpo_setting_changes_only_the_dpo_key() -> None:
+    before, after = keys(), keys("dpo.beta=0.5")
+    assert after["dpo"] != before["dpo"]
+    assert {k: v for k, v in after.items() if k != "dpo"} == {k: v for k, v in before.items() if k != "dpo"}
+
+
+def test_the_sft_model_feeds_the_preference_key() -> None:
+    other = stage_keys(load_config(None, []), PREPARED, BASE, SimpleNamespace(model=SimpleNamespace(fingerprint="sft-2")))
+    assert other["dpo"] != keys()["dpo"]
+    assert other["sft"] == keys()["sft"]
