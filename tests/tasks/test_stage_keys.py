@@ -37,7 +37,10 @@ def test_placement_and_allocator_settings_keep_every_key(override: str) -> None:
     "training.mixed_precision=bf16",
     "run.seed=7",
 ])
-def test_settings_that_change_the_numbers_change_both_training_keys(override: str) -> None:
+def test_settings_of_the_computation_change_both_training_keys(override: str) -> None:
+    # onednn_linear (another kernel) and mixed_precision round differently; gradient checkpointing measured the
+    # same losses (docs/performance.md) but recomputes through other code, so it stays in the key: a stale model
+    # costs more than a retrained stage
     before, after = keys(), keys(override)
     assert after["sft"] != before["sft"]
     assert after["dpo"] != before["dpo"]
