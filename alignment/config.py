@@ -341,8 +341,9 @@ class TrainingConfig(_Section):
         None, description="On CPU in fp32, the linear layers and the LM head multiply through oneDNN "
                           "(alignment/cpu_matmul.py) instead of torch's default BLAS (MKL), whose kernels run AVX2 "
                           "code on AMD processors even where AVX-512 is there: ~2.2x the matmul speed measured on "
-                          "this project's AMD EPYC machines, the same fp32 maths up to rounding. Unset: on for x86-64 "
-                          "CPUs other than Intel's (on an Intel Xeon MKL's own AVX-512 kernels were the faster ones). "
+                          "this project's AVX-512 AMD EPYC machines, the same fp32 maths up to rounding. Unset: on for "
+                          "x86-64 CPUs with AVX-512 other than Intel's (on an Intel Xeon MKL's own AVX-512 kernels, on "
+                          "an AVX2-only AMD EPYC MKL's AVX2 ones were the faster). "
                           "False: torch's own products for the whole training stage, its reference pass included "
                           "(the model's linears also with training.compile). x86-64 only; no effect on GPU.")
     cpu_mmap_threshold_mib: int | Literal["auto"] | None = Field(

@@ -12,9 +12,10 @@ different order, so results agree to float rounding (~1e-6 relative), not bit fo
 They fall back to torch's own ops where oneDNN does not apply: not CPU, not fp32, autocast on, inside
 torch.compile (which traces torch's ops), torch without oneDNN or with `torch.backends.mkldnn` disabled, a
 CPU other than x86-64, or switched off (`ENABLED`; a training stage with training.onednn_linear=false runs
-under `products(False)`). Left unset, training.onednn_linear is `pays_here()`: on for x86-64 CPUs that are not
-Intel's. On an Intel Xeon with AVX-512 (family 6, model 207) MKL runs its own AVX-512 kernels and was the
-faster of the two at these shapes (docs/performance.md), so Intel CPUs keep torch's products.
+under `products(False)`). Left unset, training.onednn_linear is `pays_here()`: on for x86-64 CPUs with AVX-512
+that are not Intel's. On an Intel Xeon with AVX-512 (family 6, model 207) MKL runs its own AVX-512 kernels and
+was the faster of the two at these shapes, and on an AMD EPYC with AVX2 only (family 25, model 1) both libraries
+run AVX2 code and MKL's was faster (docs/performance.md): those CPUs keep torch's products.
 `use_onednn_linears` switches a model's nn.Linear modules to `linear`.
 """
 
@@ -109,21 +110,37 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 @functools.cache
 def pays_here() -> bool:
-    """Whether oneDNN's products are the faster ones on this CPU: x86-64 with oneDNN in torch, and a vendor
-    other than Intel (where MKL dispatches AVX2 code whatever the CPU has). Read from /proc/cpuinfo; where
-    that cannot be read, x86-64 decides alone."""
+    """Whether oneDNN's products are the faster ones on this CPU: x86-64 with oneDNN in torch, a vendor other
+    than Intel (where MKL dispatches AVX2 code whatever the CPU has) and AVX-512, which oneDNN uses and MKL does
+    not there. On an AMD EPYC with AVX2 only (family 25, model 1) MKL was the faster one: oneDNN has no wider
+    kernels to run (docs/performance.md). Read from /proc/cpuinfo; where it cannot be read, torch's own CPU
+    capability tells AVX-512."""
     if _LINEAR is None:
         return False
-    return cpu_vendor() != "GenuineIntel"
+    return cpu_vendor() != "GenuineIntel" and has_avx512()
 
 
 def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     """The CPU's vendor id (GenuineIntel, AuthenticAMD, ...), None where it is not known."""
+    return _cpuinfo_field(cpuinfo, "vendor_id")
+
+
+def has_avx512(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """The CPU has AVX-512 (the `avx512f` flag); where /proc/cpuinfo lists no flags, torch's CPU capability."""
+    flags = _cpuinfo_field(cpuinfo, "flags")
+    if flags is None:
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return "avx512f" in flags.split()
+
+
+def _cpuinfo_field(cpuinfo: Path, name: str) -> str | None:
+    """The first `name : value` line's value in /proc/cpuinfo, None where there is none."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         return None
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), None)
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.split(":", 1)[0].strip() == name), None)
 
 
 def enabled() -> bool:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(cpu_matmul._LINEAR is None, reason="torch withou
 
 @pytest.fixture(autouse=True)
 def onednn_on(monkeypatch) -> None:
-    """These tests exercise oneDNN's path on any x86-64 CPU (unset, it is off on Intel's: pays_here)."""
+    """These tests exercise oneDNN's path on any x86-64 CPU (unset, it is off on Intel's and on AVX2-only CPUs: pays_here)."""
     monkeypatch.setattr(cpu_matmul, "ENABLED", True)
 HIDDEN, INTER = 576, 1536
 
@@ -189,16 +189,26 @@ def test_products_switch_and_empty_inputs() -> None:
     assert torch.equal(cpu_matmul.mm_nt(torch.randn(3, 0), torch.randn(5, 0)), torch.zeros(3, 5))
 
 
-@pytest.mark.parametrize(("vendor", "expected"), [("AuthenticAMD", True), ("GenuineIntel", False), (None, True)])
-def test_unset_onednn_linear_follows_the_cpu_vendor(tmp_path, monkeypatch, vendor: str | None, expected: bool) -> None:
-    """Unset, training.onednn_linear is on for x86-64 CPUs other than Intel's (where MKL's own AVX-512 kernels
-    were measured faster), and where the vendor cannot be read; set, it is what it says."""
+TORCH_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+@pytest.mark.parametrize(("vendor", "flags", "expected"), [
+    ("AuthenticAMD", "fpu avx2 avx512f avx512bw", True), ("AuthenticAMD", "fpu avx2", False),
+    ("GenuineIntel", "fpu avx2 avx512f", False), ("GenuineIntel", "fpu avx2", False), (None, None, TORCH_AVX512)])
+def test_unset_onednn_linear_follows_the_cpu(tmp_path, monkeypatch, vendor: str | None, flags: str | None,
+                                             expected: bool) -> None:
+    """Unset, training.onednn_linear is on for x86-64 CPUs with AVX-512 other than Intel's (on Intel's MKL's own
+    AVX-512 kernels were measured faster, on an AVX2-only AMD EPYC MKL's AVX2 ones); where /proc/cpuinfo says
+    nothing, torch's CPU capability tells AVX-512; set, it is what it says."""
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: avx512f\n" if vendor else "processor\t: 0\n")
+    cpuinfo.write_text("processor\t: 0\n" + (f"vendor_id\t: {vendor}\nflags\t\t: {flags}\n" if vendor else ""))
     assert cpu_matmul.cpu_vendor(cpuinfo) == vendor
     assert cpu_matmul.cpu_vendor(tmp_path / "missing") is None
+    assert cpu_matmul.has_avx512(cpuinfo) is ("avx512f" in flags.split() if flags else TORCH_AVX512)
     real = cpu_matmul.cpu_vendor
+    real_avx512 = cpu_matmul.has_avx512
     monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: real(cpuinfo))
+    monkeypatch.setattr(cpu_matmul, "has_avx512", lambda: real_avx512(cpuinfo))
     monkeypatch.setattr(cpu_matmul, "ENABLED", None)  # unset, as in a fresh process
     cpu_matmul.pays_here.cache_clear()
     try:
