@@ -9,6 +9,16 @@ Two settings, both measured at SmolLM2-135M's size in docs/performance.md:
   longer-lived tensors (gradients, optimizer state); the heap then fragments, freed activations stay
   resident, and the next step's do not fit in the holes. Tensors of this size are touched end to end, so the
   extra cost is the page faults of fresh mappings.
+
+And one set before the process allocates its first tensor:
+
+* `request_huge_pages`: torch's CPU allocator (c10's alloc_cpu, torch >= 2.2) aligns every block of 2 MiB or
+  more to a page and asks the kernel for transparent huge pages there (madvise MADV_HUGEPAGE) when the
+  environment has `THP_MEM_ALLOC_ENABLE=1`. A fresh block then costs one page fault per 2 MiB instead of one
+  per 4 KiB page; where the kernel's THP mode is `madvise` (the usual default) nothing else asks for them.
+  torch reads the variable once, at the process's first tensor allocation, so `alignflow` sets it as it
+  starts (flows/cli.py), and the processes it starts (the stack's Prefect workers and their flow runs, the
+  bench's trials, TRL's among them) inherit it. Measured in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -20,9 +30,10 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is made: `alignflow` sets its allocator switch first
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +42,8 @@ M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 # threshold reaches once a block of that size has been freed, which torch workloads do in their first step
 GLIBC_ADAPTIVE_MAX = 32 * 1024 * 1024
 ENV_OVERRIDE = "MALLOC_MMAP_THRESHOLD_"  # set by the user: glibc applied it at start, and it is left alone
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"  # torch's switch (c10/core/alloc_cpu.cpp); "0" from the user turns it off
+HUGE_PAGE = 2 * 1024 * 1024
 
 
 @functools.cache
@@ -80,3 +93,21 @@ def large_blocks_mapped(threshold_mib: int | None, device: torch.device) -> Iter
     finally:
         if applied:
             set_mmap_threshold(GLIBC_ADAPTIVE_MAX)
+
+
+def request_huge_pages(environ: dict[str, str] | os._Environ = os.environ) -> bool:
+    """Ask torch's CPU allocator for transparent huge pages (module docstring): sets `THP_MEM_ALLOC_ENABLE=1`
+    in `environ` unless it is already set (a user's "0" is kept). Takes effect only in a process that has not
+    allocated a tensor yet, and in the processes started after it. Returns whether it is requested."""
+    environ.setdefault(HUGE_PAGES_ENV, "1")
+    return environ[HUGE_PAGES_ENV].strip() not in ("", "0")
+
+
+def huge_pages_in_use() -> bool:
+    """Whether torch's allocator asks for huge pages in this process: it then page-aligns its blocks of 2 MiB or
+    more (glibc alone hands out mapped blocks 16 bytes into a page, torch's 64-byte alignment 64). Whether the
+    kernel grants them is its THP mode's say."""
+    import torch
+
+    probe = torch.empty(HUGE_PAGE // 4 + 1024)  # a little over 2 MiB of float32
+    return probe.data_ptr() % os.sysconf("SC_PAGESIZE") == 0

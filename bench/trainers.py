@@ -41,8 +41,10 @@ TRAINERS: dict[str, tuple[str, ...]] = {"sft": ("alignflow", "trl"), "dpo": ("al
 # transformers' own RMSNorm and MLP modules instead of alignment/fused_ops.py's memory-lean functions)
 # "glibc-malloc": glibc's adaptive mmap threshold in every stage (training.cpu_mmap_threshold_mib=null; its default
 # "auto" is 1 MiB for DPO/ORPO, glibc's own for SFT); "mmap-1mib": 1 MiB in every stage, SFT included;
-# "mkl-linear": torch's own fp32 products (MKL) instead of oneDNN's, training.onednn_linear=false)
-VARIANTS = ("lora", "checkpointing", "compile", "full-logits", "plain-ops", "glibc-malloc", "mmap-1mib", "mkl-linear")
+# "mkl-linear": torch's own fp32 products (MKL) instead of oneDNN's, training.onednn_linear=false; "onednn-linear":
+# oneDNN's whatever the CPU, training.onednn_linear=true -- left unset, the CPU decides: cpu_matmul.pays_here)
+VARIANTS = ("lora", "checkpointing", "compile", "full-logits", "plain-ops", "glibc-malloc", "mmap-1mib", "mkl-linear",
+            "onednn-linear")
 # with --model, DPO is also measured against TRL's default under the allocator setting alignflow's CPU training
 # makes (bench.trial.TRL_MMAP), and the targets are judged against the best of TRL's configurations
 MODEL_EXTRA_TRAINERS: dict[str, tuple[str, ...]] = {"dpo": ("trl-mmap",)}
@@ -274,7 +276,18 @@ def environment(threads: int) -> dict[str, Any]:
             "cpu_model": cpu, "cpu_count": os.cpu_count(), "threads": threads,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            # torch's huge-page switch, inherited by every trial, TRL's too (alignment/host_memory.py)
+            "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"), "thp_mode": thp_mode()}
+
+
+def thp_mode(path: Path = Path("/sys/kernel/mm/transparent_hugepage/enabled")) -> str | None:
+    """The kernel's transparent-huge-page mode (always, madvise or never: the bracketed one), None if unknown."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    return text[text.index("[") + 1:text.index("]")] if "[" in text and "]" in text else None
 
 
 def bench_model(out: Path, options: BenchOptions) -> Path:
@@ -522,6 +535,7 @@ def format_table(run: BenchRun) -> str:
                                                           for d, v in run.data.items()))
     lines.append(f"threads {env['threads']}, {env['device']} ({env['cpu_model']}), torch {env['versions']['torch']}, "
                  f"trl {env['versions']['trl']}; load average {env['loadavg_start'][0]:.2f} at start"
+                 + f"; THP_MEM_ALLOC_ENABLE={env.get('huge_pages')} (kernel THP {env.get('thp_mode')})"
                  + "; alignflow groups batches by length on: "
                  + (", ".join(d for d in run.options.data if run.options.grouped(d)) or "none")
                  + (" -- smoke run: no timing or memory claims" if run.options.smoke else ""))

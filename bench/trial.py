@@ -42,7 +42,8 @@ VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha
                                                "compile": {"compile": True}, "full-logits": {}, "plain-ops": {"lean_modules": False},
                                                "glibc-malloc": {"cpu_mmap_threshold_mib": None},
                                                "mmap-1mib": {"cpu_mmap_threshold_mib": 1},
-                                               "mkl-linear": {"onednn_linear": False}}
+                                               "mkl-linear": {"onednn_linear": False},
+                                               "onednn-linear": {"onednn_linear": True}}
 # TRL's DPOTrainer default with the allocator setting alignflow's CPU training makes
 # (training.cpu_mmap_threshold_mib, alignment/host_memory.py), so that setting is not counted as alignflow's lead
 TRL_MMAP = "trl-mmap"

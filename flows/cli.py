@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "compile, full-logits (the LM head at every position), plain-ops (transformers' own "
                             "RMSNorm/MLP), glibc-malloc (glibc's default mmap threshold in every stage), mmap-1mib "
                             "(a 1 MiB mmap threshold in every stage, SFT included), mkl-linear (torch's own fp32 "
-                            "products); comma-separated")
+                            "products), onednn-linear (oneDNN's, whatever the CPU); comma-separated")
     bench.add_argument("--group-by-length", choices=["preset", "on", "off"], default="preset",
                        help="alignflow's optim.group_by_length: as its presets (default: on for the HH-like data, "
                             "off for the quickstart's), or on/off everywhere; TRL samples as by default")
@@ -331,6 +331,11 @@ def environment_restored() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with environment_restored():
+        # before any tensor exists: torch's CPU allocator reads this once (alignment/host_memory.py); the
+        # processes a command starts (stack workers, their flow runs, the bench's trials) inherit it
+        from alignment.host_memory import request_huge_pages
+
+        request_huge_pages()
         try:
             return COMMANDS[args.command](args)
         except user_errors() as err:

@@ -98,3 +98,37 @@ def test_config_default_and_bounds():
     for bad in (0, 33, "big"):
         with pytest.raises(ValueError):
             TrainingConfig(cpu_mmap_threshold_mib=bad)
+
+
+def test_request_huge_pages_sets_the_switch_unless_the_user_did() -> None:
+    environ: dict[str, str] = {}
+    assert host_memory.request_huge_pages(environ) and environ == {"THP_MEM_ALLOC_ENABLE": "1"}
+    off = {"THP_MEM_ALLOC_ENABLE": "0"}
+    assert not host_memory.request_huge_pages(off) and off == {"THP_MEM_ALLOC_ENABLE": "0"}  # the user's "0" kept
+
+
+HUGE_PAGES_PROBE = """
+import os, sys
+from alignment import host_memory
+print(host_memory.huge_pages_in_use())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torch asks for huge pages on Linux only")
+@pytest.mark.parametrize(("value", "expected"), [("1", "True"), ("0", "False")])
+def test_torch_allocator_follows_the_switch(value: str, expected: str) -> None:
+    """The installed torch still reads THP_MEM_ALLOC_ENABLE: with it, blocks of 2 MiB or more are page-aligned
+    (what it does before madvise MADV_HUGEPAGE); without, they are not (glibc's mapped blocks start 16 bytes in)."""
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": value}
+    out = subprocess.run([sys.executable, "-c", HUGE_PAGES_PROBE], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
+
+
+def test_alignflow_sets_the_switch_before_a_command_runs() -> None:
+    """`alignflow` requests huge pages before dispatching, so every command's processes inherit it."""
+    probe = ("import os, sys\nfrom flows import cli\n"
+             "cli.COMMANDS['config'] = lambda args: print(os.environ.get('THP_MEM_ALLOC_ENABLE')) or 0\n"
+             "sys.exit(cli.main(['config']))\n")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

@@ -194,3 +194,13 @@ def test_smoke_run_with_a_model_folder_generation_and_full_logits(tmp_path: Path
     verdicts = {v["target"]: v["passed"] for v in report["verdicts"]}
     assert verdicts["greedy answers identical to model.generate's (every generator)"] is True
     assert cli.main([*argv[:-2], "--model", str(tmp_path / "missing.gguf")]) == 2  # one clear error line
+
+
+def test_thp_mode_reads_the_bracketed_choice(tmp_path) -> None:
+    from bench.trainers import thp_mode
+
+    (tmp_path / "enabled").write_text("always [madvise] never\n")
+    assert thp_mode(tmp_path / "enabled") == "madvise"
+    (tmp_path / "odd").write_text("unknown\n")
+    assert thp_mode(tmp_path / "odd") is None
+    assert thp_mode(tmp_path / "missing") is None
