@@ -122,19 +122,18 @@ def linear_head(model: nn.Module) -> nn.Linear | None:
     return head if type(head) is nn.Linear else None  # a LoRA-adapted head is not a plain Linear
 
 
-def final_hidden_states(model: nn.Module, head: nn.Linear, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """(B, T, H) final (normed) hidden states from one forward through `model` (the wrapper: DDP's hooks run),
-    the head run at the last position only; None (and the model marked for the plain path) if the head
-    applied to them does not reproduce the model's own logits there."""
-    extra = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                output_hidden_states=-1, logits_to_keep=1, **extra)
+def final_hidden_states(model: nn.Module, head: nn.Linear, inputs: dict) -> torch.Tensor | None:
+    """(B, T, H) final (normed) hidden states from one forward through `model` (the wrapper: DDP's hooks run) on
+    `inputs` (input_ids, attention_mask and what else the model takes), the head run at the last position only;
+    None (and the model marked for the plain path) if the head applied to them does not reproduce the model's own
+    logits there."""
+    out = model(**inputs, use_cache=False, output_hidden_states=-1, logits_to_keep=1)
     states = getattr(out, "hidden_states", None)
     hidden = states[-1] if states else None
     inner = unwrap(model)
     if getattr(inner, _CHECKED, False):
         return hidden
-    ok = hidden is not None and hidden.shape[:2] == batch["input_ids"].shape
+    ok = hidden is not None and hidden.shape[:2] == inputs["input_ids"].shape
     if ok:
         with torch.no_grad():
             ours = F.linear(hidden[:, -1].detach(), head.weight, head.bias).float()  # (B, V)

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from alignment.attention import use_gqa_attention
+from alignment.attention import SEGMENTS, use_cpu_attention
 from alignment.cpu_matmul import use_onednn_linears
 from alignment.fused_ops import use_fused_ops
 from alignment.lm_head import chunked_token_logps, final_hidden_states, linear_head, unwrap
 from alignment.tokenization import IGNORE_INDEX
+
+PACK_ROWS = True  # False: batches run padded (the benchmark's `padded-rows` variant measures what packing pays)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ def collate_shared_pairs(rows: list[dict], pad_id: int, score_prompt: bool = Fal
     Returns input_ids and position_ids (B, T); attention_mask (B, 1, T, T), additive float (0 = attend,
     dtype min = blocked; padding queries attend to themselves only, so no row is all-blocked); and, for the
     M labelled tokens of all responses: `pred_index` (M,) flat index (b * T + t) of the position whose logits
-    predict the token, `target_ids` (M,), `segment` (M,) = b for a chosen token and B + b for a rejected one.
+    predict the token, `target_ids` (M,), `segment` (M,) = b for a chosen token and B + b for a rejected one;
+    `row_lengths` (B,) and `num_tokens` (), the tokens of each row and of all.
     With `score_prompt`, prompt tokens 1..P-1 are scored too, as segment 2B + b (TRL's ORPO NLL term).
     """
     B = len(rows)
@@ -114,7 +117,8 @@ def collate_shared_pairs(rows: list[dict], pad_id: int, score_prompt: bool = Fal
     batch = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask,
              "pred_index": torch.tensor(pred, dtype=torch.long), "target_ids": torch.tensor(target, dtype=torch.long),
              "segment": torch.tensor(segment, dtype=torch.long),
-             "num_tokens": torch.tensor(sum(lengths), dtype=torch.long)}
+             "num_tokens": torch.tensor(sum(lengths), dtype=torch.long),
+             "row_lengths": torch.tensor(lengths, dtype=torch.long)}
     if score_prompt:
         batch["prompt_scored"] = torch.tensor(True)
     if "ref_chosen_logps" in rows[0]:
@@ -162,22 +166,72 @@ def shared_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]
 
 def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], pred_index: torch.Tensor,
                    target: torch.Tensor, full_logits: bool = False) -> torch.Tensor:
-    """(M,) fp32 log p(target_i | prefix) read at flat positions `pred_index` (b * T + t) of the batch."""
+    """(M,) fp32 log p(target_i | prefix) read at flat positions `pred_index` (b * T + t) of the batch. Where the
+    model runs alignflow's CPU attention, the rows go through the model packed into one row without padding
+    (`pack_rows`); the values are those of the padded batch, to float rounding."""
     head = None if full_logits else linear_head(model)
+    packs = False
     if (inner := unwrap(model)) is not None:
         use_fused_ops(inner)  # memory-lean RMSNorm / SwiGLU MLP where the model's classes are known
         use_onednn_linears(inner)  # fp32 products on CPU through oneDNN (alignment/cpu_matmul.py)
         if not full_logits:
-            use_gqa_attention(inner)
+            packs = use_cpu_attention(inner) and PACK_ROWS and not compiled(model)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    if packs and (packed := pack_rows(batch)) is not None:
+        inputs, new_index = packed
+        pred_index = new_index[pred_index]
     if head is not None:
-        hidden = final_hidden_states(model, head, batch)  # (B, T, H)
+        hidden = final_hidden_states(model, head, inputs)  # (B, T, H)
         if hidden is not None:
             picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pred_index)  # (M, H)
             return chunked_token_logps(picked, head.weight, head.bias, target)
-    extra = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits  # (B, T, V)
+    logits = model(**inputs).logits  # (B, T, V)
     picked = logits.reshape(-1, logits.shape[-1]).index_select(0, pred_index).float()  # (M, V)
     return -F.cross_entropy(picked, target, reduction="none")
+
+
+def pack_rows(batch: dict[str, torch.Tensor]) -> tuple[dict, torch.Tensor] | None:
+    """The batch's rows as one row without padding, for alignflow's CPU attention (alignment/attention.py).
+
+    A batch is right-padded: an SFT batch has a (B, T) attention mask, a prefix-shared one `row_lengths` and its
+    (B, 1, T, T) mask. Returns the model's inputs — input_ids and position_ids (1, N), N the batch's real tokens,
+    no attention mask, and under `SEGMENTS` the rows' offsets in the packed row and each row's own mask (None:
+    causal) — and (B * T,) the packed position of each flat position b * T + t (-1 at padding). None where there
+    is no padding to drop or the batch is not of that form (left padding, say): it then runs as it is."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    B, T = ids.shape
+    steps = torch.arange(T, device=ids.device)
+    if mask.dim() == 2:
+        lengths = mask.sum(-1)  # (B,)
+        if not torch.equal(mask.bool(), steps[None] < lengths[:, None]):
+            return None  # not right-padded
+        row_masks: list[torch.Tensor | None] = [None] * B  # causal within each row
+    elif mask.dim() == 4 and "row_lengths" in batch:
+        lengths = batch["row_lengths"]
+        row_masks = [mask[b:b + 1, :, :n, :n] for b, n in enumerate(lengths.tolist())]  # (1, 1, n, n) each
+    else:
+        return None
+    keep = (steps[None] < lengths[:, None]).reshape(-1)  # (B * T,) real tokens
+    if bool(keep.all()):
+        return None
+    positions = batch.get("position_ids")
+    positions = steps.expand(B, T) if positions is None else positions
+    offsets = [0] + lengths.cumsum(0).tolist()
+    inputs = {"input_ids": ids.reshape(-1)[keep][None], "position_ids": positions.reshape(-1)[keep][None],
+              "attention_mask": None, SEGMENTS: (offsets, row_masks)}
+    new_index = torch.where(keep, keep.long().cumsum(0) - 1, -1)  # (B * T,)
+    return inputs, new_index
+
+
+def compiled(model: torch.nn.Module) -> bool:
+    """Whether torch.compile wraps the model (through DDP): packed rows, with their per-batch row lengths, would
+    make it compile again for every batch."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            return True
+        if not isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
+            return False
+        model = model.module
 
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:

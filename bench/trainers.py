@@ -42,9 +42,10 @@ TRAINERS: dict[str, tuple[str, ...]] = {"sft": ("alignflow", "trl"), "dpo": ("al
 # "glibc-malloc": glibc's adaptive mmap threshold in every stage (training.cpu_mmap_threshold_mib=null; its default
 # "auto" is 1 MiB for DPO/ORPO, glibc's own for SFT); "mmap-1mib": 1 MiB in every stage, SFT included;
 # "mkl-linear": torch's own fp32 products (MKL) instead of oneDNN's, training.onednn_linear=false; "onednn-linear":
-# oneDNN's whatever the CPU, training.onednn_linear=true -- left unset, the CPU decides: cpu_matmul.pays_here)
+# oneDNN's whatever the CPU, training.onednn_linear=true -- left unset, the CPU decides: cpu_matmul.pays_here;
+# "padded-rows": every batch through the model padded, as before rows were packed (alignment/logprobs.pack_rows))
 VARIANTS = ("lora", "checkpointing", "compile", "full-logits", "plain-ops", "glibc-malloc", "mmap-1mib", "mkl-linear",
-            "onednn-linear")
+            "onednn-linear", "padded-rows")
 # with --model, DPO is also measured against TRL's default under the allocator setting alignflow's CPU training
 # makes (bench.trial.TRL_MMAP), and the targets are judged against the best of TRL's configurations
 MODEL_EXTRA_TRAINERS: dict[str, tuple[str, ...]] = {"dpo": ("trl-mmap",)}

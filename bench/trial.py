@@ -43,7 +43,7 @@ VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha
                                                "glibc-malloc": {"cpu_mmap_threshold_mib": None},
                                                "mmap-1mib": {"cpu_mmap_threshold_mib": 1},
                                                "mkl-linear": {"onednn_linear": False},
-                                               "onednn-linear": {"onednn_linear": True}}
+                                               "onednn-linear": {"onednn_linear": True}, "padded-rows": {}}
 # TRL's DPOTrainer default with the allocator setting alignflow's CPU training makes
 # (training.cpu_mmap_threshold_mib, alignment/host_memory.py), so that setting is not counted as alignflow's lead
 TRL_MMAP = "trl-mmap"
@@ -89,6 +89,10 @@ def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict
         import alignment.fused_ops as fused_ops
 
         fused_ops.ENABLED = False
+    if variant == "padded-rows":  # batches through the model padded, the reference pass too (this process)
+        import alignment.logprobs as logprobs
+
+        logprobs.PACK_ROWS = False
     probe.start()
     started = time.perf_counter()
     ref_s = 0.0

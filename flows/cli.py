@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "compile, full-logits (the LM head at every position), plain-ops (transformers' own "
                             "RMSNorm/MLP), glibc-malloc (glibc's default mmap threshold in every stage), mmap-1mib "
                             "(a 1 MiB mmap threshold in every stage, SFT included), mkl-linear (torch's own fp32 "
-                            "products), onednn-linear (oneDNN's, whatever the CPU); comma-separated")
+                            "products), onednn-linear (oneDNN's, whatever the CPU), padded-rows (batches through the "
+                            "model padded instead of packed); comma-separated")
     bench.add_argument("--group-by-length", choices=["preset", "on", "off"], default="preset",
                        help="alignflow's optim.group_by_length: as its presets (default: on for the HH-like data, "
                             "off for the quickstart's), or on/off everywhere; TRL samples as by default")
