@@ -50,8 +50,9 @@ def cpu_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     segments = kwargs.pop(SEGMENTS, None)
     special = any(kwargs.get(k) is not None for k in ("position_bias", "cache", "softcap", "s_aux"))
     if segments is not None:
-        if special or query.shape[0] != 1 or key.shape[-2] != query.shape[2]:
-            raise ValueError("packed rows need one row of queries and keys, no cache and plain attention")
+        if special or kwargs.get("sliding_window") is not None or query.shape[0] != 1 \
+                or key.shape[-2] != query.shape[2]:
+            raise ValueError("packed rows need one row of queries and keys, no cache and full attention")
         return packed_sdpa(query, key, value, segments, dropout, scaling, groups > 1), None
     if query.device.type != "cpu" or groups <= 1 or query.shape[2] == 1 or special:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -72,6 +73,8 @@ def packed_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     offsets, masks = segments
     outs = []
     for (start, end), mask in zip(zip(offsets[:-1], offsets[1:], strict=True), masks, strict=True):
+        if end == start:  # an empty row
+            continue
         q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]  # (1, H|KV, n_i, D)
         outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
                                                    is_causal=mask is None and end - start > 1, enable_gqa=gqa))
@@ -80,8 +83,8 @@ def packed_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
 def use_cpu_attention(model: torch.nn.Module) -> bool:
     """Switch a model (the module holding the config, see alignment.lm_head.unwrap) that runs transformers'
-    "sdpa" attention on CPU to `cpu_sdpa_forward`; others are left alone. Returns whether the model runs it
-    (and so takes packed rows). Not saved with the model."""
+    "sdpa" attention on CPU to `cpu_sdpa_forward`; others are left alone. Returns whether the model runs it.
+    Not saved with the model."""
     global _registered
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) == NAME:
@@ -100,3 +103,15 @@ def use_cpu_attention(model: torch.nn.Module) -> bool:
         _registered = True
     model.set_attn_implementation(NAME)
     return True
+
+
+def takes_packed_rows(model: torch.nn.Module) -> bool:
+    """Whether a model switched by `use_cpu_attention` may take packed rows: every layer attends to its whole
+    row (no sliding window or chunked attention, which packed rows would lose: their masks are not built)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != NAME:
+        return False
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "sliding_window", None) is not None or getattr(text, "attention_chunk_size", None) is not None:
+        return False
+    return all(kind == "full_attention" for kind in (getattr(text, "layer_types", None) or ()))

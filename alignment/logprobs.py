@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from alignment.attention import SEGMENTS, use_cpu_attention
+from alignment.attention import SEGMENTS, takes_packed_rows, use_cpu_attention
 from alignment.cpu_matmul import use_onednn_linears
 from alignment.fused_ops import use_fused_ops
 from alignment.lm_head import chunked_token_logps, final_hidden_states, linear_head, unwrap
@@ -175,7 +175,7 @@ def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], pred_
         use_fused_ops(inner)  # memory-lean RMSNorm / SwiGLU MLP where the model's classes are known
         use_onednn_linears(inner)  # fp32 products on CPU through oneDNN (alignment/cpu_matmul.py)
         if not full_logits:
-            packs = use_cpu_attention(inner) and PACK_ROWS and not compiled(model)
+            packs = use_cpu_attention(inner) and takes_packed_rows(inner) and PACK_ROWS and not compiled(model)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     if packs and (packed := pack_rows(batch)) is not None:
         inputs, new_index = packed

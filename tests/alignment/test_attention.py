@@ -10,7 +10,7 @@ from torch.testing import assert_close
 
 import alignment.attention as attention
 import alignment.logprobs as logprobs
-from alignment.attention import NAME, SEGMENTS, use_cpu_attention
+from alignment.attention import NAME, SEGMENTS, takes_packed_rows, use_cpu_attention
 from alignment.logprobs import collate_sft, collate_shared_pairs, compiled, pack_rows, sequence_logps
 
 
@@ -172,3 +172,20 @@ def test_packed_attention_refuses_a_cache_or_several_rows() -> None:
     q = torch.zeros(2, 4, 3, 8)
     with pytest.raises(ValueError, match="packed rows"):
         attention.cpu_sdpa_forward(torch.nn.Module(), q, q, q, None, **{SEGMENTS: ([0, 3], [None])})
+
+
+def test_models_with_windowed_attention_take_no_packed_rows() -> None:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    llama = gqa_llama()
+    assert not takes_packed_rows(llama)  # not switched yet
+    use_cpu_attention(llama)
+    assert takes_packed_rows(llama)
+    torch.manual_seed(0)
+    windowed = MistralForCausalLM(MistralConfig(vocab_size=128, hidden_size=64, num_hidden_layers=1,
+                                                num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                                                sliding_window=4))
+    assert use_cpu_attention(windowed)
+    assert not takes_packed_rows(windowed)
+    batch = collate_sft(sft_rows(pair_rows()), 0)
+    assert sequence_logps(windowed, batch).sum.isfinite().all()  # padded, as before
