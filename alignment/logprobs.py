@@ -11,6 +11,10 @@ log p(response token | prefix), chosen rows first, then rejected:
   token is predicted from the logits of the position before it in its own branch (the first rejected token
   from the last prompt token), so the log-probs equal the concatenated layout's while the prompt is encoded
   once per pair: for HH-RLHF-like pairs (prompt ~200 tokens, responses ~120) that is ~30 % fewer tokens.
+
+Either layout (and an SFT batch) is collated right-padded; where the model runs alignflow's CPU attention
+(alignment/attention.py), `token_logprobs` hands it the rows packed into one row without the padding (`pack_rows`),
+so the linear layers see only real tokens (docs/performance.md, "Padding-free rows").
 """
 
 from __future__ import annotations
