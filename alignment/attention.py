@@ -106,11 +106,12 @@ def use_cpu_attention(model: torch.nn.Module) -> bool:
 
 
 def takes_packed_rows(model: torch.nn.Module) -> bool:
-    """Whether a model switched by `use_cpu_attention` may take packed rows: every layer attends to its whole
-    row (no sliding window or chunked attention, which packed rows would lose: their masks are not built)."""
+    """Whether a model switched by `use_cpu_attention` may take packed rows: on CPU, every layer attending to its
+    whole row (no sliding window or chunked attention, which packed rows would lose: their masks are not built)."""
     config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) != NAME:
-        return False
+    first = next(model.parameters(), None)
+    if getattr(config, "_attn_implementation", None) != NAME or first is None or first.device.type != "cpu":
+        return False  # not switched, or moved to an accelerator since
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     if getattr(text, "sliding_window", None) is not None or getattr(text, "attention_chunk_size", None) is not None:
         return False

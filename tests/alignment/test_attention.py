@@ -86,7 +86,7 @@ def test_pack_rows_of_an_sft_batch() -> None:
     inputs, new_index = pack_rows(batch)
     assert inputs["input_ids"].tolist() == [[11, 12, 13, 21, 22, 23, 24, 25]]
     assert inputs["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 4]]
-    assert inputs["attention_mask"] is None
+    assert inputs["attention_mask"].tolist() == [[1] * 8]
     assert inputs[SEGMENTS] == ([0, 3, 8], [None, None])
     assert new_index.tolist() == [0, 1, 2, -1, -1, 3, 4, 5, 6, 7]
 
@@ -103,9 +103,29 @@ def test_pack_rows_of_a_prefix_shared_batch_keeps_each_rows_mask_and_positions()
     assert new_index.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, -1, -1]
 
 
+def test_packed_rows_build_no_block_mask() -> None:
+    """Restarting position ids with no attention mask read as packed sequences to transformers, which then builds a
+    (1, 1, N, N) mask the packed attention never reads; the packed inputs' all-ones mask lets it build none."""
+    from transformers.masking_utils import create_causal_mask
+
+    model = gqa_llama()
+    use_cpu_attention(model)
+    inputs, _ = pack_rows(collate_sft(sft_rows(pair_rows()), 0))
+    embeds = torch.zeros(1, inputs["input_ids"].shape[1], 64)
+
+    def mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        return create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=attention_mask,
+                                  past_key_values=None, position_ids=inputs["position_ids"])
+
+    assert mask(None) is not None  # what an absent mask would cost
+    assert mask(inputs["attention_mask"]) is None
+
+
 def test_batches_without_padding_or_not_right_padded_stay_as_they_are() -> None:
     full = collate_sft([{"input_ids": [1, 2], "labels": [1, 2]}, {"input_ids": [3, 4], "labels": [3, 4]}], 0)
     assert pack_rows(full) is None
+    empty = collate_shared_pairs([{"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}] * 2, 0)
+    assert pack_rows(empty) is None
     left = {"input_ids": torch.tensor([[0, 5, 6]]), "attention_mask": torch.tensor([[0, 1, 1]])}
     assert pack_rows(left) is None
 
@@ -187,5 +207,8 @@ def test_models_with_windowed_attention_take_no_packed_rows() -> None:
                                                 sliding_window=4))
     assert use_cpu_attention(windowed)
     assert not takes_packed_rows(windowed)
+    meta = gqa_llama().to("meta")  # switched on CPU, then moved off it
+    meta.config._attn_implementation = NAME
+    assert not takes_packed_rows(meta)
     batch = collate_sft(sft_rows(pair_rows()), 0)
     assert sequence_logps(windowed, batch).sum.isfinite().all()  # padded, as before
