@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from alignment.answers import CHECKABLE
+
 KINDS: tuple[str, ...] = ("word_limit", "keyword", "lowercase", "uppercase", "first_word", "end_phrase",
                           "no_commas", "bullets", "json")
 
@@ -46,6 +48,20 @@ TEMPLATES: dict[str, str] = {
     "bullets": 'Answer with exactly {arg} bullet points, each on its own line starting with "* ".',
     "json": 'Wrap your entire answer in JSON: a single object with the key "answer".',
 }
+# The held-out split words every kind differently (generate_task(heldout_phrasings=True)), so its pass rate
+# measures following an instruction, not recognizing a sentence seen in training.
+HELDOUT_TEMPLATES: dict[str, str] = {
+    "word_limit": "Use no more than {arg} words in your reply.",
+    "keyword": 'Make sure your reply contains the word "{arg}".',
+    "lowercase": "Write your whole reply using only lowercase letters.",
+    "uppercase": "Write your whole reply in uppercase letters only.",
+    "first_word": 'Begin your reply with the word "{arg}".',
+    "end_phrase": 'Finish your reply with these exact words: "{arg}"',
+    "no_commas": "Avoid commas entirely in your reply.",
+    "bullets": 'Reply as a list of exactly {arg} items, each line beginning with "* ".',
+    "json": 'Format your whole reply as a JSON object with an "answer" key.',
+}
+PHRASINGS: dict[str, dict[str, str]] = {"train": TEMPLATES, "heldout": HELDOUT_TEMPLATES}
 INT_KINDS = frozenset({"word_limit", "bullets"})
 WORD_KINDS = frozenset({"keyword", "first_word"})
 NO_ARG_KINDS = frozenset({"lowercase", "uppercase", "no_commas", "json"})
@@ -71,14 +87,18 @@ def _unknown_kind(kind: str) -> ValueError:
 @dataclass(frozen=True)
 class Instruction:
     """One verifiable instruction. `arg`: word_limit, max words (int >= 1); keyword, the word; first_word, the
-    word; end_phrase, the phrase; bullets, the exact count (int >= 1); None for the other kinds."""
+    word; end_phrase, the phrase; bullets, the exact count (int >= 1); None for the other kinds. `phrasing`:
+    which sentence words it ("train": TEMPLATES, "heldout": HELDOUT_TEMPLATES); the check is the same."""
 
     kind: str
     arg: str | int | None = None
+    phrasing: str = "train"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise _unknown_kind(self.kind)
+        if self.phrasing not in PHRASINGS:
+            raise ValueError(f"unknown phrasing {self.phrasing!r}; expected one of {', '.join(PHRASINGS)}")
         if self.kind in NO_ARG_KINDS and self.arg is not None:
             raise ValueError(f"{self.kind} takes no argument, got {self.arg!r}")
         if self.kind in INT_KINDS and not (type(self.arg) is int and self.arg >= 1):
@@ -91,38 +111,42 @@ class Instruction:
 
     def text(self) -> str:
         """The sentence appended to a question."""
-        return TEMPLATES[self.kind].format(arg=self.arg)
+        return PHRASINGS[self.phrasing][self.kind].format(arg=self.arg)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "arg": self.arg}
+        out: dict[str, Any] = {"kind": self.kind, "arg": self.arg}
+        return out if self.phrasing == "train" else {**out, "phrasing": self.phrasing}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Instruction:
-        return cls(d["kind"], d.get("arg"))
+        return cls(d["kind"], d.get("arg"), d.get("phrasing", "train"))
 
 
 # ---- parsing ------------------------------------------------------------------------------------------------
 
 
-def _template_pattern(kind: str) -> re.Pattern[str]:
+def _template_pattern(kind: str, template: str) -> re.Pattern[str]:
     arg = r"(?P<arg>\d+)" if kind in INT_KINDS else r'(?P<arg>[^"]+)'
-    head, sep, tail = TEMPLATES[kind].partition("{arg}")
+    head, sep, tail = template.partition("{arg}")
     return re.compile(re.escape(head) + (arg + re.escape(tail) if sep else ""))
 
 
-PATTERNS: dict[str, re.Pattern[str]] = {kind: _template_pattern(kind) for kind in KINDS}
+# (kind, phrasing) -> the pattern of its sentence
+PATTERNS: dict[tuple[str, str], re.Pattern[str]] = {
+    (kind, phrasing): _template_pattern(kind, templates[kind])
+    for phrasing, templates in PHRASINGS.items() for kind in KINDS}
 
 
 def parse_instructions(prompt: str) -> list[Instruction]:
     """Every instruction sentence in `prompt` (by the fixed templates), in order of appearance; [] if none.
     A sentence whose argument is invalid (e.g. "at most 0 words") is skipped."""
     found: list[tuple[int, Instruction]] = []
-    for kind, pattern in PATTERNS.items():
+    for (kind, phrasing), pattern in PATTERNS.items():
         for m in pattern.finditer(prompt):
             raw = m.groupdict().get("arg")
             arg = int(raw) if kind in INT_KINDS else raw
             try:
-                found.append((m.start(), Instruction(kind, arg)))
+                found.append((m.start(), Instruction(kind, arg, phrasing)))
             except ValueError:
                 continue
     return [ins for _, ins in sorted(found, key=lambda t: t[0])]
@@ -286,15 +310,16 @@ def verify(prompt: str, response: str) -> Verification:
 @dataclass(frozen=True)
 class Question:
     id: str  # stable slug
-    text: str  # one short everyday question
+    text: str  # one short question
     keywords: tuple[str, ...]  # 2-3 topical words a good answer would naturally use (none in the question)
+    answers: tuple[str, ...] = ()  # accepted answers where a program can check them (alignment/answers.py)
 
 
 def _q(qid: str, text: str, keywords: str) -> Question:
     return Question(qid, text, tuple(keywords.split()))
 
 
-QUESTIONS: tuple[Question, ...] = (
+EVERYDAY: tuple[Question, ...] = (
     # cooking
     _q("keep-basil-fresh", "How do I keep basil fresh?", "water leaves jar"),
     _q("soft-boiled-egg", "How long should I boil an egg for a soft yolk?", "minutes water"),
@@ -460,6 +485,9 @@ QUESTIONS: tuple[Question, ...] = (
     _q("morning-routine", "What makes a good morning routine?", "water plan"),
     _q("weak-wifi", "How can I improve a weak Wi-Fi signal?", "router walls"),
 )
+# everyday how-to questions (judged on the instruction and on answering at all) and questions whose answer a
+# program checks (short facts, arithmetic, conversions: judged on the answer too)
+QUESTIONS: tuple[Question, ...] = EVERYDAY + tuple(Question(c.id, c.text, c.keywords, c.answers) for c in CHECKABLE)
 
 
 # ---- the task -----------------------------------------------------------------------------------------------
@@ -520,13 +548,14 @@ def least_used(counts: dict[str, int], k: int, rng: random.Random) -> list[str]:
 
 
 def generate_task(seed: int, *, heldout_fraction: float = 0.25, per_question: int = 3,
-                  kinds: Sequence[str] = KINDS) -> dict[str, list[InstructionPrompt]]:
+                  kinds: Sequence[str] = KINDS, heldout_phrasings: bool = True) -> dict[str, list[InstructionPrompt]]:
     """{"train": [...], "heldout": [...]}: every question with `per_question` instructions of distinct kinds.
 
     A question is held out by `is_heldout_question(id, heldout_fraction, str(seed))` and then appears only in
     "heldout", so no held-out question (with any instruction) is seen in training. Within each split the kinds
-    are balanced: per kind, counts differ by at most 1. Deterministic for a seed; each split in a seeded
-    shuffled order.
+    are balanced: per kind, counts differ by at most 1. With `heldout_phrasings` the held-out split words its
+    instructions with HELDOUT_TEMPLATES, never seen in training. Deterministic for a seed; each split in a
+    seeded shuffled order.
     """
     use = check_kinds(kinds)
     if not 1 <= per_question <= len(use):
@@ -536,8 +565,10 @@ def generate_task(seed: int, *, heldout_fraction: float = 0.25, per_question: in
     out: dict[str, list[InstructionPrompt]] = {"train": [], "heldout": []}
     for q in sorted(QUESTIONS, key=lambda q: q.id):
         split = "heldout" if is_heldout_question(q.id, heldout_fraction, str(seed)) else "train"
+        phrasing = "heldout" if split == "heldout" and heldout_phrasings else "train"
         for kind in least_used(counts[split], per_question, rng):
-            out[split].append(InstructionPrompt(q.id, q.text, draw_instruction(kind, q, rng)))
+            drawn = draw_instruction(kind, q, rng)
+            out[split].append(InstructionPrompt(q.id, q.text, Instruction(drawn.kind, drawn.arg, phrasing)))
     for prompts in out.values():
         rng.shuffle(prompts)
     return out

@@ -252,7 +252,11 @@ def test_questions_are_many_distinct_and_well_formed() -> None:
 
 
 def test_no_two_questions_are_near_duplicates() -> None:
+    """Everyday questions differ from each other and from the checkable ones; checkable questions of one form
+    ("What is 7 times 8?", "What is 6 times 9?") differ in their numbers only, by design."""
     for a, b in combinations(QUESTIONS, 2):
+        if a.answers and b.answers:
+            continue
         wa, wb = content_words(a.text), content_words(b.text)
         assert len(wa & wb) / len(wa | wb) < 0.5, (a.text, b.text)
 
