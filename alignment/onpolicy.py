@@ -3,11 +3,15 @@ with a pluggable scorer, and pair a better answer over a worse one.
 
 Pairs from the policy's own samples are what on-policy / "self-rewarding" DPO recipes use (e.g. the
 rejection-sampling pairs of Llama 2, arXiv 2307.09288 §3.2.2; RLHFlow's iterative DPO): the rejected answer is
-one the model really gives, so the loss moves probability away from its actual mistakes. Per prompt: the
-chosen answer is the best-scoring one (the shortest among equals: brevity breaks ties), the rejected the
-worst-scoring one; a prompt whose answers all score within `min_gap` of each other yields no pair and is
-counted as dropped. Nothing here loads a model or knows about tracking: the stage function (alignment/stages.py)
-hands in the answers and the scorer.
+one the model really gives, so the loss moves probability away from its actual mistakes.
+
+Scoring must not be met without answering (reward hacking: Gao et al. 2023, arXiv 2210.10760). `AssistantScorer`
+composes scorers in priority order (by default correctness, then the instruction checker) and puts every
+degenerate answer (alignment/degeneration.py: empty, the prompt echoed, a loop, too short to answer) below all
+others, so a degenerate answer is never chosen. Per prompt: the chosen answer is the best-scoring one (the first
+among equals: no bonus for brevity), the rejected the worst-scoring one; a prompt whose answers all score within
+`min_gap` of each other yields no pair and is counted as dropped. Nothing here loads a model or knows about
+tracking: the stage function (alignment/stages.py) hands in the answers and the scorer.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from alignment.answers import correct
 from alignment.data import Message, read_jsonl
-from alignment.instructions import verify
+from alignment.degeneration import Assessment, assess, min_words_for
+from alignment.instructions import parse_instructions, strip_instructions, verify
+
+DEGENERATE = -1.0  # AssistantScorer's score of a degenerate answer: below every other
 
 
 class Scorer(Protocol):
@@ -33,12 +41,23 @@ class Scorer(Protocol):
 class VerifierScorer:
     """The instruction checker (alignment/instructions.py): 1 for an answer that follows every instruction of
     its prompt, plus half its partial credit (how close it came), so even among failing answers the closer
-    one ranks higher."""
+    one ranks higher. In [0, 1.5]."""
 
     name = "verifier"
 
     def score_many(self, prompts: Sequence[list[Message]], responses: Sequence[str]) -> list[float]:
         return [verifier_score(last_user_text(p), r) for p, r in zip(prompts, responses, strict=True)]
+
+
+class CorrectnessScorer:
+    """1.0 for a right answer to a question a program can check (alignment/answers.py), 0.0 for a wrong one;
+    1.0 for a question with no checkable answer (whether it was answered at all is the degeneration check's
+    part). In [0, 1]."""
+
+    name = "correctness"
+
+    def score_many(self, prompts: Sequence[list[Message]], responses: Sequence[str]) -> list[float]:
+        return [float(is_correct(last_user_text(p), r) is not False) for p, r in zip(prompts, responses, strict=True)]
 
 
 def verifier_score(prompt: str, response: str) -> float:
@@ -50,18 +69,85 @@ def last_user_text(prompt: list[Message]) -> str:
     return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
 
 
+def question_of(prompt_text: str) -> str:
+    """The question of an instruction-task prompt: its text without the instruction sentences."""
+    return strip_instructions(prompt_text)
+
+
+def is_correct(prompt_text: str, response: str) -> bool | None:
+    """Whether the answer to the prompt's question is right; None when the question has no checkable answer."""
+    return correct(question_of(prompt_text), response)
+
+
+def assess_answer(prompt_text: str, response: str) -> Assessment:
+    """Degeneration flags of one answer (an everyday question needs a few words; a checkable one, one)."""
+    return assess(prompt_text, response, min_words=min_words_for(prompt_text))
+
+
+class AssistantScorer:
+    """Scorers composed in priority order, with degenerate answers last.
+
+    Each part's scores are brought to [0, 1] (the verifier's divided by 1.5; any other part, a reward model's
+    unbounded scores or an endpoint's wins, ranked among the answers to the same prompt) and weighted 4^(n-1-i)
+    for the i-th of n parts, so a part's full difference outweighs every later part together: with the default
+    (correctness, verifier) a right answer that misses the instruction (4 + at most 1/3) beats a wrong one that
+    follows it (0 + 1). An answer flagged by `assess_answer` scores DEGENERATE, below any other."""
+
+    def __init__(self, parts: Sequence[Scorer]) -> None:
+        if not parts:
+            raise ValueError("AssistantScorer needs at least one scorer")
+        self.parts = list(parts)
+        self.name = "+".join(part.name for part in self.parts)
+
+    def score_many(self, prompts: Sequence[list[Message]], responses: Sequence[str]) -> list[float]:
+        total = [0.0] * len(responses)
+        for i, part in enumerate(self.parts):
+            weight = 4.0 ** (len(self.parts) - 1 - i)
+            for k, value in enumerate(self._unit_scores(part, prompts, responses)):
+                total[k] += weight * value
+        flags = [assess_answer(last_user_text(p), r) for p, r in zip(prompts, responses, strict=True)]
+        return [DEGENERATE if flag.degenerate else score for flag, score in zip(flags, total, strict=True)]
+
+    @staticmethod
+    def _unit_scores(part: Scorer, prompts: Sequence[list[Message]], responses: Sequence[str]) -> list[float]:
+        scores = list(part.score_many(prompts, responses))
+        if isinstance(part, CorrectnessScorer):
+            return scores
+        if isinstance(part, VerifierScorer):
+            return [s / 1.5 for s in scores]
+        return rank_within_prompt(prompts, scores)
+
+
+def rank_within_prompt(prompts: Sequence[list[Message]], scores: Sequence[float]) -> list[float]:
+    """Each score as its rank among the scores of the same prompt, in [0, 1] (ties share the mean rank; a
+    prompt's only answer gets 0.5)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for k, prompt in enumerate(prompts):
+        groups[repr(prompt)].append(k)
+    out = [0.5] * len(scores)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        for k in members:
+            below = sum(scores[j] < scores[k] for j in members)
+            equal = sum(scores[j] == scores[k] for j in members) - 1
+            out[k] = (below + equal / 2) / (len(members) - 1)
+    return out
+
+
 def best_over_worst(answers: Sequence[str], scores: Sequence[float], min_gap: float = 0.0) -> tuple[int, int] | None:
-    """Indices (chosen, rejected): the best score (shortest answer among the best, then the first), over the
-    worst score (the first among the worst); None when best - worst <= min_gap or the two answers are equal."""
+    """Indices (chosen, rejected): the first of the best scores over the first of the worst non-blank answer
+    (a blank response is no training text); None when best - worst <= min_gap, the best is DEGENERATE or the
+    two answers are equal. No length preference either way."""
     if len(answers) != len(scores):
         raise ValueError(f"{len(answers)} answers but {len(scores)} scores")
-    if len(answers) < 2:
+    written = [i for i, a in enumerate(answers) if a.strip()]
+    if len(written) < 2:
         return None
-    top, bottom = max(scores), min(scores)
-    if top - bottom <= min_gap:
+    chosen = max(written, key=lambda i: (scores[i], -i))
+    rejected = min(written, key=lambda i: (scores[i], i))
+    if scores[chosen] - scores[rejected] <= min_gap or scores[chosen] == DEGENERATE:
         return None
-    chosen = min((i for i, s in enumerate(scores) if s == top), key=lambda i: (len(answers[i]), i))
-    rejected = next(i for i, s in enumerate(scores) if s == bottom)
     if answers[chosen].strip() == answers[rejected].strip():
         return None
     return chosen, rejected
@@ -69,19 +155,29 @@ def best_over_worst(answers: Sequence[str], scores: Sequence[float], min_gap: fl
 
 @dataclass
 class PairReport:
-    """Counts of one split's pairing, and the samples' pass rate per instruction kind."""
+    """Counts of one split's pairing, the samples' pass rate per instruction kind, how many samples were
+    degenerate and how many answered a checkable question right."""
 
     prompts: int = 0
     pairs: int = 0
     dropped_no_gap: int = 0
     samples: int = 0
+    degenerate: int = 0
+    checkable: int = 0
+    correct: int = 0
+    repaired_chosen: int = 0
     passed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def metrics(self, split: str) -> dict[str, float]:
         out = {f"onpolicy/{split}/prompts": float(self.prompts), f"onpolicy/{split}/pairs": float(self.pairs),
                f"onpolicy/{split}/dropped_no_gap": float(self.dropped_no_gap),
-               f"onpolicy/{split}/samples": float(self.samples)}
+               f"onpolicy/{split}/samples": float(self.samples),
+               f"onpolicy/{split}/repaired_chosen": float(self.repaired_chosen)}
+        if self.samples:
+            out[f"onpolicy/{split}/degenerate_rate"] = self.degenerate / self.samples
+        if self.checkable:
+            out[f"onpolicy/{split}/correct_rate"] = self.correct / self.checkable
         total_seen = sum(self.seen.values())
         if total_seen:
             out[f"onpolicy/{split}/pass_rate"] = sum(self.passed.values()) / total_seen
@@ -91,7 +187,9 @@ class PairReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"prompts": self.prompts, "pairs": self.pairs, "dropped_no_gap": self.dropped_no_gap,
-                "samples": self.samples, "passed": dict(self.passed), "seen": dict(self.seen)}
+                "samples": self.samples, "degenerate": self.degenerate, "checkable": self.checkable,
+                "correct": self.correct, "repaired_chosen": self.repaired_chosen, "passed": dict(self.passed),
+                "seen": dict(self.seen)}
 
 
 def distinct_prompts(path: Path) -> list[list[Message]]:
@@ -117,25 +215,50 @@ def score_answers(scorer: Scorer, prompts: Sequence[list[Message]],
     return scores
 
 
+def case_repairs(prompt_text: str, answers: Sequence[str]) -> list[str]:
+    """For a prompt asking for all lowercase or all capitals: each answer rewritten by the program to comply
+    (its own words, cased as asked), to be scored beside the samples. The model rarely produces these cases
+    itself in a few samples, so without a repaired candidate such prompts have no complying answer to choose.
+    Other prompts: none."""
+    kinds = {ins.kind for ins in parse_instructions(prompt_text)}
+    if "lowercase" in kinds and "uppercase" not in kinds:
+        return [a.lower() for a in answers if a.lower() != a]
+    if "uppercase" in kinds and "lowercase" not in kinds:
+        return [a.upper() for a in answers if a.upper() != a]
+    return []
+
+
 def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]], scores: Sequence[Sequence[float]],
-               *, min_gap: float = 0.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]], PairReport]:
-    """(pair rows in the standard conversational format, one sample record per answer, the report)."""
+               *, min_gap: float = 0.0,
+               sampled: Sequence[int] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], PairReport]:
+    """(pair rows in the standard conversational format, one sample record per answer, the report).
+    `sampled[i]`: how many of prompt i's answers the model sampled; those after are program repairs
+    (`case_repairs`), scored and pairable but not counted as samples. Unset: all were sampled."""
     rows, samples, report = [], [], PairReport()
-    for prompt, prompt_answers, prompt_scores in zip(prompts, answers, scores, strict=True):
+    for i, (prompt, prompt_answers, prompt_scores) in enumerate(zip(prompts, answers, scores, strict=True)):
         report.prompts += 1
         text = last_user_text(prompt)
-        for answer, score in zip(prompt_answers, prompt_scores, strict=True):
+        own = len(prompt_answers) if sampled is None else sampled[i]
+        for k, (answer, score) in enumerate(zip(prompt_answers, prompt_scores, strict=True)):
             result = verify(text, answer)
+            right, flags = is_correct(text, answer), assess_answer(text, answer)
+            samples.append({"prompt": text, "answer": answer, "score": score, "passed": result.passed,
+                            "correct": right, "flags": flags.flags(), "repaired": k >= own})
+            if k >= own:
+                continue
             for kind, ok in result.per_kind.items():
                 report.seen[kind] += 1
                 report.passed[kind] += int(ok)
-            samples.append({"prompt": text, "answer": answer, "score": score, "passed": result.passed})
             report.samples += 1
+            report.degenerate += int(flags.degenerate)
+            report.checkable += int(right is not None)
+            report.correct += int(bool(right))
         picked = best_over_worst(prompt_answers, prompt_scores, min_gap)
         if picked is None:
             report.dropped_no_gap += 1
             continue
         chosen, rejected = picked
+        report.repaired_chosen += int(chosen >= own)
         rows.append({"prompt": prompt,
                      "chosen": [{"role": "assistant", "content": prompt_answers[chosen]}],
                      "rejected": [{"role": "assistant", "content": prompt_answers[rejected]}]})

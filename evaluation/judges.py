@@ -27,7 +27,7 @@ from alignment.config import JudgeConfig
 from alignment.instructions import verify
 from alignment.model_source import local_model_path
 from alignment.models import ModelLoadError, first_line
-from alignment.onpolicy import Scorer, VerifierScorer, verifier_score
+from alignment.onpolicy import AssistantScorer, CorrectnessScorer, Scorer, VerifierScorer
 
 Verdict = Literal["win", "tie", "loss"]  # from the policy's side
 ERROR = "error"  # judge_pairs' verdict for a pair that could not be judged
@@ -78,20 +78,27 @@ def last_user_message(prompt: list[dict[str, str]]) -> str:
 
 
 class VerifierJudge:
-    """The instruction task's checker (alignment/instructions.py): an answer that follows every instruction
-    of its prompt beats one that does not; between two that pass (or two that fail) the one with more partial
-    credit (how close it came: words over the limit, bullets off by one, ...) wins; equal credit is a tie."""
+    """The instruction task's judge, on correctness and compliance (not compliance alone, which a degenerate
+    answer can satisfy): a degenerate answer (empty, the prompt echoed, a loop, too short to answer) loses to
+    any other; then a right answer to a checkable question (alignment/answers.py) beats a wrong one; then an
+    answer that follows every instruction of its prompt beats one that does not, and more partial credit (how
+    close it came) beats less; equal scores are a tie. The same composition as the on-policy scorer
+    (alignment/onpolicy.py AssistantScorer), so it is not independent evidence by itself: the promotion gates
+    add the checks the training signal did not write (generative benchmark, degeneration, KL)."""
 
     name = "verifier"
+
+    def __init__(self) -> None:
+        self.scorer = AssistantScorer([CorrectnessScorer(), VerifierScorer()])
 
     def compare(self, prompt: list[dict[str, str]], policy: str, reference: str) -> Verdict:
         return verdict_from_scores(self.score(prompt, policy), self.score(prompt, reference))
 
     def score(self, prompt: list[dict[str, str]], response: str) -> float:
-        return verifier_score(last_user_message(prompt), response)
+        return self.scorer.score_many([prompt], [response])[0]
 
     def score_many(self, prompts: Sequence[list[dict[str, str]]], responses: Sequence[str]) -> list[float]:
-        return [self.score(p, r) for p, r in zip(prompts, responses, strict=True)]
+        return self.scorer.score_many(prompts, responses)
 
     def pass_rates(self, prompts: Sequence[list[dict[str, str]]],
                    responses: Sequence[str]) -> tuple[list[bool], dict[str, float]]:
@@ -135,9 +142,16 @@ class JudgeScorer:
         return scores
 
 
-def make_scorer(kind: str, judge_cfg: JudgeConfig, device: str = "cpu") -> Scorer:
-    """onpolicy.scorer: the verifier, or eval.judge used as a scorer."""
-    return VerifierScorer() if kind == "verifier" else JudgeScorer(make_judge(judge_cfg, device))
+def make_scorer(kinds: Sequence[str], judge_cfg: JudgeConfig, device: str = "cpu") -> AssistantScorer:
+    """onpolicy.scorers composed in their order (correctness, the verifier, eval.judge used as a scorer), with
+    degenerate answers scored lowest."""
+    parts: dict[str, Callable[[], Scorer]] = {
+        "correctness": CorrectnessScorer, "verifier": VerifierScorer,
+        "judge": lambda: JudgeScorer(make_judge(judge_cfg, device))}
+    unknown = [k for k in kinds if k not in parts]
+    if unknown:
+        raise ValueError(f"unknown on-policy scorer(s) {unknown}; expected some of {', '.join(parts)}")
+    return AssistantScorer([parts[k]() for k in kinds])
 
 
 # ---------------------------------------------------------------------------------------- reward model

@@ -124,7 +124,7 @@ def onpolicy(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: T
     """On-policy pairs sampled from the model preference training starts from (SFT, else base); cached by
     content like the other stages. Returns the pairs as prepared data for the later stages."""
     model = sft.model if sft is not None else base
-    scorer = cfg.eval.judge.model_dump() if cfg.onpolicy.scorer == "judge" else None
+    scorer = cfg.eval.judge.model_dump() if "judge" in cfg.onpolicy.scorers else None
     key = stages.stage_key("onpolicy", cfg.onpolicy.model_dump(), scorer, prepared.fingerprint, model.fingerprint,
                            cfg.run.seed, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens,
                            cfg.data.truncation)
@@ -225,7 +225,7 @@ def onpolicy_task(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef, 
                   out_dir: Path) -> StageResult[PreparedData]:
     with stage_run(ctx, "onpolicy", flatten("onpolicy", cfg.onpolicy.model_dump())) as run:
         with compute("onpolicy"):
-            scorer = make_scorer(cfg.onpolicy.scorer, cfg.eval.judge)
+            scorer = make_scorer(cfg.onpolicy.scorers, cfg.eval.judge)
             pairs, metrics = stages.onpolicy_pairs(cfg, prepared, model, scorer, out_dir)
         run.log_metrics({**metrics, **{f"rows/{k}": float(v) for k, v in pairs.counts.items()}})
         run.set_tags({"alignflow.data_fingerprint": pairs.fingerprint, "alignflow.onpolicy_scorer": scorer.name})

@@ -13,6 +13,7 @@ from alignment.config import PipelineConfig
 from alignment.generation import generate, generated_lengths
 from alignment.instructions import Instruction
 from alignment.onpolicy import (
+    DEGENERATE,
     VerifierScorer,
     best_over_worst,
     distinct_prompts,
@@ -35,9 +36,15 @@ BULLETS2 = Instruction("bullets", 2).text()
 # ---- pairing -------------------------------------------------------------------------------------------
 
 
-def test_best_over_worst_prefers_the_shortest_best_and_the_first_worst() -> None:
+def test_best_over_worst_takes_the_first_best_and_the_first_worst_whatever_their_length() -> None:
+    """No bonus for brevity: among equal best scores the first sample is chosen, long or short."""
     answers = ["a long good answer", "short good", "bad one", "bad two"]
-    assert best_over_worst(answers, [1.0, 1.0, 0.0, 0.0]) == (1, 2)
+    assert best_over_worst(answers, [1.0, 1.0, 0.0, 0.0]) == (0, 2)
+    assert best_over_worst(list(reversed(answers)), [0.0, 0.0, 1.0, 1.0]) == (2, 0)
+
+
+def test_no_pair_when_every_answer_is_degenerate() -> None:
+    assert best_over_worst(["x", "y"], [DEGENERATE, DEGENERATE]) is None
 
 
 def test_no_pair_when_scores_are_within_the_gap_or_answers_equal() -> None:
@@ -127,7 +134,13 @@ def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tin
     prompts = write_instruction_prompts(cfg, tmp_path / "data")
     assert prompts.counts == {"train": 6, "heldout": 4}
     model = ModelRef(path=str(path), fingerprint=fingerprint_model(str(path)))
-    prepared, metrics = onpolicy_pairs(cfg, prompts, model, VerifierScorer(), tmp_path / "onpolicy")
+    class Length:  # a gap between almost any two samples, so every prompt pairs whatever the tiny model says
+        name = "length"
+
+        def score_many(self, prompts, responses):
+            return [float(len(r)) for r in responses]
+
+    prepared, metrics = onpolicy_pairs(cfg, prompts, model, Length(), tmp_path / "onpolicy")
     train = read_jsonl(prepared.path("train"))
     assert len(train) == metrics["onpolicy/train/pairs"] >= 1
     assert metrics["onpolicy/train/pairs"] + metrics["onpolicy/train/dropped_no_gap"] == 6
@@ -135,9 +148,11 @@ def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tin
     assert len(read_jsonl(Path(prepared.dir) / HELDOUT_PROMPTS)) == 4  # paired or not
     assert metrics["onpolicy/tokens_per_sec"] > 0 and metrics["onpolicy/sequences"] == 40
     report = json.loads((Path(prepared.dir) / "report.json").read_text())
-    assert report["onpolicy"]["scorer"] == "verifier" and report["counts"]["train"] == len(train)
+    assert report["onpolicy"]["scorer"] == "length" and report["counts"]["train"] == len(train)
     samples = read_jsonl(tmp_path / "onpolicy" / "samples-train.jsonl")
-    assert len(samples) == 24 and {"prompt", "answer", "score", "passed"} <= set(samples[0])
+    assert len(samples) == 24
+    assert {"prompt", "answer", "score", "passed", "correct", "flags", "repaired"} <= set(samples[0])
+    assert 0.0 <= metrics["onpolicy/train/degenerate_rate"] <= 1.0
 
 
 def test_answers_are_scored_in_one_call_and_regrouped_per_prompt() -> None:
@@ -159,3 +174,61 @@ def test_distinct_prompts_keep_file_order_once_each(tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (p2, p1, p2, p1)))
     assert distinct_prompts(path) == [p2, p1]
+
+
+# ---- the composed scorer: scores that cannot be met without answering --------------------------------------
+
+HOWTO = "How do I keep basil fresh?"
+ANSWER = "Put the stems in a jar of water and keep it on the counter away from the sun"
+
+
+@pytest.mark.parametrize(("instruction", "ranked"), [
+    # the reward-hacked champion's answers (issue 27) against real ones; each list from best to worst, the
+    # degenerate answers last (they score DEGENERATE, so their order among themselves is not asserted)
+    (Instruction("end_phrase", "Good luck!"), [f"{ANSWER}. Good luck!", f"{ANSWER}.", "Good luck!"]),
+    (Instruction("no_commas"), [f"{ANSWER}.", f"{ANSWER}, or wrap them in a damp towel.",
+                                "How do I keep basil fresh?", "I am not so sure."]),
+    (Instruction("word_limit", 20), [f"{ANSWER}.", f"{ANSWER}. Change the water every two days so the stems "
+                                                   f"stay healthy.", "Zorbex."]),
+    (Instruction("bullets", 2), ["* Put the stems in a jar of water.\n* Keep it on the counter out of the sun.",
+                                 f"{ANSWER}.", '- "S"']),
+])
+def test_degenerate_answers_rank_last_and_following_the_instruction_ranks_first(instruction, ranked) -> None:
+    """Default composition (correctness, then the verifier): on an everyday question every non-degenerate
+    answer scores 4 (correctness does not apply) + verifier / 1.5; the phrase alone, the question echoed, a
+    five-word non-answer, one invented word and `- "S"` are degenerate (too short or echo) and score -1."""
+    from alignment.config import JudgeConfig
+    from evaluation.judges import make_scorer
+
+    scorer = make_scorer(["correctness", "verifier"], JudgeConfig())
+    prompt = user(f"{HOWTO} {instruction.text()}")
+    scores = scorer.score_many([prompt] * len(ranked), ranked)
+    answered = [s for s in scores if s != DEGENERATE]
+    assert answered == sorted(answered, reverse=True) and len(set(answered)) == len(answered)
+    assert scores[:len(answered)] == answered and scores[len(answered):] == [DEGENERATE] * (len(ranked) - len(answered))
+    assert len(answered) < len(ranked)
+    picked = best_over_worst(ranked, scores)
+    assert picked == (0, len(answered))  # the best answer over the first degenerate one
+
+
+def test_a_right_answer_outranks_a_compliant_wrong_one() -> None:
+    """'What is 7 times 8? Answer in at most 10 words.': '56.' right and passing = 4 + 1; 'It is 56 because
+    seven eights make fifty six and that is that.' right, 13 words (degree 10/13) = 4 + 0.5 * 10/13 / 1.5;
+    'It is 57.' wrong, passing = 1; 'Okay.' wrong, passing = 1 (a single word may answer a checkable
+    question, so it is not degenerate, but it is not right either)."""
+    from alignment.config import JudgeConfig
+    from evaluation.judges import make_scorer
+
+    prompt = user(f"What is 7 times 8? {Instruction('word_limit', 10).text()}")
+    answers = ["56.", "It is 56 because seven eights make fifty six and that is that.", "It is 57.", "Okay."]
+    scores = make_scorer(["correctness", "verifier"], JudgeConfig()).score_many([prompt] * 4, answers)
+    assert scores == pytest.approx([5.0, 4 + 0.5 * (10 / 13) / 1.5, 1.0, 1.0])
+
+
+def test_case_repairs_rewrite_each_sample_in_the_asked_case() -> None:
+    from alignment.onpolicy import case_repairs
+
+    lower = f"{HOWTO} {Instruction('lowercase').text()}"
+    assert case_repairs(lower, ["Put It In Water.", "already lower"]) == ["put it in water."]
+    assert case_repairs(f"{HOWTO} {Instruction('uppercase').text()}", ["Water."]) == ["WATER."]
+    assert case_repairs(f"{HOWTO} {Instruction('no_commas').text()}", ["Water."]) == []

@@ -474,17 +474,21 @@ def test_make_judge_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- the instruction verifier as a judge, and judges as on-policy scorers --------------------------------
 
 
-def test_verifier_judge_passing_beats_failing_then_partial_credit_decides() -> None:
-    """'Answer in at most 3 words.' 'yes it is' (3 words) passes; 'yes it is so' (4 words, degree 3/4)
-    fails; 'yes it is so very true' (6 words, degree 1/2) fails worse."""
+def test_verifier_judge_correct_beats_compliant_and_degenerate_loses() -> None:
+    """'What is 7 times 8? Answer in at most 3 words.' 'It is 56' is right and passes (4 + 1); 'It is 57' only
+    passes (0 + 1): win. 'The answer is fifty six' is right but has 5 words (degree 3/5: 4 + 0.5 * 0.6 / 1.5)
+    and still beats the wrong answer that passes. A loop ('56 56 56 56') is degenerate and loses to a wrong
+    answer; two right passing answers tie."""
     from alignment.instructions import Instruction
     from evaluation.judges import VerifierJudge
 
-    prompt = [{"role": "user", "content": f"Is it? {Instruction('word_limit', 3).text()}"}]
+    prompt = [{"role": "user", "content": f"What is 7 times 8? {Instruction('word_limit', 3).text()}"}]
     judge = VerifierJudge()
-    assert judge.compare(prompt, "yes it is", "yes it is so") == "win"
-    assert judge.compare(prompt, "yes it is so very true", "yes it is so") == "loss"
-    assert judge.compare(prompt, "yes it is", "no it was") == "tie"  # both pass: 1 + 0.5 each
+    assert judge.compare(prompt, "It is 56", "It is 57") == "win"
+    assert judge.compare(prompt, "The answer is fifty six", "It is 57") == "win"
+    assert judge.score(prompt, "The answer is fifty six") == pytest.approx(4 + 0.5 * 0.6 / 1.5)
+    assert judge.compare(prompt, "56 56 56 56", "It is 57") == "loss"
+    assert judge.compare(prompt, "It is 56", "56 it is") == "tie"
 
 
 def test_verifier_pass_rates_per_prompt_and_kind() -> None:
@@ -514,4 +518,6 @@ def test_judge_scorer_counts_pairwise_wins_and_passes_scores_through() -> None:
     scorer = JudgeScorer(Shorter())
     assert scorer.name == "judge:shorter"
     assert scorer.score_many([prompt] * 3, ["a", "bb", "ccc"]) == [2.0, 1.0, 0.0]
-    assert JudgeScorer(VerifierJudge()).score_many([prompt], ["x"]) == [0.0]  # no instruction: nothing passes
+    # a prompt of other data: correctness does not apply (4), no instruction to pass (0), not degenerate
+    assert JudgeScorer(VerifierJudge()).score_many([prompt], ["x"]) == [4.0]
+    assert JudgeScorer(VerifierJudge()).score_many([prompt], [""]) == [-1.0]  # empty: degenerate
