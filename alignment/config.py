@@ -58,6 +58,9 @@ class InstructionTaskConfig(_Section):
     kinds: list[str] | None = Field(None, min_length=1, description="Instruction kinds to use (unset: all).")
     max_train_prompts: int | None = Field(None, ge=1, description="Cap on training prompts (unset: all).")
     max_heldout_prompts: int | None = Field(None, ge=1, description="Cap on held-out prompts (unset: all).")
+    heldout_phrasings: bool = Field(
+        True, description="Word the held-out split's instructions in sentences never used in training, so its "
+                          "pass rate measures following an instruction, not recognizing a template.")
 
     @model_validator(mode="after")
     def _known_kinds(self) -> InstructionTaskConfig:
@@ -175,11 +178,42 @@ class PreferenceConfig(_Section):
         "dpo", description="dpo: from the SFT model against its log-probs; orpo: one stage, no reference model.")
 
 
+class HeldoutEvalConfig(_Section):
+    """Held-out evaluation while a preference method (DPO, ORPO) trains, and early stopping on it
+    (alignment/heldout.py). Every `every` optimizer steps (and at the last step) the policy is scored on
+    held-out pairs and, optionally, sampled on held-out prompts for a KL estimate; metrics go to the training
+    run as eval/* at that step. Off by default. Single process only (training.num_processes = 1)."""
+
+    every: int | None = Field(
+        None, ge=1, le=100000, description="Evaluate every this many optimizer steps (and at the last one). "
+                                           "Unset: no held-out evaluation during training.")
+    max_pairs: int = Field(64, ge=1, le=100000, description="Held-out pairs scored (the first of the held-out "
+                                                            "split): eval/loss, eval/logps/*, eval/rewards/*.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Pairs (or sampled prompts) per evaluation batch.")
+    kl_prompts: int = Field(8, ge=0, le=10000, description="Held-out prompts sampled (one answer each, "
+                                                           "temperature 1, no top-k/top-p, fixed seed) for "
+                                                           "eval/kl, the Monte Carlo estimate of KL(policy || "
+                                                           "reference); 0: no KL estimate.")
+    kl_max_new_tokens: int = Field(32, ge=1, le=4096, description="Longest sampled answer for eval/kl.")
+    patience: int | None = Field(
+        None, ge=1, le=10000, description="Early stopping: stop when eval/loss has not improved by min_delta for "
+                                          "this many evaluations, and save the best evaluation's weights as the "
+                                          "stage's model. Unset: evaluate only; the last weights are saved.")
+    min_delta: float = Field(0.0, ge=0.0, le=1e6, description="Smallest fall of eval/loss below the best so far "
+                                                              "that counts as an improvement.")
+
+
 class DPOConfig(_Section):
     beta: float = Field(0.1, gt=0.0, le=100.0, description="KL strength beta (Eq. 7 of arXiv 2305.18290).")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss family.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Conservative DPO: assumed label-flip rate.")
+    rpo_alpha: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="RPO (Pang et al., arXiv 2404.19733): adds alpha x the mean NLL per token of the chosen "
+                    "responses (over the batch's chosen tokens, as TRL's rpo_alpha) to the DPO loss, which keeps "
+                    "the chosen answers' log-probs from falling while the margin grows. 0: plain DPO.")
     optim: OptimConfig = OptimConfig(learning_rate=5e-5, epochs=4.0, batch_size=16)
+    heldout_eval: HeldoutEvalConfig = HeldoutEvalConfig()
 
 
 class ORPOConfig(_Section):
@@ -189,6 +223,7 @@ class ORPOConfig(_Section):
                                 "conditional SFT loss), or the prompt's tokens too (TRL's ORPOTrainer).")
     init: Literal["base", "sft"] = Field("base", description="Start from the base or the SFT model.")
     optim: OptimConfig = OptimConfig(learning_rate=3e-3, epochs=16.0, batch_size=16)
+    heldout_eval: HeldoutEvalConfig = HeldoutEvalConfig()
 
 
 class JudgeConfig(_Section):
@@ -242,6 +277,11 @@ class EvalConfig(_Section):
     benchmarks: BenchmarkConfig = BenchmarkConfig()
     contamination_ngram: int = Field(8, ge=1, le=50, description="n of the word n-grams compared between "
                                                                  "training prompts and each eval set.")
+    kl_prompts: int = Field(32, ge=0, le=100000, description="Held-out prompts on which KL(policy || reference) is "
+                                                             "estimated from one policy sample each (temperature "
+                                                             "1, seeded; alignment/divergence.py); 0: no estimate "
+                                                             "(and no KL gate).")
+    kl_max_new_tokens: int = Field(48, ge=1, le=4096, description="Longest sampled answer for the KL estimate.")
 
 
 class OnPolicyConfig(_Section):
@@ -255,11 +295,26 @@ class OnPolicyConfig(_Section):
     temperature: float = Field(0.9, gt=0.0, le=5.0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     batch_size: int = Field(32, ge=1, le=4096, description="Sequences generated together.")
-    scorer: Literal["verifier", "judge"] = Field(
-        "verifier", description="verifier: the instruction checker (pass first, partial credit second, "
-                                "shorter answer third); judge: eval.judge (a reward model's scores, or an "
-                                "endpoint's pairwise verdicts counted as wins).")
+    scorers: list[Literal["correctness", "verifier", "judge"]] = Field(
+        ["correctness", "verifier"], min_length=1, max_length=3,
+        description="Scorers in priority order, composed (alignment/onpolicy.py AssistantScorer): correctness "
+                    "(the answer to a question a program can check is right), verifier (the instruction "
+                    "checker: pass first, partial credit second), judge (eval.judge: a reward model's scores or "
+                    "an endpoint's pairwise wins). Each outweighs all later ones; a degenerate answer (empty, "
+                    "the prompt echoed, a loop, too short to answer) always scores lowest and is never chosen. "
+                    "Ties are broken by sample order, never by length.")
+    repair_case: bool = Field(
+        False, description="For prompts asking for all lowercase or all capitals, add each sample rewritten by "
+                           "the program in the asked case as a candidate for the chosen answer (the model's own "
+                           "words; the model rarely produces these cases itself).")
     min_score_gap: float = Field(0.0, ge=0.0, description="Pair only when best - worst score exceeds this.")
+
+    @field_validator("scorers")
+    @classmethod
+    def _distinct_scorers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each scorer may appear once")
+        return value
 
 
 class PromotionConfig(_Section):
@@ -274,6 +329,18 @@ class PromotionConfig(_Section):
     max_benchmark_regression: float | None = Field(
         0.05, ge=0.0, le=1.0, description="Gate (alignment tax): largest allowed drop of each benchmark task's "
                                           "main metric below the reference's (unset: no gate).")
+    max_degeneration_increase: float | None = Field(
+        0.05, ge=0.0, le=1.0, description="Gate: largest allowed rise, policy minus reference, of each "
+                                          "degeneration rate on held-out answers (empty, echo of the prompt, "
+                                          "loop, too short to answer; evaluation/quality.py). Unset: no gate.")
+    min_length_ratio: float | None = Field(
+        0.5, ge=0.0, le=100.0, description="Gate: policy's median answer length over the reference's, on held-out "
+                                           "prompts without a length instruction (a collapse of length is the "
+                                           "usual sign of a hacked reward). Unset: no gate.")
+    max_kl: float | None = Field(
+        25.0, ge=0.0, le=1e6, description="Gate: the estimated KL(policy || reference) in nats per answer, on "
+                                          "held-out prompts from the policy's own samples (eval.kl_prompts). "
+                                          "Unset: no gate.")
     max_contamination: float | None = Field(
         0.2, ge=0.0, le=1.0, description="Gate: largest share of any eval set's items sharing an n-gram with "
                                          "the training prompts (unset: no gate).")
@@ -405,6 +472,14 @@ class PipelineConfig(_Section):
                                  "answers until the onpolicy stage samples them)")
             if self.sft.enabled:
                 raise ValueError("data.source=instructions has no SFT data: set sft.enabled=false")
+        return self
+
+    @model_validator(mode="after")
+    def _heldout_eval_single_process(self) -> PipelineConfig:
+        method = self.preference.method
+        if getattr(self, method).heldout_eval.every is not None and self.training.num_processes > 1:
+            raise ValueError(f"{method}.heldout_eval runs in one process only: unset {method}.heldout_eval.every "
+                             f"or set training.num_processes=1 (got {self.training.num_processes})")
         return self
 
 

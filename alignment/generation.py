@@ -102,13 +102,14 @@ def decodes_itself(model: torch.nn.Module) -> bool:
 
 def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, *, max_new_tokens: int,
            eos_id: int | None, pad_id: int, num_samples: int = 1,
-           sampling: tuple[float, float] | None = None) -> torch.Tensor:
+           sampling: tuple[float, float] | None = None, top_k: int | None = None) -> torch.Tensor:
     """New tokens (B * num_samples, max_new_tokens) for left-padded prompts (B, T), padded with `pad_id`
     after each row's EOS; rows i * num_samples .. (i + 1) * num_samples - 1 are prompt i's samples.
 
     One prefill per prompt (its cache repeated for the samples); then one token a step for the rows still
     running: a row that emits EOS is dropped from the batch and its KV cache. Greedy when `sampling` is
-    None, else (temperature, top_p) with the generation config's top_k (default 50), as `model.generate`."""
+    None, else (temperature, top_p) with the generation config's top_k (default 50), as `model.generate`, or
+    `top_k` when given (0: none, sampling from the model's own distribution)."""
     positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)  # as model.generate's
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
                 logits_to_keep=1)
@@ -120,7 +121,7 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Ten
     rows = logits.shape[0]
     result = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=input_ids.device)
     alive = torch.arange(rows, device=input_ids.device)  # original row of each running row
-    pick = sampler(model, *sampling) if sampling is not None else None
+    pick = sampler(model, *sampling, top_k=top_k) if sampling is not None else None
     width = max_new_tokens
     for step in range(max_new_tokens):
         token = pick(logits) if pick is not None else logits.argmax(dim=-1)  # (b,)
@@ -142,8 +143,9 @@ def decode(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Ten
     return result[:, :width]
 
 
-def sampler(model: torch.nn.Module, temperature: float, top_p: float):
-    """logits (b, V) -> sampled tokens (b,), through model.generate's warpers in its order."""
+def sampler(model: torch.nn.Module, temperature: float, top_p: float, top_k: int | None = None):
+    """logits (b, V) -> sampled tokens (b,), through model.generate's warpers in its order (`top_k` None: the
+    generation config's, 50 by default; 0: no top-k)."""
     from transformers.generation.logits_process import (
         LogitsProcessorList,
         TemperatureLogitsWarper,
@@ -151,8 +153,9 @@ def sampler(model: torch.nn.Module, temperature: float, top_p: float):
         TopPLogitsWarper,
     )
 
-    top_k = getattr(model.generation_config, "top_k", None)
-    top_k = 50 if top_k is None else top_k
+    if top_k is None:
+        top_k = getattr(model.generation_config, "top_k", None)
+        top_k = 50 if top_k is None else top_k
     warpers = LogitsProcessorList()
     if temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))

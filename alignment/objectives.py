@@ -32,7 +32,10 @@ def make_dpo_objective(*, beta: float, loss_type: str, label_smoothing: float, r
     """DPO against reference log-probs precomputed into the batch (`ref_chosen_logps`, `ref_rejected_logps`).
 
     rpo_alpha > 0 adds alpha * NLL(chosen) (RPO, Pang et al., arXiv 2404.19733, Eq. 1; TRL's `rpo_alpha`),
-    which keeps the chosen answers' likelihood from falling while the margin grows."""
+    which keeps the chosen answers' likelihood from falling while the margin grows. The NLL is TRL's: the mean
+    over every chosen-response token of the batch (-sum log p / sum T_w, `sft_nll_loss`), not the paper's
+    per-pair -log p(y_w|x) / |y_w| averaged over pairs; the two agree when the chosen responses are of one
+    length."""
 
     def objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
         chosen, rejected = sequence_logps(model, batch).split()
@@ -77,14 +80,15 @@ Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
 
 
 def method_plan(method: str, *, pad_id: int, beta: float = 0.1, loss_type: str = "sigmoid",
-                label_smoothing: float = 0.0, lam: float = 0.5,
+                label_smoothing: float = 0.0, rpo_alpha: float = 0.0, lam: float = 0.5,
                 orpo_nll_tokens: str = "response") -> tuple[Objective, Collate]:
     """The objective and the batch collation of one training method ("sft", "dpo" or "orpo"): what the
     pipeline's stages and the benchmark (bench/) both train with."""
     if method == "sft":
         return sft_objective, lambda rows: collate_sft(rows, pad_id)
     if method == "dpo":
-        objective = make_dpo_objective(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+        objective = make_dpo_objective(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
+                                       rpo_alpha=rpo_alpha)
     elif method == "orpo":
         objective = make_orpo_objective(lam=lam, nll_tokens=orpo_nll_tokens)
         score_prompt = orpo_nll_tokens == "prompt_and_response"

@@ -7,6 +7,7 @@ Nothing here knows about Prefect or MLflow; metrics go through the `MetricsLogge
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -25,12 +26,20 @@ from alignment.cpu_matmul import products
 from alignment.data import read_jsonl, write_jsonl
 from alignment.distributed import launch_training, make_accelerator, save_trained_model
 from alignment.generation import GenerationStats, generate
+from alignment.heldout import HeldoutEvaluator
 from alignment.host_memory import large_blocks_mapped
 from alignment.logprobs import reference_logps
 from alignment.model_source import resolve_model
 from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, prepare_for_training
 from alignment.objectives import Objective, method_plan
-from alignment.onpolicy import Scorer, distinct_prompts, make_pairs, score_answers
+from alignment.onpolicy import (
+    Scorer,
+    case_repairs,
+    distinct_prompts,
+    last_user_text,
+    make_pairs,
+    score_answers,
+)
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
 from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
 from alignment.tiny_model import make_tiny_model
@@ -96,7 +105,8 @@ def write_instruction_prompts(cfg: PipelineConfig, out_dir: Path) -> PreparedDat
     t = cfg.data.instructions
     kinds = t.kinds or list(instructions.KINDS)
     task = instructions.generate_task(cfg.run.seed, heldout_fraction=t.heldout_fraction,
-                                      per_question=t.per_question, kinds=kinds)
+                                      per_question=t.per_question, kinds=kinds,
+                                      heldout_phrasings=t.heldout_phrasings)
     limits = {"train": t.max_train_prompts, "heldout": t.max_heldout_prompts}
     out_dir.mkdir(parents=True, exist_ok=True)
     counts, digests = {}, {}
@@ -130,8 +140,11 @@ def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef,
         answers = generate(lm, tok, prompts, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
                            num_samples=o.samples_per_prompt, do_sample=True, temperature=o.temperature,
                            top_p=o.top_p, seed=cfg.run.seed * 1000 + offset, stats=stats)
+        sampled = [len(a) for a in answers]
+        if o.repair_case and split == "train":  # program-cased rewrites of the samples join the candidates
+            answers = [[*a, *case_repairs(last_user_text(p), a)] for p, a in zip(prompts, answers, strict=True)]
         scores = score_answers(scorer, prompts, answers)
-        rows, samples, report = make_pairs(prompts, answers, scores, min_gap=o.min_score_gap)
+        rows, samples, report = make_pairs(prompts, answers, scores, min_gap=o.min_score_gap, sampled=sampled)
         log.info("onpolicy %s: %d prompts x %d samples -> %d pairs (%d dropped: all answers scored alike); "
                  "%.1f generated tokens/s so far", split, report.prompts, o.samples_per_prompt, report.pairs,
                  report.dropped_no_gap, stats.tokens_per_sec)
@@ -254,26 +267,61 @@ def _preference_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef
     model = load_causal_lm(init.path, trust_remote_code=cfg.model.trust_remote_code)
     objective, collate = method_plan(method, pad_id=tok.pad_token_id, beta=cfg.dpo.beta,
                                      loss_type=cfg.dpo.loss_type, label_smoothing=cfg.dpo.label_smoothing,
-                                     lam=cfg.orpo.lam, orpo_nll_tokens=cfg.orpo.nll_tokens)
+                                     rpo_alpha=cfg.dpo.rpo_alpha, lam=cfg.orpo.lam,
+                                     orpo_nll_tokens=cfg.orpo.nll_tokens)
+    make_evaluator = None
+    if getattr(cfg, method).heldout_eval.every is not None:
+        make_evaluator = functools.partial(heldout_evaluator, cfg, prepared, init, objective, collate, tok,
+                                           out_dir / "best")
     return fit_and_save(model, tok, rows, objective, collate, method, cfg, optim, out_dir, logger, on_log,
-                        accelerator)
+                        accelerator, make_evaluator)
+
+
+def heldout_evaluator(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, objective: Objective,
+                      collate: Callable[[list[dict]], dict[str, torch.Tensor]], tok: Any, best_dir: Path,
+                      model: torch.nn.Module) -> HeldoutEvaluator:
+    """The preference stage's held-out evaluation (alignment/heldout.py) for the model about to train: the
+    held-out pairs (DPO's with the starting model's log-probs, cached like the training pairs'), the held-out
+    prompts for eval/kl and its reference: with LoRA the policy with its adapters off (no second copy),
+    otherwise the starting model, loaded once."""
+    method = cfg.preference.method
+    settings = getattr(cfg, method).heldout_eval
+    if method == "dpo":
+        rows = reference_annotated_pairs(cfg, prepared, init, "heldout")
+    else:
+        rows = tokenized_rows(cfg, prepared, init, "heldout")
+    prompts = distinct_prompts(prepared.path("heldout"))[:settings.kl_prompts]
+    reference = None
+    if prompts and not hasattr(model, "disable_adapter"):  # full fine-tuning: the starting model itself
+        reference = load_causal_lm(init.path, trust_remote_code=cfg.model.trust_remote_code)
+        reference.requires_grad_(False)
+    return HeldoutEvaluator(settings, rows=rows, objective=objective, collate=collate, tokenizer=tok,
+                            prompts=prompts, reference=reference, seed=cfg.run.seed, best_dir=best_dir)
 
 
 def fit_and_save(model: torch.nn.Module, tok: Any, rows: list[dict], objective: Objective,
                  collate: Callable[[list[dict]], dict[str, torch.Tensor]], method: str, cfg: PipelineConfig,
                  optim: Any, out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None,
-                 accelerator: Any = None) -> TrainOutput:
+                 accelerator: Any = None,
+                 make_evaluator: Callable[[torch.nn.Module], HeldoutEvaluator] | None = None) -> TrainOutput:
     """Train, then save the model from the main process (every process of a multi-process run gets here;
-    only rank 0's record is used, the others carry no fingerprint)."""
+    only rank 0's record is used, the others carry no fingerprint). With `make_evaluator` (held-out evaluation
+    during training), the saved model is the best evaluation's when early stopping is on."""
     acc = accelerator or make_accelerator(cfg.training)
     model = prepare_for_training(model, cfg.training)  # LoRA, activation checkpointing, compile
+    evaluator = make_evaluator(model) if make_evaluator is not None else None
     result = train(model, rows, objective=objective, collate=collate, optim=optim, output_dir=out_dir,
-                   seed=cfg.run.seed, logger=logger, accelerator=acc, on_log=on_log)
-    model_dir = save_trained_model(acc, result.model if result.model is not None else model, tok, out_dir / "model")
+                   seed=cfg.run.seed, logger=logger, accelerator=acc, on_log=on_log, evaluator=evaluator)
+    trained = result.model if result.model is not None else model
+    final_metrics = result.final_metrics
+    if evaluator is not None:
+        evaluator.restore_best(trained)
+        final_metrics = {**final_metrics, **evaluator.summary(result.stopped_early_at)}
+    model_dir = save_trained_model(acc, trained, tok, out_dir / "model")
     fingerprint = fingerprint_model(str(model_dir)) if acc.is_main_process else ""
     return TrainOutput(model=ModelRef(path=str(model_dir), fingerprint=fingerprint),
                        method=method, steps=result.steps, resumed_from_step=result.resumed_from_step,
-                       final_metrics=result.final_metrics, seconds=result.seconds, tokens=result.tokens)
+                       final_metrics=final_metrics, seconds=result.seconds, tokens=result.tokens)
 
 
 def tokenized_rows(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef, split: str) -> list[dict]:

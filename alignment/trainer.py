@@ -4,6 +4,10 @@ Data order is a pure function of (seed, epoch), so a run resumes from a checkpoi
 stopped at without replaying the loader. Checkpoints hold model, optimizer, scheduler and RNG states
 (`Accelerator.save_state`) plus `trainer_state.json`; a checkpoint folder becomes visible only once complete
 (written under a temporary name, then renamed).
+
+An optional `Evaluator` runs every `every` optimizer steps (and at the last one) on the main process; its metrics
+are logged at that step, its state goes into each checkpoint, and it may stop training early (the run then
+checkpoints that step and a re-run resumes as finished).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -44,8 +49,22 @@ class TrainResult:
     final_metrics: dict[str, float]
     seconds: float
     tokens: int  # non-padding tokens seen, summed over all processes
+    stopped_early_at: int | None = None  # the step an evaluator stopped training at
     # the model as prepared by accelerate (DDP/FSDP/DeepSpeed wrapper); save it through the accelerator
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+
+
+class Evaluator(Protocol):
+    """Periodic evaluation during training (alignment/heldout.py): called after every `every`-th optimizer step
+    and the last, with the model as prepared by accelerate; returns metrics to log and whether to stop."""
+
+    every: int
+
+    def __call__(self, model: torch.nn.Module, step: int) -> tuple[dict[str, float], bool]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...  # kept in trainer_state.json
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -127,7 +146,8 @@ def row_length(row: dict) -> int:
 def train(model: torch.nn.Module, rows: list[dict], *, objective: Objective, collate: Collate,
           optim: OptimConfig, output_dir: Path, seed: int, logger: MetricsLogger,
           accelerator: Accelerator | None = None,
-          on_log: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainResult:
+          on_log: Callable[[int, int, dict[str, float]], None] | None = None,
+          evaluator: Evaluator | None = None) -> TrainResult:
     """Train `model` on `rows` with `objective`; checkpoints under output_dir/checkpoints. Resumes from the
     newest complete checkpoint there. Raises NonFiniteLossError on a NaN/inf loss or gradient norm."""
     if not rows:
@@ -136,13 +156,18 @@ def train(model: torch.nn.Module, rows: list[dict], *, objective: Objective, col
     if optim.group_by_length:
         loop.lengths = [row_length(r) for r in rows]
     ckpt_root = output_dir / "checkpoints"
-    start_step, last = resume(loop, ckpt_root)
+    start_step, last, state = resume(loop, ckpt_root)
     acc = loop.accelerator
+    stopped_at: int | None = state.get("stopped_early_at")
+    if evaluator is not None:
+        if acc.num_processes > 1:
+            raise ValueError("evaluation during training runs in one process only")
+        evaluator.load_state_dict(state.get("evaluator", {}))
     started, tokens = time.perf_counter(), 0
     window_tokens, window_start = 0, time.perf_counter()
     loop.model.train()
     release_free_memory(acc.device)  # what the caller freed before (a reference pass, a loaded state dict)
-    for step in range(start_step, loop.total_steps):
+    for step in range(start_step, start_step if stopped_at else loop.total_steps):
         metrics, step_tokens = run_step(loop, rows, step, objective, collate, optim, seed)
         tokens += step_tokens
         window_tokens += step_tokens
@@ -156,10 +181,18 @@ def train(model: torch.nn.Module, rows: list[dict], *, objective: Objective, col
                     on_log(step + 1, loop.total_steps, metrics)
             window_tokens, window_start = 0, time.perf_counter()
         last = metrics
-        if (step + 1) % optim.save_every == 0 or step + 1 == loop.total_steps:
-            save_checkpoint(loop, ckpt_root, step + 1, last)
-    return TrainResult(steps=loop.total_steps, resumed_from_step=start_step, final_metrics=last,
-                       seconds=time.perf_counter() - started, tokens=tokens, model=loop.model)
+        if evaluator is not None and ((step + 1) % evaluator.every == 0 or step + 1 == loop.total_steps):
+            eval_metrics, stop = evaluator(loop.model, step + 1)
+            logger.log_metrics(eval_metrics, step=step + 1)
+            last, stopped_at = {**metrics, **eval_metrics}, (step + 1 if stop else None)
+        if (step + 1) % optim.save_every == 0 or step + 1 == loop.total_steps or stopped_at:
+            extra = {"evaluator": evaluator.state_dict()} if evaluator is not None else {}
+            save_checkpoint(loop, ckpt_root, step + 1, last, {**extra, "stopped_early_at": stopped_at})
+        if stopped_at:
+            break
+    return TrainResult(steps=stopped_at or loop.total_steps, resumed_from_step=start_step, final_metrics=last,
+                       seconds=time.perf_counter() - started, tokens=tokens, model=loop.model,
+                       stopped_early_at=stopped_at)
 
 
 def setup(model: torch.nn.Module, num_rows: int, optim: OptimConfig, seed: int,
@@ -242,7 +275,8 @@ def average_across_processes(acc: Accelerator, metrics: dict[str, float]) -> dic
     return dict(zip(names, values.tolist(), strict=True))
 
 
-def save_checkpoint(loop: _Loop, root: Path, step: int, metrics: dict[str, float]) -> Path:
+def save_checkpoint(loop: _Loop, root: Path, step: int, metrics: dict[str, float],
+                    extra: dict[str, Any] | None = None) -> Path:
     acc = loop.accelerator
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
@@ -252,7 +286,7 @@ def save_checkpoint(loop: _Loop, root: Path, step: int, metrics: dict[str, float
     acc.save_state(str(tmp))
     acc.wait_for_everyone()
     if acc.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "metrics": metrics}))
+        (tmp / "trainer_state.json").write_text(json.dumps({**(extra or {}), "step": step, "metrics": metrics}))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
@@ -266,12 +300,13 @@ def latest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def resume(loop: _Loop, root: Path) -> tuple[int, dict[str, float]]:
-    """Load the newest complete checkpoint, if any; returns the step to continue from and the metrics of
-    the step it was saved at (so a finished run re-entered reports its final metrics)."""
+def resume(loop: _Loop, root: Path) -> tuple[int, dict[str, float], dict[str, Any]]:
+    """Load the newest complete checkpoint, if any; returns the step to continue from, the metrics of the step
+    it was saved at (so a finished run re-entered reports its final metrics) and its whole trainer state
+    (an evaluator's state, the step it stopped training at)."""
     ckpt = latest_checkpoint(root)
     if ckpt is None:
-        return 0, {}
+        return 0, {}, {}
     loop.accelerator.load_state(str(ckpt))
     state = json.loads((ckpt / "trainer_state.json").read_text())
-    return state["step"], state.get("metrics", {})
+    return state["step"], state.get("metrics", {}), state

@@ -236,3 +236,28 @@ def test_orpo_nll_over_prompt_and_response() -> None:
     assert_close(full.loss - full.metrics["nll_loss"], resp.loss - resp.metrics["nll_loss"], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="score_prompt"):
         full_obj(model, resp_collate(rows))
+
+
+def test_dpo_rpo_term_matches_hand_computation() -> None:
+    """RPO (arXiv 2404.19733) through method_plan("dpo", rpo_alpha=...), on the bigram model, prefix-shared rows.
+    Pair 1: prompt [0], chosen [1, 2]: log P[0][1] + log P[1][2] = -4 log 2 (2 tokens); rejected [2]: log P[0][2]
+    = -2 log 2. Pair 2: prompt [2], chosen [2]: -log 2 (1 token); rejected [0, 0]: log P[2][0] + log P[0][0] = -3 log 2.
+    Reference chosen (-3 log 2, -log 2), rejected (-2 log 2, -3 log 2): h = (-log 2 - 0, 0 - 0) = (-log 2, 0).
+    beta = 1: -log sigma(-log 2) = log(1 + 2) = log 3; -log sigma(0) = log 2; DPO = (log 3 + log 2) / 2 = 0.8958797.
+    NLL as TRL's rpo_alpha: token mean over all chosen tokens, 5 log 2 / 3 = 1.1552453 (the paper's per-pair
+    length mean would be (2 log 2 + log 2) / 2 = 1.0397208). alpha = 0.5: 0.8958797 + 0.5776227 = 1.4735024."""
+    from alignment.objectives import method_plan
+
+    rows = [{"prompt_ids": [0], "chosen_ids": [1, 2], "rejected_ids": [2],
+             "ref_chosen_logps": -3 * LOG2, "ref_rejected_logps": -2 * LOG2},
+            {"prompt_ids": [2], "chosen_ids": [2], "rejected_ids": [0, 0],
+             "ref_chosen_logps": -LOG2, "ref_rejected_logps": -3 * LOG2}]
+    plain_obj, collate = method_plan("dpo", pad_id=PAD, beta=1.0)
+    rpo_obj, _ = method_plan("dpo", pad_id=PAD, beta=1.0, rpo_alpha=0.5)
+    with torch.no_grad():
+        plain, rpo = plain_obj(BigramModel(), collate(rows)), rpo_obj(BigramModel(), collate(rows))
+    assert_close(plain.loss, T(0.8958797), atol=1e-6, rtol=0)
+    assert "nll_loss" not in plain.metrics
+    assert_close(rpo.metrics["nll_loss"], T(1.1552453), atol=1e-6, rtol=0)
+    assert_close(rpo.loss, T(1.4735024), atol=1e-6, rtol=0)
+    assert_close(rpo.metrics["logps/chosen"], T(-2.5 * LOG2))  # the DPO metrics are unchanged
