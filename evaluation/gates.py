@@ -6,7 +6,14 @@ Gates (each optional one is skipped when its threshold is unset, i.e. None):
 - benchmark_regression.<task>: the alignment tax, reference minus policy on the task's main metric, <= the
   allowed regression (one gate per benchmark task);
 - contamination.<eval set>: share of the set's items sharing an n-gram with training prompts <= the ceiling;
+- degeneration.<flag>: policy's rate of empty, echoed, looping or too-short held-out answers minus the
+  reference's <= the allowed rise (evaluation/quality.py);
+- length_ratio: policy's median held-out answer length over the reference's >= the floor;
+- kl: the estimated KL(policy || reference) in nats per answer <= the bound;
 - finite_losses: every training stage ended with a finite loss.
+
+The last three groups are the checks the training reward did not write: a policy that games its scorer
+(reward hacking) shows there first, and the generative benchmark's regression gate beside them.
 """
 
 from __future__ import annotations
@@ -40,10 +47,15 @@ def check_gates(*, win_rate: float, win_rate_ci_low: float, min_win_rate: float,
                 benchmarks: dict[str, tuple[float, float]] | None = None,
                 max_benchmark_regression: float | None = None,
                 contamination: dict[str, float] | None = None,
-                max_contamination: float | None = None) -> list[GateResult]:
+                max_contamination: float | None = None,
+                degeneration: dict[str, tuple[float, float]] | None = None,
+                max_degeneration_increase: float | None = None,
+                length_ratio: float | None = None, min_length_ratio: float | None = None,
+                kl: float | None = None, max_kl: float | None = None) -> list[GateResult]:
     """Every configured gate's value, threshold and verdict. `benchmarks` maps a task to (policy, reference)
-    main-metric values; `contamination` maps an eval set to its contaminated share. A gate whose value is
-    missing or not finite fails (no evidence is not a pass)."""
+    main-metric values; `contamination` maps an eval set to its contaminated share; `degeneration` maps a
+    flag (echo, loop, ...) to (policy, reference) rates. A gate whose value is missing or not finite fails (no
+    evidence is not a pass)."""
     value = win_rate_ci_low if use_lower_bound else win_rate
     gates = [at_least("win_rate_ci_low" if use_lower_bound else "win_rate", value, min_win_rate)]
     if min_reward_accuracy is not None:
@@ -55,6 +67,15 @@ def check_gates(*, win_rate: float, win_rate_ci_low: float, min_win_rate: float,
     if max_contamination is not None:
         for name, share in sorted((contamination or {}).items()):
             gates.append(at_most(f"contamination.{name}", share, max_contamination))
+    if max_degeneration_increase is not None:
+        if not degeneration:
+            gates.append(at_most("degeneration", math.nan, max_degeneration_increase))
+        for flag, (policy, reference) in sorted((degeneration or {}).items()):
+            gates.append(at_most(f"degeneration.{flag}", policy - reference, max_degeneration_increase))
+    if min_length_ratio is not None:
+        gates.append(at_least("length_ratio", math.nan if length_ratio is None else length_ratio, min_length_ratio))
+    if max_kl is not None:
+        gates.append(at_most("kl", math.nan if kl is None else kl, max_kl))
     finite = all(math.isfinite(v) for v in final_losses.values()) and bool(final_losses)
     gates.append(GateResult("finite_losses", float(finite), 1.0, finite))
     return gates

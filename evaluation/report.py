@@ -348,6 +348,52 @@ def side_by_side_view(rows: list[dict] | None, max_rows: int) -> dict[str, Any] 
             "table": Table(["prompt", "reference answer", "policy answer", "verdict"], cells)}
 
 
+QUALITY_ROWS = (("passed_and_answered_rate", "follows the instruction and answers"),
+                ("answered_rate", "answers (not degenerate; right where checkable)"),
+                ("correct_rate", "right answer (checkable questions)"), ("degenerate_rate", "degenerate"),
+                ("empty_rate", "empty"), ("echo_rate", "echo of the prompt"), ("loop_rate", "loop"),
+                ("too_short_rate", "too short to answer"), ("distinct_2", "distinct word bigrams"),
+                ("median_words", "median words (no length instruction)"))
+
+
+def quality_table(quality: Mapping[str, Any] | None) -> Table | None:
+    """The held-out answers' quality (evaluation/quality.py) of policy and reference, with the difference;
+    then the length ratio and the KL estimate."""
+    if not quality:
+        return None
+    policy, reference = quality.get("policy") or {}, quality.get("reference") or {}
+    rows: list[tuple[Cell, ...]] = [(label, fmt(policy.get(k)), fmt(reference.get(k)),
+                                     fmt_delta(difference(policy.get(k), reference.get(k))))
+                                    for k, label in QUALITY_ROWS if k in policy or k in reference]
+    for key, label in (("length_ratio", "length ratio (policy / reference median)"),
+                       ("kl", "KL(policy || reference), nats per answer")):
+        if quality.get(key) is not None:
+            rows.append((label, fmt(quality[key]), "", ""))
+    return Table(["measure", "policy", "reference", "difference"], rows, numeric=[1, 2, 3]) if rows else None
+
+
+def flagged_view(rows: list[dict] | None, max_rows: int) -> dict[str, Any] | None:
+    """Held-out prompts where either answer has a degeneration flag or is wrong, both answers side by side."""
+    def bad(r: dict, role: str) -> bool:
+        return bool(r.get(f"{role}_flags")) or r.get(f"{role}_correct") == "no"
+
+    hits = [r for r in rows or [] if bad(r, "policy") or bad(r, "reference")]
+    if not hits:
+        return None
+    shown = hits[:max(0, max_rows)]
+
+    def note(r: dict, role: str) -> str:
+        parts = [r.get(f"{role}_flags") or ""] + (["wrong"] if r.get(f"{role}_correct") == "no" else [])
+        return ", ".join(p for p in parts if p) or "—"
+
+    cells = [(Part("lines", (str(r.get("prompt", "")),)), Part("lines", (str(r.get("reference", "")),)),
+              note(r, "reference"), Part("lines", (str(r.get("policy", "")),)), note(r, "policy"))
+             for r in shown]
+    return {"shown": len(shown), "total": len(rows or []),
+            "table": Table(["prompt", "reference answer", "reference flags", "policy answer", "policy flags"],
+                           cells)}
+
+
 MAIN_TAG = (" ", tag("neutral", "main"))
 
 
@@ -481,6 +527,8 @@ def render_pipeline_report(summary: dict, *, config: dict, data_report: dict | N
         Section("headline", "Headline metrics", headline(summary)),
         Section("gates", "Promotion gates", gates_view(summary.get("gates"))),
         Section("comparison", "Policy vs reference", comparison(summary, side_by_side)),
+        Section("quality", "What a user sees: answers beside the reference's", quality_table(summary.get("quality"))),
+        Section("flagged", "Flagged answers, side by side", flagged_view(side_by_side, max_rows)),
         Section("side-by-side", "Side by side", side_by_side_view(side_by_side, max_rows)),
         Section("benchmarks", "Benchmarks", benchmarks_table(summary.get("benchmarks"))),
         Section("contamination", "Contamination", contamination_table(summary.get("contamination"))),

@@ -10,15 +10,18 @@ import torch
 from pydantic import BaseModel
 
 from alignment.config import PipelineConfig
+from alignment.divergence import estimate_kl
 from alignment.instructions import strip_instructions
 from alignment.logprobs import collate_pairs, sequence_logps
 from alignment.models import load_causal_lm, load_tokenizer
+from alignment.onpolicy import last_user_text
 from alignment.records import ModelRef, PreparedData
 from alignment.stages import HELDOUT_PROMPTS, read_jsonl, reference_annotated_pairs
 from evaluation.benchmarks import eval_set_texts, run_benchmarks
 from evaluation.contamination import contamination
 from evaluation.generate import generate_responses
 from evaluation.judges import judge_pairs, make_judge
+from evaluation.quality import answer_quality, compare_quality
 from evaluation.stats import length_controlled, win_rate
 
 
@@ -110,16 +113,23 @@ def heldout_prompts(prepared: PreparedData, limit: int | None) -> list[list[dict
 def compare_with_reference(cfg: PipelineConfig, prepared: PreparedData, policy: ModelRef,
                            reference: ModelRef) -> Comparison:
     """Greedy answers from policy and reference on held-out prompts (identical decoding), judged pairwise;
-    win rate with ties counted half and a Wilson 95 % interval."""
+    win rate with ties counted half and a Wilson 95 % interval. Beside the judge, what the training reward did
+    not write (evaluation/quality.py): degeneration, correctness, length of both models' answers, and an
+    estimate of KL(policy || reference) from the policy's own samples."""
     prompts = heldout_prompts(prepared, cfg.eval.max_prompts)
-    answers = {}
+    answers, models = {}, {}
     for role, ref in (("policy", policy), ("reference", reference)):
         tok = load_tokenizer(ref.path, trust_remote_code=cfg.model.trust_remote_code)
-        model = load_causal_lm(ref.path, trust_remote_code=cfg.model.trust_remote_code)
+        models[role] = load_causal_lm(ref.path, trust_remote_code=cfg.model.trust_remote_code)
         torch.manual_seed(cfg.run.seed)  # identical, seeded decoding for both (greedy today)
-        answers[role] = generate_responses(model, tok, prompts, max_new_tokens=cfg.eval.max_new_tokens,
+        answers[role] = generate_responses(models[role], tok, prompts, max_new_tokens=cfg.eval.max_new_tokens,
                                            batch_size=cfg.eval.batch_size)
-        del model
+    kl = None
+    if cfg.eval.kl_prompts:
+        kl = estimate_kl(models["policy"], models["reference"], tok, prompts[:cfg.eval.kl_prompts],
+                         max_new_tokens=cfg.eval.kl_max_new_tokens, seed=cfg.run.seed,
+                         batch_size=cfg.eval.batch_size)
+    del models
     judge = make_judge(cfg.eval.judge, device=device())
     try:
         verdicts = judge_pairs(judge, prompts, answers["policy"], answers["reference"])
@@ -146,4 +156,16 @@ def compare_with_reference(cfg: PipelineConfig, prepared: PreparedData, policy: 
                 row[f"{role}_pass"] = "yes" if ok else "no"
             metrics.update({f"compare/pass_rate{'' if k == 'all' else '/' + k}/{role}": v for k, v in rates.items()})
         metrics["compare/pass_rate_gain"] = metrics["compare/pass_rate/policy"] - metrics["compare/pass_rate/reference"]
+    qualities = {role: [answer_quality(last_user_text(p), a) for p, a in zip(prompts, answers[role], strict=True)]
+                 for role in ("policy", "reference")}
+    for i, row in enumerate(table):
+        for role in ("policy", "reference"):
+            q = qualities[role][i]
+            row[f"{role}_flags"] = ", ".join(q.assessment.flags())
+            if q.correct is not None:
+                row[f"{role}_correct"] = "yes" if q.correct else "no"
+    metrics.update(compare_quality(qualities["policy"], qualities["reference"]))
+    if kl is not None:
+        metrics["compare/kl"] = kl.mean
+        metrics["compare/kl_prompts"] = float(len(kl.per_prompt))
     return Comparison(metrics=metrics, table=table)

@@ -9,7 +9,14 @@ from prefect import flow
 from alignment.config import PipelineConfig
 from alignment.runtime import setup_runtime
 from tasks.background import background_tracking, drain
-from tasks.evaluation import benchmarks_task, compare_task, evaluate_task, length_view, publish_report
+from tasks.evaluation import (
+    benchmarks_task,
+    compare_task,
+    evaluate_task,
+    length_view,
+    publish_report,
+    quality_summary,
+)
 from tasks.locks import output_dir_lock
 from tasks.registry import promotion_gates, register_task, start_policy_logging
 from tasks.stages import build_base, onpolicy, prepare, train_preference, train_sft
@@ -66,6 +73,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             "reference_model": reference.path,  # what the policy was compared with: loadable by from_pretrained
             "pass_rates": {k.removeprefix("compare/"): v for k, v in comparison.metrics.items()
                            if k.startswith("compare/pass_rate")} or None,
+            "quality": quality_summary(comparison.metrics),
         }
         with step("summary"):
             path = write_summary(ctx, stage_run_ids(ctx), trained, {**heldout.metrics, **comparison.metrics},

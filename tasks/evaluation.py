@@ -134,6 +134,21 @@ def compare_task(cfg: PipelineConfig, prepared: PreparedData, policy: ModelRef, 
     return result
 
 
+def quality_summary(metrics: dict[str, float]) -> dict[str, Any] | None:
+    """The comparison's quality/... metrics and KL estimate for the run summary and report: {"policy": {...},
+    "reference": {...}, "length_ratio", "kl", and the gains}; None when there are none."""
+    out: dict[str, Any] = {"policy": {}, "reference": {}}
+    for key, value in metrics.items():
+        if key.startswith(("quality/policy/", "quality/reference/")):
+            _, role, name = key.split("/", 2)
+            out[role][name] = value
+        elif key.startswith("quality/"):
+            out[key.removeprefix("quality/")] = value
+    if "compare/kl" in metrics:
+        out["kl"] = metrics["compare/kl"]
+    return out if out["policy"] or out["reference"] else None
+
+
 def length_view(metrics: dict[str, float]) -> dict[str, float]:
     """The length-controlled part of the comparison metrics, without the compare/ prefix."""
     return {k.removeprefix("compare/"): v for k, v in metrics.items()

@@ -20,6 +20,7 @@ from alignment.config import PipelineConfig
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.records import TrainOutput
 from evaluation.gates import GateResult, all_passed, check_gates
+from evaluation.quality import FLAGS as QUALITY_FLAGS
 from tasks.background import drain, submit
 from tasks.stages import flatten
 from tasks.tracking import RunContext, StageRun, stage_run
@@ -58,7 +59,23 @@ def promotion_gates(cfg: PipelineConfig, comparison_metrics: dict[str, float], h
                        reward_accuracy=heldout_metrics.get("eval/rewards/accuracies"),
                        min_reward_accuracy=promo.min_reward_accuracy,
                        benchmarks=benchmarks, max_benchmark_regression=promo.max_benchmark_regression,
-                       contamination=contamination, max_contamination=promo.max_contamination)
+                       contamination=contamination, max_contamination=promo.max_contamination,
+                       degeneration=degeneration_pairs(comparison_metrics),
+                       max_degeneration_increase=promo.max_degeneration_increase,
+                       length_ratio=comparison_metrics.get("quality/length_ratio"),
+                       min_length_ratio=promo.min_length_ratio,
+                       kl=comparison_metrics.get("compare/kl"),
+                       max_kl=promo.max_kl if cfg.eval.kl_prompts else None)
+
+
+def degeneration_pairs(metrics: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """flag -> (policy rate, reference rate) from the comparison's quality/<role>/<flag>_rate metrics."""
+    out = {}
+    for flag in QUALITY_FLAGS:
+        policy, reference = metrics.get(f"quality/policy/{flag}_rate"), metrics.get(f"quality/reference/{flag}_rate")
+        if policy is not None and reference is not None:
+            out[flag] = (policy, reference)
+    return out
 
 
 class PolicyLogging(BaseModel):

@@ -14,7 +14,8 @@ from tasks.tracking import RunContext
 HEADLINE = ("compare/win_rate", "compare/win_rate_ci_low", "compare/win_rate_ci_high", "compare/wins",
             "compare/ties", "compare/losses", "compare/errors", "compare/lc_win_rate",
             "compare/policy_mean_score", "compare/reference_mean_score", "eval/rewards/accuracies",
-            "eval/rewards/margins")
+            "eval/rewards/margins", "quality/passed_and_answered_rate_gain", "quality/correct_rate_gain",
+            "quality/length_ratio", "compare/kl")
 
 
 def write_summary(ctx: RunContext, stage_runs: dict[str, str], trained: dict[str, TrainOutput],

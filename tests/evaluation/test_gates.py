@@ -91,3 +91,21 @@ def test_nan_values_fail_their_gate() -> None:
     assert not gates(win_rate=math.nan)["win_rate"].passed
     out = gates(benchmarks={"mc": (math.nan, 0.5)}, max_benchmark_regression=0.05)
     assert not out["benchmark_regression.mc"].passed
+
+
+def test_degeneration_gates_one_per_flag_on_the_rise_over_the_reference() -> None:
+    """echo 0.10 vs 0.02: rise 0.08 > 0.05 fails; loop 0.30 vs 0.28: rise 0.02 passes (the reference loops
+    too: a rise, not an absolute rate, is gated)."""
+    out = gates(degeneration={"echo": (0.10, 0.02), "loop": (0.30, 0.28)}, max_degeneration_increase=0.05)
+    assert out["degeneration.echo"].value == pytest.approx(0.08) and not out["degeneration.echo"].passed
+    assert out["degeneration.loop"].passed and out["degeneration.loop"].threshold == 0.05
+    assert not gates(max_degeneration_increase=0.05)["degeneration"].passed  # no measurement: no pass
+
+
+def test_length_ratio_and_kl_gates() -> None:
+    out = gates(length_ratio=0.2, min_length_ratio=0.5, kl=3.0, max_kl=25.0)
+    assert not out["length_ratio"].passed and out["length_ratio"].value == 0.2
+    assert out["kl"].passed and out["kl"].value == 3.0
+    assert not gates(min_length_ratio=0.5)["length_ratio"].passed  # missing value fails
+    assert not gates(kl=float("nan"), max_kl=25.0)["kl"].passed
+    assert "kl" not in gates(kl=100.0)  # no bound configured: no gate
