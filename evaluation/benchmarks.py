@@ -30,9 +30,11 @@ from evaluation.lm_eval_tasks import TASK_DIR
 from evaluation.lm_eval_tasks.alignflow_tasks import DATA_DIR, DATA_FILES, read_docs
 
 LOCAL_TASKS: tuple[str, ...] = ("alignflow_animal_mc", "alignflow_animal_gen", "alignflow_sanity",
-                                 "alignflow_general_mc")
-# headline metric by preference; a task without any of these reports its first numeric metric
-MAIN_METRIC_ORDER = ("acc", "exact_match")
+                                 "alignflow_general_mc", "alignflow_general_gen")
+# headline metric by preference; a task without any of these reports its first numeric metric. `contains`
+# (alignflow_general_gen: an accepted answer inside a free-text reply) comes before exact_match, which that task
+# also reports; multiple-choice tasks have acc, alignflow_animal_gen has exact_match and no `contains`.
+MAIN_METRIC_ORDER = ("acc", "contains", "exact_match")
 # numbers lm-eval puts beside the metrics of a task that are not metrics
 NOT_METRICS = frozenset({"sample_len", "samples", "sample_count"})
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_\-./ ]")  # MLflow metric names: alphanumerics, _ - . / and space
@@ -284,8 +286,8 @@ def benchmark_metrics(results: dict[str, Any]) -> dict[str, float]:
 
 
 def main_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """One headline value per task: acc (multiple choice), else exact_match (generation; the unfiltered one
-    first), else the first numeric non-stderr metric."""
+    """One headline value per task: acc (multiple choice), else contains (alignflow_general_gen), else
+    exact_match (generation; the unfiltered one first), else the first numeric non-stderr metric."""
     out = {}
     for task, metrics in task_metrics(results).items():
         values = {k: v for k, v in metrics.items() if not k.endswith("_stderr")}

@@ -38,6 +38,7 @@ DATA_FILES = {
     "alignflow_animal_gen": "animal_gen.jsonl",
     "alignflow_sanity": "sanity.jsonl",
     "alignflow_general_mc": "general_mc.jsonl",  # general knowledge and arithmetic: general_knowledge.py makes it
+    "alignflow_general_gen": "general_gen.jsonl",  # the same questions answered in free text: general_gen.py
 }
 NUM_CHOICES = 4
 SEED = 1234

@@ -107,6 +107,19 @@ def test_main_metrics_pick_acc_then_exact_match_then_the_first_number() -> None:
                                          "wikitext": 12.5, "odd_name": 1.0}
 
 
+def test_main_metric_is_contains_where_a_task_has_it() -> None:
+    """alignflow_general_gen reports contains, exact_match and answered: its headline (and so its regression
+    gate) is contains; the other tasks keep theirs (acc for multiple choice, exact_match for animal_gen)."""
+    gen = {"alignflow_general_gen": {"alias": "alignflow_general_gen", "exact_match,none": 0.2,
+                                     "exact_match_stderr,none": 0.03, "contains,none": 0.45,
+                                     "contains_stderr,none": 0.04, "answered,none": 0.98}}
+    out = {"results": {**LM_EVAL_OUT["results"], **gen}}
+    assert main_metrics(out) == {"alignflow_animal_mc": 0.5, "alignflow_animal_gen": 0.25, "gsm8k": 0.1,
+                                 "wikitext": 12.5, "odd_name": 1.0, "alignflow_general_gen": 0.45}
+    mc_with_contains = {"results": {"t": {"contains,none": 0.9, "acc,none": 0.3}}}
+    assert main_metrics(mc_with_contains) == {"t": 0.3}  # acc still first
+
+
 def test_deltas_are_policy_minus_reference_for_shared_metrics() -> None:
     """acc 0.75 - 0.5 = 0.25; exact_match 0.5 - 0.25 = 0.25; stderrs and metrics only one side has are left out."""
     policy = {"results": {"alignflow_animal_mc": {"acc,none": 0.75, "acc_stderr,none": 0.05},
@@ -131,14 +144,15 @@ def test_json_safe_keeps_plain_values_and_drops_the_rest() -> None:
 def test_committed_task_data_equals_the_generator_output() -> None:
     """Regenerate with `python -m evaluation.lm_eval_tasks.alignflow_tasks` when this fails after a quicktask change."""
     built = build_all()
-    assert set(built) | {"alignflow_general_mc"} == set(LOCAL_TASKS) == set(DATA_FILES)  # general: its own test
+    general = {"alignflow_general_mc", "alignflow_general_gen"}  # each has its own test file
+    assert set(built) | general == set(LOCAL_TASKS) == set(DATA_FILES)
     for task, docs in built.items():
         assert (DATA_DIR / DATA_FILES[task]).read_text(encoding="utf-8") == to_jsonl(docs), task
 
 
 def test_task_docs_are_heldout_prompts_with_balanced_gold_positions() -> None:
     fraction = QuickTaskConfig().heldout_fraction
-    for task in build_all():  # the animal-facts tasks (alignflow_general_mc is tested on its own)
+    for task in build_all():  # the animal-facts tasks (alignflow_general_mc and _gen are tested on their own)
         docs = read_docs(DATA_FILES[task])
         assert 48 <= len(docs) <= 128
         for doc in docs:
