@@ -1,7 +1,7 @@
 """Typed configuration: one pydantic model per stage, nested in `PipelineConfig`.
 
 The same model is the YAML schema (`configs/*.yaml` only override these defaults), the target of CLI
-overrides (`--set preference.beta=0.2`) and the Prefect flow parameter (so the Prefect UI renders a form).
+overrides (`--set dpo.beta=0.2`) and the Prefect flow parameter (so the Prefect UI renders a form).
 Validation lives here, not in the flow: every field carries its constraint, unknown keys are refused.
 """
 
@@ -29,6 +29,11 @@ class RuntimeConfig(_Section):
     output_dir: str = Field("runs/quickstart", min_length=1,
                             description="Where stage outputs and checkpoints go; a re-run with the same "
                                         "directory resumes training from its last checkpoint.")
+    summary_dir: str | None = Field(None, min_length=1,
+                                    description="Where the run's summary.json is written. Unset: output_dir. "
+                                                "`alignflow compare` gives each variant its own "
+                                                "(<output_dir>/compare/variants/<variant>), so a comparison never "
+                                                "overwrites the summary of the user's own run.")
 
 
 class QuickTaskConfig(_Section):
@@ -535,7 +540,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     A value YAML cannot read (`[`, `2020-13-45`) and a date are kept as the text given."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects KEY=VALUE (e.g. preference.beta=0.2), got {item!r}")
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. dpo.beta=0.2), got {item!r}")
     parts = [part.strip() for part in key.split(".")]
     if not all(parts):
         raise ConfigError(f"--set {key.strip()!r}: empty name between dots (expected section.field=VALUE)")

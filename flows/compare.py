@@ -34,6 +34,8 @@ def build_variants(config: PipelineConfig, methods: list[str], dpo_betas: list[f
             if beta is not None:
                 data["dpo"]["beta"] = beta
                 name = f"dpo-beta-{beta:g}" if dpo_betas else "dpo"
+            # each variant's summary.json in its own folder: the user's own run's summary is never overwritten
+            data["run"]["summary_dir"] = str(Path(config.run.output_dir) / "compare" / "variants" / name)
             variants.append(Variant(name=name, config=PipelineConfig.model_validate(data)))
     return variants
 
@@ -60,6 +62,7 @@ def compare_methods(config: PipelineConfig = PipelineConfig(),  # noqa: B008
         chosen = next(v for v in variants if v.name == best)
         data = chosen.config.model_dump()
         data["promotion"]["register_model"] = config.promotion.register_model
+        data["run"]["summary_dir"] = config.run.summary_dir
         result = alignment_pipeline.with_options(flow_run_name=f"register-{best}")(PipelineConfig.model_validate(data))
         registered = {"version": result["registered_version"], "aliases": result["aliases"]}
     create_markdown_artifact(markdown=f"Best variant: **{best}**; report `{report}`", key="compare-methods",

@@ -44,7 +44,8 @@ def write_summary(ctx: RunContext, stage_runs: dict[str, str], trained: dict[str
         "output_dir": ctx.output_dir,
         **(evaluation or {}),
     }
-    path = Path(ctx.output_dir) / "summary.json"
+    path = Path(ctx.summary_dir or ctx.output_dir) / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, summary)
     return path
 

@@ -39,6 +39,7 @@ class RunContext(BaseModel):
     experiment_name: str
     parent_run_id: str
     output_dir: str
+    summary_dir: str = ""  # where summary.json goes: run.summary_dir, else output_dir
 
 
 def resolve_tracking(cfg: PipelineConfig) -> tuple[str, str | None]:
@@ -91,7 +92,8 @@ def start_pipeline_run(cfg: PipelineConfig, run_name: str | None = None) -> RunC
                             tags={"alignflow.stage": "pipeline", "alignflow.method": cfg.preference.method})
     log_params(client, run.info.run_id, redact_params(config_to_params(cfg)))
     return RunContext(tracking_uri=uri, experiment_id=exp_id, experiment_name=cfg.tracking.experiment,
-                      parent_run_id=run.info.run_id, output_dir=str(Path(cfg.run.output_dir).resolve()))
+                      parent_run_id=run.info.run_id, output_dir=str(Path(cfg.run.output_dir).resolve()),
+                      summary_dir=str(Path(cfg.run.summary_dir or cfg.run.output_dir).resolve()))
 
 
 def finish_run(ctx: RunContext, run_id: str, ok: bool, end_time: int | None = None) -> None:

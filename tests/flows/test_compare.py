@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alignment.config import PipelineConfig
 from flows.compare import build_variants
 from tasks.comparison import Variant, best_variant, comparison_markdown, variant_row
@@ -17,6 +19,10 @@ def test_variants_per_method_and_beta() -> None:
     assert all(v.config.preference.method == m for v, m in zip(sweep, ["dpo", "dpo", "orpo"], strict=True))
     assert not any(v.config.promotion.register_model for v in sweep)  # variants are compared, not registered
     assert base.promotion.register_model and base.preference.method == "dpo"  # the input is not changed
+    # each variant writes its summary.json into its own folder, never into the user's run's output_dir
+    dirs = [v.config.run.summary_dir for v in sweep]
+    assert len(set(dirs)) == 3 and base.run.summary_dir is None
+    assert dirs[0] == str(Path(base.run.output_dir) / "compare" / "variants" / "dpo-beta-0.05")
 
 
 def summary(win: float, low: float, passed: bool, acc: float | None = 0.9) -> dict:
