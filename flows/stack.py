@@ -172,8 +172,15 @@ class Stack:
         self.write_state(state)
         for svc in self.services():
             if svc.healthy():
-                echo(f"{svc.name}: already up")
-                continue
+                ours = state["services"].get(svc.name)
+                if ours and group_alive(int(ours["pgid"])):
+                    echo(f"{svc.name}: already up")
+                    continue
+                # something answers on this stack's port, but this stack did not start it (another stack's
+                # service on a default port, say): running "beside" it would silently use the other one
+                raise StackError(f"{svc.name}: {self.urls.get(svc.name, 'its port')} already answers, but not "
+                                 f"from this stack ({self.dir}); choose other ports (alignflow stack up --help) or "
+                                 f"stop the other stack")
             if svc.name in state["services"]:
                 stop_group(state["services"][svc.name]["pgid"])
             check_port_free(svc, self)

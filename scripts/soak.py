@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fds a stack service may gain after the first run before a warning (default 16)")
     parser.add_argument("--disk-slack-mib", type=float, default=Limits.disk_slack_mib,
                         help="disk growth per run beyond the artifacts kept before a warning (default 32)")
-    for flag in ("prefect-port", "mlflow-port", "s3-port", "weed-port-base"):
+    for flag in ("prefect-port", "mlflow-port", "s3-port", "weed-port-base", "arena-port"):
         parser.add_argument(f"--{flag}", type=int, help="when this script starts the stack (as alignflow stack up)")
     return parser
 
@@ -527,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     soak_dir = Path(args.soak_dir or f"runs/soak-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     soak_dir.mkdir(parents=True, exist_ok=True)
     ports = {"prefect": args.prefect_port, "mlflow": args.mlflow_port, "s3": args.s3_port,
-             "weed_base": args.weed_port_base}
+             "weed_base": args.weed_port_base, "arena": args.arena_port}
     started = bring_up(stack, ports, echo)
     runs: list[RunRecord] = []
     snapshots: list[Snapshot] = []

@@ -216,11 +216,13 @@ def test_two_runs_against_a_stack_the_script_starts(tmp_path: Path) -> None:
     from flows.stack import Stack, free_ports
     from tests.integration.stackutil import SMALL, consecutive_free_base
 
-    prefect, mlflow_port, s3 = free_ports(3)
+    prefect, mlflow_port, s3, arena = free_ports(4)  # every service on a free port: a stack left up by
+    # `make demo` holds the defaults, and this stack's arena must not meet that one
     stack_dir, out = tmp_path / "stack", tmp_path / "soak.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "soak.py"), "--runs", "2", "--stack-dir", str(stack_dir),
            "--soak-dir", str(tmp_path / "soak"), "--json", str(out), "--prefect-port", str(prefect),
            "--mlflow-port", str(mlflow_port), "--s3-port", str(s3), "--weed-port-base", str(consecutive_free_base()),
+           "--arena-port", str(arena),
            *(arg for item in SMALL for arg in ("--set", item))]
     started = time.monotonic()
     try:
