@@ -18,6 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from alignment.instructions import KINDS
 
 
+# Declared on a field whose value changes where or how fast a stage runs, never what it produces: the stage
+# cache keys leave such fields out (tasks/stages.py), so trying one never retrains a finished stage.
+SAME_OUTPUT: dict[str, Any] = {"same_output": True}
+
+
+def output_neutral_fields(section: type[BaseModel]) -> set[str]:
+    """The fields of a config section declared with SAME_OUTPUT: they leave a stage's output unchanged."""
+    return {name for name, field in section.model_fields.items()
+            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("same_output")}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
@@ -392,7 +403,7 @@ class TrainingConfig(_Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Autocast precision of training; overrides the accelerate config file's.")
     pool: str | None = Field(
-        None, pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=63,
+        None, pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=63, json_schema_extra=SAME_OUTPUT,
         description="Prefect work pool that runs SFT and DPO/ORPO (e.g. gpu), through the deployment "
                     "alignment-training/<pool>; inputs and outputs travel as s3:// URIs. Unset: in process.")
     lora: LoraSettings | None = Field(
@@ -411,25 +422,21 @@ class TrainingConfig(_Section):
                           "transformers' own modules.")
     onednn_linear: bool | None = Field(
         None, description="On CPU in fp32, the linear layers and the LM head multiply through oneDNN "
-                          "(alignment/cpu_matmul.py) instead of torch's default BLAS (MKL), whose kernels run AVX2 "
-                          "code on AMD processors even where AVX-512 is there: ~2.2x the matmul speed measured on "
-                          "this project's AVX-512 AMD EPYC machines, the same fp32 maths up to rounding. Unset: on for "
-                          "x86-64 CPUs with AVX-512 other than Intel's (on an Intel Xeon MKL's own AVX-512 kernels, on "
-                          "an AVX2-only AMD EPYC MKL's AVX2 ones were the faster). "
-                          "False: torch's own products for the whole training stage, its reference pass included "
-                          "(the model's linears also with training.compile). x86-64 only; no effect on GPU.")
+                          "(alignment/cpu_matmul.py) instead of torch's default BLAS (MKL); the same fp32 maths up to "
+                          "rounding. Unset: on for x86-64 CPUs with AVX-512 other than Intel's, where it was measured "
+                          "faster (docs/performance.md). False: torch's own products for the whole training stage, "
+                          "its reference pass included. x86-64 only; no effect on GPU.")
     cpu_mmap_threshold_mib: int | Literal["auto"] | None = Field(
-        "auto",
+        "auto", json_schema_extra=SAME_OUTPUT,
         description="On CPU with glibc, while training: every allocation of this many MiB (1 to 32) or more gets "
                     "its own memory mapping, handed back to the OS when freed (mallopt M_MMAP_THRESHOLD), so one step's "
-                    "freed activations do not stay resident in a fragmented heap. It trades speed for memory "
-                    "(measured on SmolLM2-135M at 1 MiB: DPO 640 MiB less peak RSS; SFT 16 % less peak, 32 % less "
-                    "speed; docs/performance.md). auto: 1 MiB for the preference stage (DPO/ORPO: two responses "
+                    "freed activations do not stay resident in a fragmented heap: less peak memory for some speed "
+                    "(figures in docs/performance.md). auto: 1 MiB for the preference stage (DPO/ORPO: two responses "
                     "a row, the pipeline's largest peak), glibc's default for SFT. Null: glibc's adaptive "
                     "default everywhere, the fast setting for a machine with memory to spare. A "
                     "MALLOC_MMAP_THRESHOLD_ environment variable takes precedence. No effect on GPU memory.")
     s3_checkpoints: bool | None = Field(
-        None, description="Mirror training checkpoints (the newest two, uploaded in the background) to "
+        None, json_schema_extra=SAME_OUTPUT, description="Mirror training checkpoints (the newest two, uploaded in the background) to "
                           "s3://<bucket>/stages/<stage>-<key>/checkpoints and resume from there, so a stage "
                           "killed on one machine resumes on another. Unset: on when training runs on a work "
                           "pool (training.pool), off in process (checkpoints stay under run.output_dir).")

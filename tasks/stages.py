@@ -13,7 +13,7 @@ from prefect.deployments import run_deployment
 from pydantic import BaseModel
 
 from alignment import stages
-from alignment.config import PipelineConfig
+from alignment.config import PipelineConfig, TrainingConfig, output_neutral_fields
 from alignment.records import ModelRef, PreparedData, TrainOutput
 from evaluation.judges import make_scorer
 from evaluation.plots import plot_curves, plot_reward_margins
@@ -43,7 +43,8 @@ COMPLETE = "COMPLETE"  # written last into a stage folder: the stage's outputs a
 # Training settings that do not change what a stage produces, so they are left out of its cache key: where it
 # runs (training.pool), where its checkpoints are kept, and glibc's mmap threshold (where freed memory goes:
 # speed and peak memory, not the arithmetic). training.onednn_linear stays in: another kernel, other rounding.
-UNKEYED_TRAINING = {"pool", "s3_checkpoints", "cpu_mmap_threshold_mib"}
+# training settings that never change a stage's output, as the config declares them (SAME_OUTPUT)
+UNKEYED_TRAINING = output_neutral_fields(TrainingConfig)
 
 
 class StageResult(BaseModel, Generic[T]):
