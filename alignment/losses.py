@@ -8,6 +8,8 @@ References
   noisy preferences" (2023).  IPO: Azar et al., arXiv 2310.12036, Eq. 17.  Hinge: SLiC, Zhao et al.,
   arXiv 2305.10425, Eq. 1 (as in TRL's `hinge`).
 - ORPO: Hong et al., arXiv 2403.07691, Eq. 4-7.
+- KTO: Ethayarajh et al., arXiv 2402.01306, Sec. 4.1: the value function and loss of Eq. 8 (TRL's comment
+  numbers the same display Eqn (7)) and the KL reference point z0 estimated from mismatched pairs.
 """
 
 from __future__ import annotations
@@ -102,6 +104,71 @@ def orpo_loss(policy_chosen_mean_logps: torch.Tensor, policy_rejected_mean_logps
         "log_odds_chosen": log_odds.detach().mean(),
     })
     return LossOutput(loss=loss, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards, metrics=metrics)
+
+
+# ---- KTO ---------------------------------------------------------------------------------------------------
+# Unpaired feedback: each example (x, y) is desirable or undesirable. With r(x, y) = log pi(y|x) - log ref(y|x)
+# and the reference point z0 = KL(pi(y'|x) || ref(y'|x)), the value function (Eq. 8) is
+#   v(x, y) = lambda_D * sigma(beta * (r(x, y) - z0))   for a desirable y
+#             lambda_U * sigma(beta * (z0 - r(x, y)))   for an undesirable y
+# and L_KTO = E_{x,y}[lambda_y - v(x, y)] = E[lambda_y * (1 - sigma(...))], as TRL's `loss_type="kto"` computes it.
+
+
+def kto_kl_reference(policy_kl_logps: torch.Tensor, reference_kl_logps: torch.Tensor, *,
+                     mean_across_processes: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """KTO's reference point z0 (): max(0, mean_i [log pi(y'_i|x_i) - log ref(y'_i|x_i)]), detached.
+
+    policy_kl_logps, reference_kl_logps: (B,) summed log-probs of the batch's mismatched pairs (x_i, y'_i), y'_i
+    another example's completion (`collate_kto`: y'_i = y_{i-1 mod B}, as TRL). As TRL's KTOTrainer: the mean
+    over the batch, detached (z0 carries no gradient), averaged over processes, then clamped at 0 (the paper's
+    max(0, .)). `mean_across_processes` ((): local mean -> (): mean over processes; None: one process) is
+    where a multi-process trainer hands in e.g. `lambda kl: accelerator.gather_for_metrics(kl).mean()`."""
+    kl = (policy_kl_logps - reference_kl_logps).mean().detach()  # ()
+    if mean_across_processes is not None:
+        kl = mean_across_processes(kl)
+    return kl.clamp(min=0)
+
+
+def kto_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, desirable: torch.Tensor,
+             kl_estimate: torch.Tensor | float, *, beta: float, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0) -> LossOutput:
+    """KTO loss (Eq. 8): mean over the batch of lambda_y * (1 - sigma(beta * (r - z0))) for desirable
+    examples and lambda_y * (1 - sigma(beta * (z0 - r))) for undesirable ones.
+
+    policy_logps, reference_logps: (B,) summed log-probs of each example's completion; desirable: (B,) bool;
+    kl_estimate: () z0 from `kto_kl_reference` (detached here; not clamped again). A batch may hold only one
+    kind. chosen_rewards / rejected_rewards are beta * r of the desirable (N_D,) / undesirable (N_U,)
+    examples. Metrics (TRL's names): rewards/chosen and logps/chosen are means over the desirable examples,
+    rewards/rejected and logps/rejected over the undesirable ones, and 0 where the batch has none (the keys
+    stay the same every step, which averaging over processes needs); rewards/margins their difference, 0
+    unless both kinds are present; kl the z0 used."""
+    if policy_logps.shape[0] == 0:
+        raise ValueError("KTO needs at least one example")
+    desirable = desirable.to(device=policy_logps.device, dtype=torch.bool)
+    z0 = torch.as_tensor(kl_estimate, dtype=policy_logps.dtype, device=policy_logps.device).detach()  # ()
+    log_ratio = policy_logps - reference_logps  # (B,) r(x, y)
+    desirable_losses = desirable_weight * (1 - torch.sigmoid(beta * (log_ratio - z0)))  # (B,)
+    undesirable_losses = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - log_ratio)))  # (B,)
+    losses = torch.where(desirable, desirable_losses, undesirable_losses)  # (B,)
+    rewards = (beta * log_ratio).detach()  # (B,)
+    chosen_rewards, rejected_rewards = rewards[desirable], rewards[~desirable]  # (N_D,), (N_U,)
+    both = bool(desirable.any()) and bool((~desirable).any())
+    metrics = {
+        "rewards/chosen": mean_or_zero(chosen_rewards),
+        "rewards/rejected": mean_or_zero(rejected_rewards),
+        "rewards/margins": (mean_or_zero(chosen_rewards) - mean_or_zero(rejected_rewards)) if both
+        else rewards.new_zeros(()),
+        "logps/chosen": mean_or_zero(policy_logps.detach()[desirable]),
+        "logps/rejected": mean_or_zero(policy_logps.detach()[~desirable]),
+        "kl": z0,
+    }
+    return LossOutput(loss=losses.mean(), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
+                      metrics=metrics)
+
+
+def mean_or_zero(values: torch.Tensor) -> torch.Tensor:
+    """() mean of a (N,) tensor, 0 when N = 0 (not NaN)."""
+    return values.mean() if values.numel() else values.new_zeros(())
 
 
 def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, chosen_logps: torch.Tensor,

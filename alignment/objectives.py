@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignment.logprobs import collate_sft, collate_shared_pairs, sequence_logps
-from alignment.losses import dpo_loss, orpo_loss, sft_nll_loss
+from alignment.losses import dpo_loss, kto_kl_reference, kto_loss, orpo_loss, sft_nll_loss
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,66 @@ def make_orpo_objective(*, lam: float, nll_tokens: str = "response") -> Objectiv
         return StepOutput(out.loss, out.metrics)
 
     return objective
+
+
+def make_kto_objective(*, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+                       kl_mean_across_processes: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Objective:
+    """KTO (Ethayarajh et al., arXiv 2402.01306, Eq. 8) on a `collate_kto` batch: one forward pass gives the
+    summed log-probs of each row's own completion and of its mismatched one; z0 comes from the mismatched pairs
+    (`kto_kl_reference`, no gradient, as TRL), the loss from the matched ones against the precomputed reference
+    log-probs `ref_logps` and `ref_kl_logps` (B,). `kl_mean_across_processes`: see `kto_kl_reference`."""
+
+    def objective(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        matched, mismatched = sequence_logps(model, batch).split()  # (B,) each: log pi(y_i|x_i), log pi(y'_i|x_i)
+        z0 = kto_kl_reference(mismatched.sum, batch["ref_kl_logps"], mean_across_processes=kl_mean_across_processes)
+        out = kto_loss(matched.sum, batch["ref_logps"], batch["desirable"], z0, beta=beta,
+                       desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
+        return StepOutput(out.loss, out.metrics)
+
+    return objective
+
+
+def kl_completions(rows: list[dict]) -> list[list[int]]:
+    """The mismatched completion of each row: y'_i = y_{i-1 mod B}, TRL's rotation by +1
+    ((x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1}); `add_kl_completion_ids` in trl/trainer/kto_trainer.py), so
+    the KL term sees the batch's own completions, each with another prompt."""
+    if len(rows) < 2:
+        raise ValueError("KTO's KL estimate needs at least 2 examples per batch (with 1, the mismatched pair is "
+                         "the example itself and z0 equals its implied reward)")
+    completions = [row["completion_ids"] for row in rows]
+    return completions[-1:] + completions[:-1]
+
+
+def collate_kto(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Unpaired rows (prompt_ids, completion_ids, label: bool desirable[, ref_logps, ref_kl_logps]) -> a
+    prefix-shared batch (`collate_shared_pairs`): row i is prompt_i + completion_i + the mismatched completion
+    (`kl_completions`), so `sequence_logps(...).split()` gives the matched (B,) and mismatched (B,) log-probs
+    and the prompt is encoded once for both. Adds `desirable` (B,) bool and, when the rows carry them, the
+    reference log-probs `ref_logps` and `ref_kl_logps` (B,) of the same pairs (`kto_reference_logps`)."""
+    pairs = [{"prompt_ids": row["prompt_ids"], "chosen_ids": row["completion_ids"], "rejected_ids": kl}
+             for row, kl in zip(rows, kl_completions(rows), strict=True)]
+    batch = collate_shared_pairs(pairs, pad_id)
+    batch["desirable"] = torch.tensor([bool(row["label"]) for row in rows], dtype=torch.bool)
+    if "ref_logps" in rows[0]:
+        batch["ref_logps"] = torch.tensor([row["ref_logps"] for row in rows], dtype=torch.float32)
+        batch["ref_kl_logps"] = torch.tensor([row["ref_kl_logps"] for row in rows], dtype=torch.float32)
+    return batch
+
+
+@torch.no_grad()
+def kto_reference_logps(model: torch.nn.Module, rows: list[dict], pad_id: int,
+                        batch_size: int, device: torch.device | str = "cpu") -> tuple[list[float], list[float]]:
+    """Summed reference log-probs of each row's completion and of its mismatched pair, for rows collated in
+    consecutive batches of `batch_size` (the mismatched completion depends on the batch: training must batch
+    the rows the same way, as TRL's `train_sampling_strategy="sequential"` requires)."""
+    model.eval()
+    matched, mismatched = [], []
+    for start in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in collate_kto(rows[start:start + batch_size], pad_id).items()}
+        own, kl = sequence_logps(model, batch).split()
+        matched += own.sum.tolist()
+        mismatched += kl.sum.tolist()
+    return matched, mismatched
 
 
 Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
