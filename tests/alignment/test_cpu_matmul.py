@@ -170,9 +170,15 @@ def test_a_frozen_weight_keeps_no_input_and_no_double_backward() -> None:
     assert saved_bytes(lambda: cpu_matmul.linear(x, w)) == w.numel() * 4  # the weight only, as F.linear
     trained = w.clone().requires_grad_()
     assert saved_bytes(lambda: cpu_matmul.linear(x, trained)) == (w.numel() + x.numel()) * 4
+    # once_differentiable: an error, not a silently wrong second derivative (without it, backward runs through
+    # the oneDNN op, which has no autograd: no error and no gradient for the weight)
     (gx,) = torch.autograd.grad(cpu_matmul.linear(x, trained).sum(), [x], create_graph=True)
-    with pytest.raises(RuntimeError):
-        gx.sum().backward()  # once_differentiable: an error, not a silently wrong second derivative
+    with pytest.raises(RuntimeError, match="does not require grad"):  # the backward ran without a graph
+        gx.sum().backward()
+    upstream = torch.ones(6, 8, requires_grad=True)  # a gradient that itself needs one: double backward proper
+    (gx,) = torch.autograd.grad(cpu_matmul.linear(x, trained), [x], grad_outputs=upstream, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice a function that was marked with @once_differentiable"):
+        gx.sum().backward()
 
 
 def test_products_switch_and_empty_inputs() -> None:

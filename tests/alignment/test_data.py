@@ -141,7 +141,9 @@ def test_format_override_and_unknown_format(tmp_path: Path) -> None:
     assert record["chosen"][0]["content"] == transcript
     with pytest.raises(DataError) as caught:
         load_preferences(str(path), fmt="hh")
-    assert caught.value.reason in {"bad_role", "prompt_mismatch"}
+    # chosen is a transcript, but rejected ("b") has no "Human:"/"Assistant:" turn to split on
+    assert (caught.value.reason, caught.value.field, caught.value.row) == ("bad_role", "rejected", 0)
+    assert "has no 'Human:' / 'Assistant:' turns" in caught.value.detail
     with pytest.raises(ValueError, match="unknown format"):
         load_preferences(str(path), fmt="nope")
 

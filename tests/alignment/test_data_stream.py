@@ -76,7 +76,7 @@ def test_writer_fingerprint_matches_file_and_failure_leaves_nothing(tmp_path: Pa
             writer.write(r)
     assert writer.count == 5
     assert writer.fingerprint == fingerprint(records) == hashlib.sha256((tmp_path / "out.jsonl").read_bytes()).hexdigest()
-    with pytest.raises(RuntimeError), JsonlWriter(tmp_path / "bad.jsonl") as writer:
+    with pytest.raises(RuntimeError, match="stop"), JsonlWriter(tmp_path / "bad.jsonl") as writer:
         writer.write(records[0])
         raise RuntimeError("stop")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]

@@ -83,7 +83,7 @@ def test_restored_even_when_training_fails(monkeypatch):
     calls = []
     monkeypatch.delenv(host_memory.ENV_OVERRIDE, raising=False)
     monkeypatch.setattr(host_memory, "set_mmap_threshold", lambda n: calls.append(n) or True)
-    with pytest.raises(RuntimeError), host_memory.large_blocks_mapped(2, torch.device("cpu")):
+    with pytest.raises(RuntimeError, match="boom"), host_memory.large_blocks_mapped(2, torch.device("cpu")):
         raise RuntimeError("boom")
     assert calls == [2 * MIB, host_memory.GLIBC_ADAPTIVE_MAX]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from alignment.config import load_config
-from alignment.data import DataValidationError
+from alignment.data import DataError, DataValidationError
 from alignment.models import ModelLoadError, fingerprint_model
 from alignment.stages import build_base_model, prepare_data, read_jsonl
 
@@ -37,7 +37,7 @@ def test_user_files_with_a_bad_row_name_file_row_and_field(tmp_path: Path) -> No
     assert "pairs.jsonl" in str(err.value) and "row 1" in str(err.value) and "'chosen'" in str(err.value)
     dropped = load_config(None, ["data.source=files", f"data.train_path={pairs}", f"data.sft_path={sft}",
                                  "data.on_invalid=drop", "data.heldout_fraction=0.5"])
-    with pytest.raises(Exception, match="held-out split is empty"):  # one good pair cannot make both train and held-out
+    with pytest.raises(DataError, match="held-out split is empty"):  # one good pair cannot make both train and held-out
         prepare_data(dropped, tmp_path / "out2")
 
 

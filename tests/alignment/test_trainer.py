@@ -107,11 +107,16 @@ def test_resume_after_kill_matches_uninterrupted_run(quick_tokenizer, sft_rows, 
 
 
 def test_rerun_of_a_finished_training_still_reports_its_final_loss(quick_tokenizer, sft_rows, tmp_path) -> None:
+    """The rerun trains no step (it resumes at the end) and reports the first run's last metrics, read back
+    from the final checkpoint, not an empty or recomputed dict."""
     optim = OPTIM.model_copy(update={"max_steps": 2})
-    _, first, _ = fit(quick_tokenizer, sft_rows[:8], optim, tmp_path)
-    _, again, _ = fit(quick_tokenizer, sft_rows[:8], optim, tmp_path)
-    assert again.resumed_from_step == 2
-    assert "loss" in again.final_metrics
+    _, first, first_log = fit(quick_tokenizer, sft_rows[:8], optim, tmp_path)
+    _, again, again_log = fit(quick_tokenizer, sft_rows[:8], optim, tmp_path)
+    assert first.resumed_from_step == 0 and [step for step, _ in first_log.records] == [1, 2]
+    assert again.resumed_from_step == 2 and again.steps == 2
+    assert again_log.records == []  # nothing trained, nothing logged again
+    assert first.final_metrics["loss"] == first_log.records[-1][1]["loss"]
+    assert again.final_metrics == first.final_metrics
 
 
 def test_gradient_accumulation_invariance(quick_tokenizer, sft_rows, tmp_path) -> None:

@@ -140,19 +140,29 @@ def test_basic_auth_in_production_names_the_annotator(store: Store) -> None:
 
 @pytest.mark.parametrize("failing", ["left", "right"])
 def test_a_model_failing_mid_answer_marks_the_comparison_failed(store: Store, failing: str) -> None:
+    """The model shown on the `failing` side raises after its first word (whichever model the shuffle put
+    there); the page gets an error naming that side, the comparison is failed with no answers, and no vote
+    is taken."""
     backend = FakeBackend()
     inner = fake_streamer(backend)
-    app_rng = random.Random(1)
+    raised: list[str] = []
 
     def streamer(model, tok, messages, sampling, stop):  # noqa: ANN001, ANN202
-        yield from inner(model, tok, messages, sampling, stop)
-        if model == "m/2":
+        [comp] = store.list_comparisons()  # written before either side starts answering
+        pieces = inner(model, tok, messages, sampling, stop)
+        yield next(pieces)
+        if model == comp[f"{failing}_model"]:
+            raised.append(model)
             raise RuntimeError("CUDA out of memory")
+        yield from pieces
 
-    client = TestClient(create_app(store, backend, ArenaSettings(), streamer=streamer, rng=app_rng))
+    client = TestClient(create_app(store, backend, ArenaSettings(), streamer=streamer, rng=random.Random(1)))
     events = ask(client)
-    assert events[-1]["event"] == "error" and "out of memory" in events[-1]["error"]
+    assert events[-1] == {"event": "error",
+                          "error": f"the {failing} model failed while answering: RuntimeError: CUDA out of memory"}
+    assert not any(e["event"] == "done" for e in events)
     [comp] = store.list_comparisons()
+    assert raised == [comp[f"{failing}_model"]]
     assert comp["status"] == "failed" and comp["left_answer"] is None and comp["right_answer"] is None
     resp = client.post("/api/votes", json={"comparison_id": comp["id"], "choice": "left", "annotator": "ann"})
     assert resp.status_code == 409

@@ -351,9 +351,18 @@ def test_position_biased_judge_gives_only_ties(chat_server: ChatServer) -> None:
     assert win_rate(verdicts)["win_rate"] == 0.5
 
 
-@pytest.mark.parametrize("content", ["A", " a ", "**B**", '"tie"', "Tie.", "Answer A", "<think>hmm</think>B"])
-def test_parse_verdict_tolerates_formatting(content: str) -> None:
-    assert parse_verdict(content) in {"A", "B", "tie"}
+@pytest.mark.parametrize(("content", "verdict"), [
+    ("A", "A"),
+    (" a ", "A"),  # stripped, then upper-cased
+    ("**B**", "B"),  # markdown emphasis stripped
+    ('"tie"', "tie"),  # quotes stripped
+    ("Tie.", "tie"),  # trailing full stop stripped, lower-cased
+    ("Answer A", "A"),  # the "answer " prefix
+    ("<think>hmm</think>B", "B"),  # the think block removed first
+    ("<think>B</think>A", "A"),  # the verdict after the think block, not the one inside it
+])
+def test_parse_verdict_tolerates_formatting(content: str, verdict: str) -> None:
+    assert parse_verdict(content) == verdict
 
 
 @pytest.mark.parametrize("content", ["", "I prefer the first one", "A or B", "AB", "tied",
