@@ -4,7 +4,8 @@ after the vote. The page renders with Jinja2 (autoescape on) and writes answers 
 a prompt or an answer shows as text.
 
 API: GET /api/models, GET /api/prompts?model=ID, POST /api/comparisons (NDJSON stream: start, delta per side,
-done | error), POST /api/votes, GET /api/stats, GET /health. Refusals are HTTP 4xx/5xx JSON `{"error": ...}`.
+done | error), POST /api/votes, GET /api/stats, GET /health. Each recorded vote is announced as a Prefect event
+(`alignflow.arena.vote`: the two versions and the choice, nothing a person typed; arena/events.py). Refusals are HTTP 4xx/5xx JSON `{"error": ...}`.
 With `users` set (production), every route but /health needs HTTP basic auth and the annotator is the login.
 """
 
@@ -26,6 +27,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, select_autoescape
 from pydantic import BaseModel, Field
 
+from arena.events import Emit, arena_id, emit_safely, emit_to_prefect, vote_event
 from arena.generation import Sampling
 from arena.stats import annotator_agreement, pair_stats
 from arena.store import ArenaError, Store, check_annotator
@@ -54,6 +56,7 @@ class ArenaSettings:
     max_prompt_chars: int = 2000
     users: dict[str, str] | None = None  # login -> password; None: no login, a name field
     title: str = "alignflow arena"
+    arena_id: str | None = None  # the events' `alignflow.arena.<id>`; None: derived from the database URL
 
 
 class ComparisonRequest(BaseModel):
@@ -80,9 +83,13 @@ def default_streamer(model: Any, tokenizer: Any, messages: list[dict[str, str]],
 
 
 def create_app(store: Store, backend: Backend, settings: ArenaSettings | None = None,
-               streamer: Streamer = default_streamer, rng: random.Random | None = None) -> FastAPI:
+               streamer: Streamer = default_streamer, rng: random.Random | None = None,
+               emit: Emit = emit_to_prefect) -> FastAPI:
+    """`emit` receives an `alignflow.arena.vote` event for every newly recorded vote (arena/events.py), after
+    the vote is committed; an emitter that fails is logged and the vote stands."""
     settings = settings or ArenaSettings()
     rng = rng or random.SystemRandom()
+    arena = settings.arena_id or arena_id(store.engine.url.render_as_string(hide_password=True))
     app = FastAPI(title=settings.title, docs_url=None, redoc_url=None)
     # arena.html extends the reports' base.html (evaluation/templates/): one look for every alignflow page
     env = Environment(loader=ChoiceLoader([FileSystemLoader(TEMPLATES), PackageLoader("evaluation", "templates")]),
@@ -183,6 +190,8 @@ def create_app(store: Store, backend: Backend, settings: ArenaSettings | None = 
         outcome = store.record_vote(req.comparison_id, req.choice, annotator=annotator, note=req.note,
                                     submission_id=req.submission_id)
         comp = store.comparison(req.comparison_id)
+        if not outcome.duplicate:
+            emit_safely(emit, vote_event(arena, comp, outcome.vote["choice"]))
         reveal = {side: _reveal(backend, comp[f"{side}_model"]) for side in ("left", "right")}
         message = ("this vote was already recorded; nothing changed" if outcome.duplicate else "vote recorded")
         return {"status": "duplicate" if outcome.duplicate else "recorded", "message": message,

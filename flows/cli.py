@@ -46,12 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = sub.add_parser("deploy", help="register the pipeline deployment (cron schedule) on a work pool")
     deploy.add_argument("--pool", default="cpu", help="work pool (default cpu)")
     deploy.add_argument("--cron", default="0 3 * * *", help="cron schedule, UTC (default: daily at 03:00)")
-    deploy.add_argument("--paused", action="store_true", help="create the schedule paused")
+    deploy.add_argument("--paused", action="store_true",
+                        help="create the schedule paused (and the feedback round's trigger disabled)")
     deploy.add_argument("--training-pool", default="gpu",
                         help="work pool of the training deployment alignment-training/<pool> (default gpu)")
     deploy.add_argument("--config", "-c", help="YAML preset used as the deployment's default parameters")
     deploy.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     deploy.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack)")
+    deploy.add_argument("--feedback-votes", type=int, default=20, metavar="N",
+                        help="feedback-round/arena-votes: start a round after N arena votes (default 20; 0: do not "
+                             "deploy it)")
+    deploy.add_argument("--feedback-window", type=float, default=3600.0, metavar="SECONDS",
+                        help="... that arrived within this many seconds (default 3600)")
+    deploy.add_argument("--feedback-pool", help="work pool of the feedback round (default: --pool)")
+    deploy.add_argument("--feedback-min-pairs", type=int, default=8, metavar="N",
+                        help="a round with fewer preference pairs from the votes is skipped (default 8)")
+    deploy.add_argument("--arena-db", help="the arena's database the round exports (SQLAlchemy URL or SQLite "
+                                           "file; default $ALIGNFLOW_ARENA_DB or <stack dir>/arena/arena.db)")
     promote = sub.add_parser("promote", help="point an alias (default champion) at a registered model version")
     promote.add_argument("name", help="registered model name")
     promote.add_argument("version", help="model version to promote")
@@ -240,7 +251,38 @@ def command_deploy(args: argparse.Namespace) -> int:
     training_id = deploy_training(pool=args.training_pool)
     print(f"deployment alignment-training/{args.training_pool} ({training_id}) on pool {args.training_pool}: "
           f"runs SFT/DPO/ORPO when a config sets training.pool={args.training_pool}")
+    if args.feedback_votes:
+        deploy_feedback_round(args, cfg)
     return 0
+
+
+def deploy_feedback_round(args: argparse.Namespace, cfg: Any) -> None:
+    from sqlalchemy.engine import make_url
+
+    from alignment.config import ConfigError
+    from arena.store import sqlite_url
+    from flows.deploy import FEEDBACK_NAME, deploy_feedback
+    from flows.stack import Stack
+
+    if args.feedback_votes < 1 or args.feedback_window <= 0 or args.feedback_min_pairs < 1:
+        raise ConfigError("--feedback-votes, --feedback-window and --feedback-min-pairs must be positive "
+                          "(--feedback-votes 0: no feedback round)")
+    db = args.arena_db or os.environ.get("ALIGNFLOW_ARENA_DB") or str(Stack.load(args.stack_dir).dir / "arena" /
+                                                                      "arena.db")
+    arena_db: str | None = db if "://" in db else sqlite_url(db)
+    if make_url(arena_db).password:  # never a password in a deployment's parameters (shown in the UI)
+        print("the arena database URL holds a password: not stored in the deployment; set ALIGNFLOW_ARENA_DB on "
+              f"the workers of pool {args.feedback_pool or args.pool}")
+        arena_db = None
+    pool = args.feedback_pool or args.pool
+    feedback_id = deploy_feedback(pool=pool, votes=args.feedback_votes, window=args.feedback_window,
+                                  paused=args.paused,
+                                  parameters={"config": cfg.model_dump(mode="json"), "arena_db": arena_db,
+                                              "min_pairs": args.feedback_min_pairs})
+    print(f"deployment feedback-round/{FEEDBACK_NAME} ({feedback_id}) on pool {pool}: trains the champion on the "
+          f"arena's votes after {args.feedback_votes} votes within {args.feedback_window:g} s "
+          f"(automation 'feedback-round/{FEEDBACK_NAME}: {args.feedback_votes} arena votes'"
+          f"{', disabled' if args.paused else ''}; one round at a time)")
 
 
 def command_promote(args: argparse.Namespace) -> int:

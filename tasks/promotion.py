@@ -2,7 +2,8 @@
 recording who did it, why and when as tags on that version.
 
 Promotion never creates a model version, so it can't duplicate one; promoting a version that already holds
-the alias changes nothing (a no-op, reported as such).
+the alias changes nothing (a no-op, reported as such). A change is announced as a Prefect event
+(`alignflow.model.promoted`, arena/events.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from datetime import UTC, datetime
 import mlflow
 from mlflow import MlflowClient
 from pydantic import BaseModel
+
+from arena.events import Emit, emit_safely, emit_to_prefect, promoted_event
 
 ALIAS_PATTERN = r"^[A-Za-z0-9_-]+$"
 
@@ -39,7 +42,9 @@ def current_user() -> str:
 
 
 def promote(tracking_uri: str, name: str, version: str, *, alias: str = "champion", reason: str,
-            user: str | None = None) -> Promotion:
+            user: str | None = None, emit: Emit = emit_to_prefect) -> Promotion:
+    """Point `alias` at `version`; a change is announced as an `alignflow.model.promoted` event (alias and
+    previous version only: who and why stay in the registry's tags)."""
     if not reason.strip():
         raise PromotionError("a promotion needs a reason (--reason \"...\")")
     if not re.match(ALIAS_PATTERN, alias) or alias.isdigit():
@@ -63,5 +68,6 @@ def promote(tracking_uri: str, name: str, version: str, *, alias: str = "champio
     for key, value in {"by": by, "reason": reason, "at": stamp, "previous_version": str(previous or "")}.items():
         client.set_model_version_tag(name, version, f"promotion.{alias}.{key}", value)
     client.set_registered_model_alias(name, alias, version)
+    emit_safely(emit, promoted_event(name, str(version), alias, None if previous is None else str(previous)))
     return Promotion(name=name, version=str(version), alias=alias, changed=True,
                      previous_version=None if previous is None else str(previous), by=by, reason=reason)

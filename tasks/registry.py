@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from alignment.config import PipelineConfig
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.records import TrainOutput
+from arena.events import Emit, emit_safely, emit_to_prefect, gate_refused_event, registered_event
 from evaluation.gates import GateResult, all_passed, check_gates
 from evaluation.quality import FLAGS as QUALITY_FLAGS
 from tasks.background import drain, submit
@@ -118,15 +119,31 @@ def register_task(cfg: PipelineConfig, trained: TrainOutput, gates: list[GateRes
         run.log_metrics({f"gate/{g.name}": float(g.passed) for g in gates})
         run.set_tags(gate_tags(gates))
         if pending is None:
-            return Registration(name=promo.model_name, version=None, aliases=[], model_uri=None,
-                                gates=[g.to_dict() for g in gates], champion=False)
+            registration = Registration(name=promo.model_name, version=None, aliases=[], model_uri=None,
+                                        gates=[g.to_dict() for g in gates], champion=False)
+            announce_registration(registration)
+            return registration
         model_uri, model_id = pending.logged.result()
         drain()
         version, aliases = register_version(ctx, promo.model_name, model_uri, model_id, run.run_id, gates,
                                             reference_model)
         run.set_tags({"alignflow.registered_model": promo.model_name, "alignflow.registered_version": version})
-    return Registration(name=promo.model_name, version=version, aliases=aliases, model_uri=model_uri,
-                        gates=[g.to_dict() for g in gates], champion="champion" in aliases)
+    registration = Registration(name=promo.model_name, version=version, aliases=aliases, model_uri=model_uri,
+                                gates=[g.to_dict() for g in gates], champion="champion" in aliases)
+    announce_registration(registration)
+    return registration
+
+
+def announce_registration(registration: Registration, emit: Emit = emit_to_prefect) -> None:
+    """After the registration decision: `alignflow.model.registered` for a new version, and
+    `alignflow.model.gate-refused` (the failing gates' names, values and thresholds) when a gate failed
+    (arena/events.py). Sending never fails the registration."""
+    if registration.version is not None:
+        emit_safely(emit, registered_event(registration.name, registration.version, registration.aliases,
+                                           registration.gates))
+    refused = gate_refused_event(registration.name, registration.version, registration.gates)
+    if refused is not None:
+        emit_safely(emit, refused)
 
 
 def log_policy(model: Any, tokenizer: Any, trained: TrainOutput, run_id: str) -> tuple[str, str]:
