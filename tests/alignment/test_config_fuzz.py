@@ -201,7 +201,7 @@ def test_a_folder_is_not_a_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "needle"), [
     ("1: 2\n", "(top level): key 1 is not a name"),
     ("run: {true: 1}\n", "run: key True is not a name"),
-    ("run: {'': 1}\n", "run.'': unknown key (expected one of: seed, torch_threads, output_dir)"),
+    ("run: {'': 1}\n", "run.'': unknown key (expected one of: seed, torch_threads, output_dir, summary_dir)"),
     ("dpo: {optim: {lr: 1}}\n", "dpo.optim.lr: unknown key (expected one of: learning_rate,"),
     ("eval: {benchmarks: {tasks: [a, null]}}\n", "eval.benchmarks.tasks.1: Input should be a valid string"),
 ])
