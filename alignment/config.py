@@ -406,9 +406,18 @@ class TrainingConfig(_Section):
         None, pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=63, json_schema_extra=SAME_OUTPUT,
         description="Prefect work pool that runs SFT and DPO/ORPO (e.g. gpu), through the deployment "
                     "alignment-training/<pool>; inputs and outputs travel as s3:// URIs. Unset: in process.")
+    sharding: Literal["none", "fsdp2"] = Field(
+        "none", description="fsdp2: shard the policy across the training processes with FSDP2 (torch's "
+                            "fully_shard on each decoder layer, then the root; alignment/sharding.py): each "
+                            "process holds 1/num_processes of the weights, gradients and optimizer state. CPU "
+                            "(gloo) and CUDA (NCCL); full fine-tuning or LoRA. Checkpoints are sharded "
+                            "(torch.distributed.checkpoint) and resume at another number of processes. Needs "
+                            "num_processes > 1; not with compile, fp16 or an accelerate_config. none: every "
+                            "process holds the whole model (DDP).")
     lora: LoraSettings | None = Field(
         None, description="Train LoRA adapters instead of every weight (unset: full fine-tuning). Single "
-                          "process or DDP; not with a sharding accelerate config (FSDP, DeepSpeed).")
+                          "process, DDP or sharding=fsdp2; not with a sharding accelerate config (FSDP, "
+                          "DeepSpeed).")
     gradient_checkpointing: bool = Field(
         False, description="Recompute each decoder layer's activations in the backward pass: less memory "
                            "for long sequences, about a third more compute.")
@@ -448,6 +457,18 @@ class TrainingConfig(_Section):
         if value is None or value == "auto" or (type(value) is int and 1 <= value <= 32):
             return value
         raise ValueError("must be a whole number of MiB from 1 to 32, auto or null")
+
+    @model_validator(mode="after")
+    def _sharding_supported(self) -> TrainingConfig:
+        if self.sharding == "none":
+            return self
+        refused = {"num_processes > 1": self.num_processes > 1, "compile=false": not self.compile,
+                   "mixed_precision no or bf16": self.mixed_precision != "fp16",
+                   "no accelerate_config (it shards by itself)": self.accelerate_config is None}
+        missing = [need for need, ok in refused.items() if not ok]
+        if missing:
+            raise ValueError(f"sharding={self.sharding} needs {', '.join(missing)}")
+        return self
 
     def mmap_threshold_mib(self, stage: Literal["sft", "preference"]) -> int | None:
         """cpu_mmap_threshold_mib for one training stage, "auto" resolved (1 MiB for preference, none for SFT)."""

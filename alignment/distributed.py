@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from alignment.config import PipelineConfig, TrainingConfig
 from alignment.models import plain_model
 from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
+from alignment.sharding import is_sharded, save_sharded_model
 from alignment.tracking import MetricsLogger, read_new_records
 from launcher.processes import distributed_command, run_group, tail
 
@@ -43,6 +44,10 @@ def save_trained_model(accelerator: Accelerator, model: torch.nn.Module, tokeniz
     model unwrapped (LoRA adapters merged, alignment.models.plain_model), written to a temporary folder and
     renamed."""
     accelerator.wait_for_everyone()
+    if is_sharded(model):  # FSDP2 (training.sharding): full state dict gathered to rank 0's CPU
+        save_sharded_model(model, tokenizer, out_dir, accelerator.is_main_process)
+        accelerator.wait_for_everyone()
+        return out_dir
     unwrapped = accelerator.unwrap_model(model)
     adapted = hasattr(getattr(unwrapped, "_orig_mod", unwrapped), "merge_and_unload")  # LoRA (single/DDP)
     state_dict = None if adapted else accelerator.get_state_dict(model)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from alignment.cpu_matmul import mm_nt
 
@@ -96,6 +97,8 @@ def unwrap(model: nn.Module) -> nn.Module | None:
             model = model._orig_mod
         elif hasattr(model, "_fsdp_wrapped_module") or type(model).__name__ in ("DeepSpeedEngine",
                                                                               "FullyShardedDataParallel"):
+            return None
+        elif isinstance(model, FSDPModule):  # FSDP2 (alignment/sharding.py): DTensor weights outside forward
             return None
         else:
             return model

@@ -42,6 +42,7 @@ from alignment.onpolicy import (
 )
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
 from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
+from alignment.sharding import shard_model
 from alignment.tiny_model import make_tiny_model
 from alignment.tracking import MetricsLogger
 from alignment.trainer import train
@@ -309,6 +310,8 @@ def fit_and_save(model: torch.nn.Module, tok: Any, rows: list[dict], objective: 
     during training), the saved model is the best evaluation's when early stopping is on."""
     acc = accelerator or make_accelerator(cfg.training)
     model = prepare_for_training(model, cfg.training)  # LoRA, activation checkpointing, compile
+    if cfg.training.sharding == "fsdp2":  # after LoRA: the adapters are sharded with their layers
+        model = shard_model(model, acc.device, acc.num_processes, cfg.training.mixed_precision)
     evaluator = make_evaluator(model) if make_evaluator is not None else None
     result = train(model, rows, objective=objective, collate=collate, optim=optim, output_dir=out_dir,
                    seed=cfg.run.seed, logger=logger, accelerator=acc, on_log=on_log, evaluator=evaluator)

@@ -2,8 +2,9 @@
 
 Data order is a pure function of (seed, epoch), so a run resumes from a checkpoint at the exact batch it
 stopped at without replaying the loader. Checkpoints hold model, optimizer, scheduler and RNG states
-(`Accelerator.save_state`) plus `trainer_state.json`; a checkpoint folder becomes visible only once complete
-(written under a temporary name, then renamed).
+(`Accelerator.save_state`; a model sharded with FSDP2 writes model and optimizer through
+torch.distributed.checkpoint and the scheduler, no RNG states: alignment/sharding.py) plus `trainer_state.json`; a checkpoint folder becomes visible only once complete
+(written under a temporary name, then renamed). Either format resumes in either kind of run.
 
 An optional `Evaluator` runs every `every` optimizer steps (and at the last one) on the main process; its metrics
 are logged at that step, its state goes into each checkpoint, and it may stop training early (the run then
@@ -27,6 +28,7 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
+from alignment import sharding
 from alignment.config import OptimConfig
 from alignment.host_memory import release_free_memory
 from alignment.lm_head import unwrap
@@ -77,6 +79,7 @@ class _Loop:
     micro_per_epoch: int
     lengths: list[int] | None = None  # row lengths, when batches are grouped by length
     keep_grads: bool = False  # zero the gradients in place between steps instead of freeing them
+    sharded: bool = False  # FSDP2 (alignment/sharding.py): DCP checkpoints, the model not prepared by accelerate
     order_cache: dict = field(default_factory=dict)
 
 
@@ -200,17 +203,22 @@ def setup(model: torch.nn.Module, num_rows: int, optim: OptimConfig, seed: int,
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(seed)
     total_steps, micro_per_epoch = plan_steps(num_rows, optim, acc.num_processes)
+    sharded = sharding.is_sharded(model)  # already sharded (fit_and_save): accelerate would wrap it in DDP
     trainable = [p for p in model.parameters() if p.requires_grad]  # all of them, or LoRA's adapters
     optimizer = torch.optim.AdamW(trainable, lr=optim.learning_rate, weight_decay=optim.weight_decay,
-                                  **adamw_implementation(acc.device))
+                                  **({} if sharded else adamw_implementation(acc.device)))  # DTensors: default
     scheduler = get_scheduler(optim.lr_scheduler, optimizer, num_warmup_steps=int(optim.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    if sharded:
+        optimizer, scheduler = acc.prepare(optimizer, scheduler)
+    else:
+        model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
     # total_steps already counts optimizer steps of the global batch (plan_steps divides by the world size):
     # one scheduler step per optimizer step. By default accelerate steps a prepared scheduler num_processes
     # times per call (it assumes a schedule planned for one process), which ends the schedule early under DDP.
     scheduler.split_batches = True
-    return _Loop(acc, model, optimizer, scheduler, total_steps, micro_per_epoch, keep_grads=keeps_grads(model))
+    return _Loop(acc, model, optimizer, scheduler, total_steps, micro_per_epoch, keep_grads=keeps_grads(model),
+                 sharded=sharded)
 
 
 def keeps_grads(model: torch.nn.Module) -> bool:
@@ -251,7 +259,7 @@ def run_step(loop: _Loop, rows: list[dict], step: int, objective: Objective, col
             acc.backward(out.loss / accum)
         for name, value in {"loss": out.loss.detach(), **out.metrics}.items():
             sums[name] = sums.get(name, 0.0) + float(value) / accum
-    grad_norm = acc.clip_grad_norm_(loop.model.parameters(), optim.max_grad_norm)
+    grad_norm = sharding.scalar(acc.clip_grad_norm_(loop.model.parameters(), optim.max_grad_norm))
     if not torch.isfinite(torch.as_tensor(grad_norm)):
         raise NonFiniteLossError(f"non-finite gradient norm at step {step + 1}")
     loop.optimizer.step()
@@ -283,7 +291,10 @@ def save_checkpoint(loop: _Loop, root: Path, step: int, metrics: dict[str, float
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
+    if loop.sharded:
+        sharding.save_state(loop.model, torch_optimizer(loop), loop.scheduler, tmp, acc.is_main_process)
+    else:
+        acc.save_state(str(tmp))
     acc.wait_for_everyone()
     if acc.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps({**(extra or {}), "step": step, "metrics": metrics}))
@@ -307,6 +318,23 @@ def resume(loop: _Loop, root: Path) -> tuple[int, dict[str, float], dict[str, An
     ckpt = latest_checkpoint(root)
     if ckpt is None:
         return 0, {}, {}
-    loop.accelerator.load_state(str(ckpt))
+    load_state(loop, ckpt)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     return state["step"], state.get("metrics", {}), state
+
+
+def load_state(loop: _Loop, ckpt: Path) -> None:
+    """Either format into either kind of run: a sharded run's DCP checkpoint (resharded to this run's processes,
+    or into the unsharded model of a 1-process run) or accelerate's (into a sharded model: full state read by
+    every process)."""
+    if sharding.is_dcp_checkpoint(ckpt):
+        model = loop.model if loop.sharded else (unwrap(loop.model) or loop.model)
+        sharding.load_state(model, torch_optimizer(loop), loop.scheduler, ckpt)
+    elif loop.sharded:
+        sharding.load_full_state(loop.model, torch_optimizer(loop), loop.scheduler, ckpt)
+    else:
+        loop.accelerator.load_state(str(ckpt))
+
+
+def torch_optimizer(loop: _Loop) -> torch.optim.Optimizer:
+    return getattr(loop.optimizer, "optimizer", loop.optimizer)  # inside accelerate's AcceleratedOptimizer
