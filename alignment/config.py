@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alignment.instructions import KINDS
 
-
 # Declared on a field whose value changes where or how fast a stage runs, never what it produces: the stage
 # cache keys leave such fields out (tasks/stages.py), so trying one never retrains a finished stage.
 SAME_OUTPUT: dict[str, Any] = {"same_output": True}
