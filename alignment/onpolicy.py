@@ -137,20 +137,27 @@ def rank_within_prompt(prompts: Sequence[list[Message]], scores: Sequence[float]
 
 def best_over_worst(answers: Sequence[str], scores: Sequence[float], min_gap: float = 0.0) -> tuple[int, int] | None:
     """Indices (chosen, rejected): the first of the best scores over the first of the worst non-blank answer
-    (a blank response is no training text); None when best - worst <= min_gap, the best is DEGENERATE or the
-    two answers are equal. No length preference either way."""
+    that is not the chosen one in other case or spacing (a blank response is no training text, and the data
+    checks refuse a pair whose two answers differ only so: `identical_pair`); None when best - worst <=
+    min_gap, the best is DEGENERATE or no other answer is left. No length preference either way."""
     if len(answers) != len(scores):
         raise ValueError(f"{len(answers)} answers but {len(scores)} scores")
     written = [i for i, a in enumerate(answers) if a.strip()]
     if len(written) < 2:
         return None
     chosen = max(written, key=lambda i: (scores[i], -i))
-    rejected = min(written, key=lambda i: (scores[i], i))
+    others = [i for i in written if same_text(answers[i]) != same_text(answers[chosen])]
+    if not others:
+        return None
+    rejected = min(others, key=lambda i: (scores[i], i))
     if scores[chosen] - scores[rejected] <= min_gap or scores[chosen] == DEGENERATE:
         return None
-    if answers[chosen].strip() == answers[rejected].strip():
-        return None
     return chosen, rejected
+
+
+def same_text(text: str) -> str:
+    """What the data checks compare for `identical_pair`: lower case, runs of whitespace as one space."""
+    return " ".join(text.lower().split())
 
 
 @dataclass

@@ -43,6 +43,14 @@ def test_best_over_worst_takes_the_first_best_and_the_first_worst_whatever_their
     assert best_over_worst(list(reversed(answers)), [0.0, 0.0, 1.0, 1.0]) == (2, 0)
 
 
+def test_the_rejected_answer_differs_from_the_chosen_in_more_than_case_or_spacing() -> None:
+    """A program-cased repair ('WATER IT.') chosen over its own original ('Water it.') would be refused by the
+    data checks (identical_pair): the worst answer that differs in words is rejected instead."""
+    answers = ["Water it.", "Keep it cool.", "WATER IT."]
+    assert best_over_worst(answers, [0.0, 0.5, 2.0]) == (2, 1)
+    assert best_over_worst(["Water it.", "WATER  IT."], [0.0, 2.0]) is None
+
+
 def test_no_pair_when_every_answer_is_degenerate() -> None:
     assert best_over_worst(["x", "y"], [DEGENERATE, DEGENERATE]) is None
 
