@@ -49,7 +49,9 @@ from alignment.trainer import train
 from storage.s3 import read_json, shared_uri, write_json
 
 log = logging.getLogger(__name__)
-CODE_VERSION = "1"  # bump when a stage's output for the same inputs changes
+# bump when a stage's output for the same inputs changes (2: the instruction task has checkable questions and
+# held-out phrasings; on-policy pairs are scored on correctness and never choose a degenerate sample)
+CODE_VERSION = "2"
 HELDOUT_PROMPTS = "heldout_prompts.jsonl"  # every held-out prompt, beside on-policy pairs (paired or not)
 
 
