@@ -71,15 +71,17 @@ FACTS: tuple[Checkable, ...] = (
 
 # (first, second) pairs: no two share a number, so the questions are not near-duplicates of each other
 MULTIPLICATIONS: tuple[tuple[int, int], ...] = ((7, 8), (6, 9), (12, 4), (11, 3), (15, 2), (13, 5))
-SUBTRACTIONS: tuple[tuple[int, int], ...] = ((45, 17), (83, 26), (60, 14), (92, 38), (71, 9), (54, 27))
-# unit question template, factor; three amounts each
+# no answer among the question's own numbers (54 - 27 = 27 would be "answered" by the question itself)
+SUBTRACTIONS: tuple[tuple[int, int], ...] = ((45, 17), (83, 26), (60, 14), (92, 38), (71, 9), (54, 19))
+# unit question template, factor; three amounts each. None of the factors is a fact the general benchmark asks
+# (days in a week, minutes in an hour, months in a year are there: training on them would teach its answers)
 CONVERSIONS: tuple[tuple[str, str, int], ...] = (
     ("cm-in-m", "How many centimeters are in {n} meters?", 100),
-    ("min-in-h", "How many minutes are in {n} hours?", 60),
-    ("days-in-weeks", "How many days are in {n} weeks?", 7),
+    ("mm-in-cm", "How many millimeters are in {n} centimeters?", 10),
+    ("m-in-km", "How many meters are in {n} kilometers?", 1000),
     ("g-in-kg", "How many grams are in {n} kilograms?", 1000),
     ("s-in-min", "How many seconds are in {n} minutes?", 60),
-    ("months-in-years", "How many months are in {n} years?", 12),
+    ("cents-in-dollars", "How many cents are in {n} dollars?", 100),
 )
 CONVERSION_AMOUNTS: tuple[int, ...] = (2, 3, 5)
 NUMBER_KEYWORDS = ("total", "result")
@@ -113,24 +115,59 @@ DIGIT_GROUPS = re.compile(r"(?<=\d)[,\u202f ](?=\d{3}\b)")
 
 
 def words_to_number(phrase: str) -> int:
-    """"fifty-six" -> 56, "two thousand five hundred" -> 2500, "one hundred and six" -> 106."""
-    total, current = 0, 0
-    for word in re.split(r"[\s-]+", phrase):
-        if word in UNITS:
+    """"fifty-six" -> 56, "two thousand five hundred" -> 2500, "one hundred and six" -> 106 (one number;
+    `numbers_in_words` splits a phrase that holds several)."""
+    values = numbers_in_words(phrase)
+    return int(values[0]) if len(values) == 1 else int(values[-1])
+
+
+def numbers_in_words(phrase: str) -> list[str]:
+    """A run of number words read by English grammar, as digits and the words between: "fifty-six" -> ["56"],
+    "between five and six" -> ["5", "and", "6"], "six six" -> ["6", "6"], "one hundred and six" -> ["106"].
+    Only tens + unit, unit + hundred, ... hundred [and] (tens/unit/teen) and ... thousand ... combine; any other
+    sequence starts a new number (two units, two tens, a unit before tens)."""
+    out: list[str] = []
+    total, current, last = 0, 0, ""  # last: "", "unit", "teen", "tens", "hundred", "thousand", "and"
+
+    def flush() -> None:
+        nonlocal total, current, last
+        if last and last != "and":
+            out.append(str(total + current))
+        elif last == "and":
+            if total + current:
+                out.append(str(total + current))
+            out.append("and")
+        total, current, last = 0, 0, ""
+
+    for word in re.split(r"[\s-]+", phrase.strip()):
+        kind = ("unit" if word in UNITS and UNITS[word] < 10 else "teen" if word in UNITS else
+                "tens" if word in TENS else word if word in SCALES else "and" if word == "and" else "")
+        allowed = {"": {"unit", "teen", "tens", "hundred", "thousand"},
+                   "unit": {"hundred", "thousand"}, "teen": {"hundred", "thousand"},
+                   "tens": {"unit", "thousand"}, "hundred": {"unit", "teen", "tens", "thousand", "and"},
+                   "thousand": {"unit", "teen", "tens", "and"}, "and": {"unit", "teen", "tens"}}[last]
+        if kind not in allowed or (kind == "thousand" and total):
+            flush()
+            if kind == "and":
+                out.append("and")
+                continue
+        if kind in ("unit", "teen"):
             current += UNITS[word]
-        elif word in TENS:
+        elif kind == "tens":
             current += TENS[word]
-        elif word == "hundred":
+        elif kind == "hundred":
             current = max(current, 1) * 100
-        elif word == "thousand":
-            total, current = total + max(current, 1) * 1000, 0
-    return total + current
+        elif kind == "thousand":
+            total, current = max(current, 1) * 1000, 0
+        last = kind
+    flush()
+    return out
 
 
 def normalise(text: str) -> str:
     """Lower case, number words as digits, digit groups joined ("2,000" -> "2000"), other punctuation as
     spaces."""
-    text = NUMBER_PHRASE.sub(lambda m: str(words_to_number(m.group(0))), text.lower())
+    text = NUMBER_PHRASE.sub(lambda m: " ".join(numbers_in_words(m.group(0))), text.lower())
     text = DIGIT_GROUPS.sub("", text)
     return " ".join(re.sub(r"[^\w.]+|(?<!\d)\.|\.(?!\d)", " ", text).split())
 
@@ -140,11 +177,20 @@ def mentions(response: str, answer: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(normalise(answer))}(?![\w]|\.\d)", normalise(response)) is not None
 
 
+NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w]|\.\d)")
+
+
 def correct(question: str, response: str) -> bool | None:
     """Whether `response` answers `question` (its text, as in BY_TEXT) correctly; None when the question has no
-    checkable answer."""
+    checkable answer. A numeric answer must also be the last number of the response that is not one of the
+    question's own ("7 times 8 is 56" and "3 * 7 = 21 days" answer; "not 56, it is 54" and a list of candidates
+    "1 2 ... 12" do not)."""
     item = BY_TEXT.get(question.strip())
     if item is None:
         return None
+    if all(NUMBER.fullmatch(a) for a in item.answers):
+        asked = set(NUMBER.findall(normalise(question)))
+        new = [n for n in NUMBER.findall(normalise(response)) if n not in asked]
+        return bool(new) and new[-1] in item.answers
     return any(mentions(response, answer) for answer in item.answers)
 

@@ -322,7 +322,13 @@ class OnPolicyConfig(_Section):
         False, description="For prompts asking for all lowercase or all capitals, add each sample rewritten by "
                            "the program in the asked case as a candidate for the chosen answer (the model's own "
                            "words; the model rarely produces these cases itself).")
-    min_score_gap: float = Field(0.0, ge=0.0, description="Pair only when best - worst score exceeds this.")
+    require_correct_chosen: bool = Field(
+        True, description="A question whose answer a program checks (alignment/answers.py) yields a pair only when "
+                          "the chosen answer is right: otherwise DPO prefers a compliant wrong answer and RPO's NLL "
+                          "term trains on it. Counted as onpolicy/<split>/dropped_wrong_chosen.")
+    min_score_gap: float = Field(0.0, ge=0.0, description="Pair only when best - worst score exceeds this (scores "
+                                                          "are AssistantScorer's: -1 for a degenerate answer, 0 "
+                                                          "to (4^n - 1) / 3 for n scorers otherwise).")
 
     @field_validator("scorers")
     @classmethod

@@ -6,7 +6,9 @@ never choose such an answer, and evaluation counts them for policy and reference
 
 - empty: nothing but whitespace;
 - echo: the answer mostly repeats the prompt: at least 80 % of its words (and at least 3) are prompt words in
-  the prompt's order (its longest common word subsequence with the prompt);
+  the prompt's order (its longest common word subsequence with the prompt), and it adds almost nothing of its
+  own — no new word for a question with a short answer ("Mars is the Red Planet." adds "Mars": not an echo),
+  fewer than 3 for an everyday how-to question;
 - loop: a word n-gram (n = 1..4) repeated back to back 4 times or more ("yes yes yes yes"), or, for 12 words
   or more, fewer than half of its word 3-grams distinct;
 - too short: fewer than `min_words` words of its own once what an instruction asks for is taken out (the
@@ -30,6 +32,7 @@ WORDS = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 MIN_OPEN_WORDS = 6  # an everyday question answered in fewer of its own words has not been answered
 MIN_CHECKABLE_WORDS = 1
 ECHO_SHARE = 0.8
+ECHO_NEW_OPEN_WORDS = 3  # words not in the prompt an everyday question's restatement must add
 LOOP_REPEATS = 4
 LOOP_MIN_WORDS = 12
 LOOP_DISTINCT_3 = 0.5
@@ -83,9 +86,13 @@ def common_subsequence(a: Sequence[str], b: Sequence[str]) -> int:
     return prev[-1]
 
 
-def is_echo(prompt: str, response: str) -> bool:
-    answer = words(response)
-    return len(answer) >= 3 and common_subsequence(answer, words(prompt)) >= ECHO_SHARE * len(answer)
+def is_echo(prompt: str, response: str, *, min_new_words: int = 1) -> bool:
+    """At least 3 words, ECHO_SHARE of them the prompt's in its order, and fewer than `min_new_words` words that
+    are not in the prompt at all: "Mars is the Red Planet." restates its question but adds the answer."""
+    answer, asked = words(response), words(prompt)
+    if len(answer) < 3 or common_subsequence(answer, asked) < ECHO_SHARE * len(answer):
+        return False
+    return len(set(answer) - set(asked)) < min_new_words
 
 
 def is_loop(response: str) -> bool:
@@ -114,14 +121,16 @@ def own_words(response: str, instructions: Sequence[Instruction]) -> list[str]:
     return tokens
 
 
-def assess(prompt: str, response: str, *, min_words: int = MIN_OPEN_WORDS) -> Assessment:
+def assess(prompt: str, response: str, *, min_words: int | None = None) -> Assessment:
     """Flags of one answer to one prompt (the user's text, instruction sentences included). `min_words`: the
-    fewest words of its own an answer needs (MIN_OPEN_WORDS for an everyday how-to question,
-    MIN_CHECKABLE_WORDS where one word can be the answer)."""
+    fewest words of its own an answer needs (unset: `min_words_for(prompt)` — MIN_OPEN_WORDS for an everyday
+    how-to question, MIN_CHECKABLE_WORDS where one word can be the answer). An echo of an everyday question must
+    add ECHO_NEW_OPEN_WORDS words of its own to escape the flag, of any other prompt one."""
     tokens = words(response)
     own = own_words(response, parse_instructions(prompt))
     empty = not response.strip()
-    minimum = min_words
-    return Assessment(empty=empty, echo=not empty and is_echo(prompt, response),
+    minimum = min_words_for(prompt) if min_words is None else min_words
+    new_words = ECHO_NEW_OPEN_WORDS if minimum >= MIN_OPEN_WORDS else 1
+    return Assessment(empty=empty, echo=not empty and is_echo(prompt, response, min_new_words=new_words),
                       loop=not empty and is_loop(response), too_short=not empty and len(own) < minimum,
                       words=len(tokens), own_words=len(own), distinct_2=distinct_n(tokens, 2))

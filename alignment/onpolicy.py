@@ -168,6 +168,7 @@ class PairReport:
     prompts: int = 0
     pairs: int = 0
     dropped_no_gap: int = 0
+    dropped_wrong_chosen: int = 0
     samples: int = 0
     degenerate: int = 0
     checkable: int = 0
@@ -179,6 +180,7 @@ class PairReport:
     def metrics(self, split: str) -> dict[str, float]:
         out = {f"onpolicy/{split}/prompts": float(self.prompts), f"onpolicy/{split}/pairs": float(self.pairs),
                f"onpolicy/{split}/dropped_no_gap": float(self.dropped_no_gap),
+               f"onpolicy/{split}/dropped_wrong_chosen": float(self.dropped_wrong_chosen),
                f"onpolicy/{split}/samples": float(self.samples),
                f"onpolicy/{split}/repaired_chosen": float(self.repaired_chosen)}
         if self.samples:
@@ -194,6 +196,7 @@ class PairReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"prompts": self.prompts, "pairs": self.pairs, "dropped_no_gap": self.dropped_no_gap,
+                "dropped_wrong_chosen": self.dropped_wrong_chosen,
                 "samples": self.samples, "degenerate": self.degenerate, "checkable": self.checkable,
                 "correct": self.correct, "repaired_chosen": self.repaired_chosen, "passed": dict(self.passed),
                 "seen": dict(self.seen)}
@@ -236,11 +239,14 @@ def case_repairs(prompt_text: str, answers: Sequence[str]) -> list[str]:
 
 
 def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]], scores: Sequence[Sequence[float]],
-               *, min_gap: float = 0.0,
-               sampled: Sequence[int] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], PairReport]:
+               *, min_gap: float = 0.0, sampled: Sequence[int] | None = None,
+               require_correct_chosen: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]], PairReport]:
     """(pair rows in the standard conversational format, one sample record per answer, the report).
     `sampled[i]`: how many of prompt i's answers the model sampled; those after are program repairs
-    (`case_repairs`), scored and pairable but not counted as samples. Unset: all were sampled."""
+    (`case_repairs`), scored and pairable but not counted as samples. Unset: all were sampled.
+    `require_correct_chosen`: a question with a checkable answer yields no pair unless the chosen answer is right
+    (counted as dropped_wrong_chosen): DPO would otherwise prefer a compliant wrong answer, and RPO's NLL term
+    would train on it."""
     rows, samples, report = [], [], PairReport()
     for i, (prompt, prompt_answers, prompt_scores) in enumerate(zip(prompts, answers, scores, strict=True)):
         report.prompts += 1
@@ -265,6 +271,9 @@ def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]
             report.dropped_no_gap += 1
             continue
         chosen, rejected = picked
+        if require_correct_chosen and is_correct(text, prompt_answers[chosen]) is False:
+            report.dropped_wrong_chosen += 1
+            continue
         report.repaired_chosen += int(chosen >= own)
         rows.append({"prompt": prompt,
                      "chosen": [{"role": "assistant", "content": prompt_answers[chosen]}],

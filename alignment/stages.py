@@ -147,7 +147,8 @@ def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef,
         if o.repair_case and split == "train":  # program-cased rewrites of the samples join the candidates
             answers = [[*a, *case_repairs(last_user_text(p), a)] for p, a in zip(prompts, answers, strict=True)]
         scores = score_answers(scorer, prompts, answers)
-        rows, samples, report = make_pairs(prompts, answers, scores, min_gap=o.min_score_gap, sampled=sampled)
+        rows, samples, report = make_pairs(prompts, answers, scores, min_gap=o.min_score_gap, sampled=sampled,
+                                           require_correct_chosen=o.require_correct_chosen)
         log.info("onpolicy %s: %d prompts x %d samples -> %d pairs (%d dropped: all answers scored alike); "
                  "%.1f generated tokens/s so far", split, report.prompts, o.samples_per_prompt, report.pairs,
                  report.dropped_no_gap, stats.tokens_per_sec)

@@ -73,7 +73,8 @@ def quality_metrics(qualities: Sequence[AnswerQuality]) -> dict[str, float]:
 def compare_quality(policy: Sequence[AnswerQuality], reference: Sequence[AnswerQuality]) -> dict[str, float]:
     """Both models' quality_metrics as quality/<role>/<name>, the gains (policy - reference) of the headline
     rates as quality/<name>_gain, and quality/length_ratio: policy's median words over the reference's on
-    prompts without a length instruction (1.0 when both are 0)."""
+    prompts without a length instruction (1.0 when the reference's is 0); no ratio when every prompt has a length
+    instruction."""
     per_role = {"policy": quality_metrics(policy), "reference": quality_metrics(reference)}
     out = {f"quality/{role}/{k}": v for role, values in per_role.items() for k, v in values.items()}
     for name in ("passed_and_answered_rate", "correct_rate", "answered_rate"):
@@ -81,5 +82,5 @@ def compare_quality(policy: Sequence[AnswerQuality], reference: Sequence[AnswerQ
             out[f"quality/{name}_gain"] = per_role["policy"][name] - per_role["reference"][name]
     pol, ref = per_role["policy"].get("median_words"), per_role["reference"].get("median_words")
     if pol is not None and ref is not None:
-        out["quality/length_ratio"] = pol / ref if ref else (1.0 if pol == 0 else float("inf"))
+        out["quality/length_ratio"] = pol / ref if ref else 1.0  # a reference that says nothing: no collapse
     return out

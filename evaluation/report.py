@@ -389,7 +389,7 @@ def flagged_view(rows: list[dict] | None, max_rows: int) -> dict[str, Any] | Non
     cells = [(Part("lines", (str(r.get("prompt", "")),)), Part("lines", (str(r.get("reference", "")),)),
               note(r, "reference"), Part("lines", (str(r.get("policy", "")),)), note(r, "policy"))
              for r in shown]
-    return {"shown": len(shown), "total": len(rows or []),
+    return {"shown": len(shown), "flagged": len(hits), "total": len(rows or []),
             "table": Table(["prompt", "reference answer", "reference flags", "policy answer", "policy flags"],
                            cells)}
 

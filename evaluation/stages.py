@@ -117,16 +117,19 @@ def compare_with_reference(cfg: PipelineConfig, prepared: PreparedData, policy: 
     not write (evaluation/quality.py): degeneration, correctness, length of both models' answers, and an
     estimate of KL(policy || reference) from the policy's own samples."""
     prompts = heldout_prompts(prepared, cfg.eval.max_prompts)
-    answers, models = {}, {}
+    answers, models, tokenizers = {}, {}, {}
     for role, ref in (("policy", policy), ("reference", reference)):
-        tok = load_tokenizer(ref.path, trust_remote_code=cfg.model.trust_remote_code)
-        models[role] = load_causal_lm(ref.path, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizers[role] = load_tokenizer(ref.path, trust_remote_code=cfg.model.trust_remote_code)
+        model = load_causal_lm(ref.path, trust_remote_code=cfg.model.trust_remote_code)
         torch.manual_seed(cfg.run.seed)  # identical, seeded decoding for both (greedy today)
-        answers[role] = generate_responses(models[role], tok, prompts, max_new_tokens=cfg.eval.max_new_tokens,
+        answers[role] = generate_responses(model, tokenizers[role], prompts, max_new_tokens=cfg.eval.max_new_tokens,
                                            batch_size=cfg.eval.batch_size)
+        if cfg.eval.kl_prompts:  # both models stay loaded only for the KL estimate
+            models[role] = model
+        del model
     kl = None
     if cfg.eval.kl_prompts:
-        kl = estimate_kl(models["policy"], models["reference"], tok, prompts[:cfg.eval.kl_prompts],
+        kl = estimate_kl(models["policy"], models["reference"], tokenizers["policy"], prompts[:cfg.eval.kl_prompts],
                          max_new_tokens=cfg.eval.kl_max_new_tokens, seed=cfg.run.seed,
                          batch_size=cfg.eval.batch_size)
     del models

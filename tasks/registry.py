@@ -64,9 +64,17 @@ def promotion_gates(cfg: PipelineConfig, comparison_metrics: dict[str, float], h
                        degeneration=degeneration_pairs(comparison_metrics),
                        max_degeneration_increase=promo.max_degeneration_increase,
                        length_ratio=comparison_metrics.get("quality/length_ratio"),
-                       min_length_ratio=promo.min_length_ratio,
+                       min_length_ratio=length_gate(promo.min_length_ratio, comparison_metrics),
                        kl=comparison_metrics.get("compare/kl"),
                        max_kl=promo.max_kl if cfg.eval.kl_prompts else None)
+
+
+def length_gate(threshold: float | None, metrics: dict[str, float]) -> float | None:
+    """The length-ratio gate's threshold, or None (no gate) when the comparison measured quality but had no
+    prompt without a length instruction to measure length on; without any quality metrics the gate stays (and
+    fails: no evidence is not a pass)."""
+    measured = "quality/reference/degenerate_rate" in metrics
+    return None if measured and "quality/reference/median_words" not in metrics else threshold
 
 
 def degeneration_pairs(metrics: dict[str, float]) -> dict[str, tuple[float, float]]:

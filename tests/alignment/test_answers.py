@@ -88,7 +88,7 @@ def test_a_checkable_question_may_be_answered_in_one_word() -> None:
     prompt = f"What is 7 times 8? {Instruction('word_limit', 10).text()}"
     assert min_words_for(prompt) == 1 and min_words_for(f"{HOWTO} {Instruction('no_commas').text()}") == 6
     assert assess(prompt, "56.", min_words=min_words_for(prompt)).flags() == []
-    assert assess(prompt, "56.").flags() == ["too_short"]
+    assert assess(prompt, "56.", min_words=6).flags() == ["too_short"]
 
 
 def test_a_short_list_is_not_a_loop() -> None:
@@ -103,3 +103,42 @@ def test_heldout_phrasings_parse_to_the_same_instruction_and_differ_in_words() -
         assert train.text() != held.text()
         assert parse_instructions(f"{HOWTO} {held.text()}") == [held]
         assert Instruction.from_dict(held.to_dict()) == held
+
+
+@pytest.mark.parametrize(("prompt", "response"), [
+    ("Which planet is called the Red Planet? Answer in at most 10 words.", "Mars is the Red Planet."),
+    ("What is the hardest natural material? Answer in at most 10 words.", "Diamond is the hardest natural material."),
+    ("What is the capital of France?", "Paris is the capital of France."),  # a prompt of other data
+    (f"{HOWTO} Do not use any commas in your answer.", "To keep basil fresh put the stems in a glass of water."),
+])
+def test_a_restatement_that_adds_the_answer_is_not_an_echo(prompt: str, response: str) -> None:
+    """Found in review: a right one-sentence answer repeats most of its question; it adds the answer, so it is
+    not an echo (an everyday question's restatement must add 3 new words)."""
+    assert assess(prompt, response).flags() == []
+
+
+def test_a_restatement_of_an_everyday_question_with_a_word_or_two_added_is_an_echo() -> None:
+    prompt = f"Why do people put salt on icy roads? {Instruction('lowercase').text()}"
+    echo = "Why do people put salt on icy roads? The answer should be in lowercase letters, with no capital letters."
+    assert assess(prompt, echo).flags() == ["echo"]  # adds "the" and "should" only
+
+
+@pytest.mark.parametrize(("phrase", "digits"), [("between five and six", ["5", "and", "6"]), ("six six", ["6", "6"]),
+                                                ("ten twenty", ["10", "20"]), ("twenty-twenty", ["20", "20"]),
+                                                ("three thousand and two", ["3002"])])
+def test_number_words_combine_only_by_english_grammar(phrase: str, digits: list[str]) -> None:
+    """Found in review: "between five and six" was read as 11, the soccer team's answer."""
+    from alignment.answers import numbers_in_words
+
+    assert numbers_in_words(phrase) == digits
+    assert correct("How many players does a soccer team have on the field?", f"between {phrase}") is False
+
+
+@pytest.mark.parametrize("response", ["It is not 56, it is 54.", "56 or 57", "1 2 3 4 5 56 57 58"])
+def test_a_hedged_numeric_answer_is_not_right(response: str) -> None:
+    assert correct("What is 7 times 8?", response) is False
+    assert correct("How many seconds are in 5 minutes?", "5 minutes is 5 * 60 = 300 seconds") is True
+
+
+def test_no_question_answers_itself() -> None:
+    assert [q.text for q in CHECKABLE if correct(q.text, q.text)] == []

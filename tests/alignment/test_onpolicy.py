@@ -151,7 +151,8 @@ def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tin
     prepared, metrics = onpolicy_pairs(cfg, prompts, model, Length(), tmp_path / "onpolicy")
     train = read_jsonl(prepared.path("train"))
     assert len(train) == metrics["onpolicy/train/pairs"] >= 1
-    assert metrics["onpolicy/train/pairs"] + metrics["onpolicy/train/dropped_no_gap"] == 6
+    assert (metrics["onpolicy/train/pairs"] + metrics["onpolicy/train/dropped_no_gap"]
+            + metrics["onpolicy/train/dropped_wrong_chosen"]) == 6
     assert all(r["chosen"] != r["rejected"] for r in train)
     assert len(read_jsonl(Path(prepared.dir) / HELDOUT_PROMPTS)) == 4  # paired or not
     assert metrics["onpolicy/tokens_per_sec"] > 0 and metrics["onpolicy/sequences"] == 40
@@ -231,6 +232,19 @@ def test_a_right_answer_outranks_a_compliant_wrong_one() -> None:
     answers = ["56.", "It is 56 because seven eights make fifty six and that is that.", "It is 57.", "Okay."]
     scores = make_scorer(["correctness", "verifier"], JudgeConfig()).score_many([prompt] * 4, answers)
     assert scores == pytest.approx([5.0, 4 + 0.5 * (10 / 13) / 1.5, 1.0, 1.0])
+
+
+def test_a_checkable_question_pairs_only_when_the_chosen_answer_is_right() -> None:
+    """'What is 7 times 8?': the best of ['It is 57.', 'Okay.'] is wrong: no pair with require_correct_chosen
+    (counted), a pair without it; with a right answer among them the pair is made."""
+    prompt = user(f"What is 7 times 8? {Instruction('word_limit', 10).text()}")
+    wrong = [["It is 57.", "no no no no no no"]]
+    rows, _, report = make_pairs([prompt], wrong, [[1.0, -1.0]], require_correct_chosen=True)
+    assert rows == [] and report.dropped_wrong_chosen == 1 and report.metrics("train")[
+        "onpolicy/train/dropped_wrong_chosen"] == 1.0
+    assert len(make_pairs([prompt], wrong, [[1.0, -1.0]])[0]) == 1
+    rows, _, report = make_pairs([prompt], [["It is 56.", "It is 57."]], [[5.0, 1.0]], require_correct_chosen=True)
+    assert len(rows) == 1 and report.dropped_wrong_chosen == 0
 
 
 def test_case_repairs_rewrite_each_sample_in_the_asked_case() -> None:

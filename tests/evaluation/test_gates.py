@@ -109,3 +109,12 @@ def test_length_ratio_and_kl_gates() -> None:
     assert not gates(min_length_ratio=0.5)["length_ratio"].passed  # missing value fails
     assert not gates(kl=float("nan"), max_kl=25.0)["kl"].passed
     assert "kl" not in gates(kl=100.0)  # no bound configured: no gate
+
+
+def test_no_length_gate_when_every_prompt_has_a_length_instruction() -> None:
+    from tasks.registry import length_gate
+
+    measured = {"quality/reference/degenerate_rate": 0.0, "quality/policy/degenerate_rate": 0.0}
+    assert length_gate(0.5, measured) is None  # nothing to measure length on (e.g. kinds: [word_limit])
+    assert length_gate(0.5, {**measured, "quality/reference/median_words": 10.0}) == 0.5
+    assert length_gate(0.5, {}) == 0.5  # no quality measured at all: the gate stays and fails
