@@ -50,8 +50,9 @@ from storage.s3 import read_json, shared_uri, write_json
 
 log = logging.getLogger(__name__)
 # bump when a stage's output for the same inputs changes (2: the instruction task has checkable questions and
-# held-out phrasings; on-policy pairs are scored on correctness and never choose a degenerate sample)
-CODE_VERSION = "2"
+# held-out phrasings; on-policy pairs are scored on correctness and never choose a degenerate sample; 3: other
+# checkable questions, the echo and number-word rules of the review)
+CODE_VERSION = "3"
 HELDOUT_PROMPTS = "heldout_prompts.jsonl"  # every held-out prompt, beside on-policy pairs (paired or not)
 
 
