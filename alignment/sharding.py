@@ -19,7 +19,6 @@ loads it the same way). The trained model is saved from a full state dict gather
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from alignment.models import plain_model
+from alignment.models import plain_model, save_model
 
 DCP_DIR = "dcp"  # a checkpoint's DCP folder (model and optimizer)
 SCHEDULER_FILE = "scheduler.pt"  # the learning-rate scheduler's state, the same on every process
@@ -135,13 +134,7 @@ def save_sharded_model(model: nn.Module, tokenizer: Any, out_dir: Path, main: bo
     the unsharded path) and save that as a Hugging Face directory (temporary folder, then renamed)."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if main:
-        plain = plain_model(unsharded_copy(model, state))
-        tmp = out_dir.with_name(f".tmp-{out_dir.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
+        save_model(plain_model(unsharded_copy(model, state)), tokenizer, out_dir)
     return out_dir
 
 
