@@ -326,6 +326,11 @@ class OnPolicyConfig(_Section):
         True, description="A question whose answer a program checks (alignment/answers.py) yields a pair only when "
                           "the chosen answer is right: otherwise DPO prefers a compliant wrong answer and RPO's NLL "
                           "term trains on it. Counted as onpolicy/<split>/dropped_wrong_chosen.")
+    choose_unfinished: bool = Field(
+        False, description="Let an answer cut off at max_new_tokens (it never ended its turn) be the chosen one. "
+                           "Off: the chat template closes every chosen answer with the end of turn, so training "
+                           "on a cut-off one teaches the model to stop mid-answer; such answers can still be the "
+                           "rejected one. Counted as onpolicy/<split>/dropped_unfinished and unfinished_rate.")
     min_score_gap: float = Field(0.0, ge=0.0, description="Pair only when best - worst score exceeds this (scores "
                                                           "are AssistantScorer's: -1 for a degenerate answer, 0 "
                                                           "to (4^n - 1) / 3 for n scorers otherwise).")

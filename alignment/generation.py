@@ -8,13 +8,15 @@ does. Greedy answers equal `model.generate`'s token for token; sampling applies 
 (temperature, top-k from the generation config, 50 by default, top-p). Models whose generation config asks
 for other logits processors (repetition penalty, ...) or whose cache cannot drop rows go through
 `model.generate`. Answers come back in the prompts' order; sampling is seeded per call, so the same call
-gives the same answers.
+gives the same answers. `sample_answers` also says whether each answer ended (EOS) or was cut off at
+`max_new_tokens`: the on-policy stage never trains on a cut-off answer as the one to imitate.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -35,7 +37,11 @@ class GenerationStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-@torch.no_grad()
+class Answer(NamedTuple):
+    text: str
+    finished: bool  # the model ended its turn (EOS) within max_new_tokens; False: cut off
+
+
 def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict]], *,
              max_new_tokens: int, batch_size: int, num_samples: int = 1, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
@@ -43,13 +49,25 @@ def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts
     """`num_samples` answers per chat prompt (greedy when not `do_sample`): answers[i][j] is prompt i's j-th.
 
     `batch_size` counts sequences (prompts x samples) generated together."""
+    answers = sample_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                             num_samples=num_samples, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                             seed=seed, device=device, stats=stats)
+    return [[a.text for a in row] for row in answers]
+
+
+@torch.no_grad()
+def sample_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict]], *,
+                   max_new_tokens: int, batch_size: int, num_samples: int = 1, do_sample: bool = False,
+                   temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                   device: torch.device | str = "cpu", stats: GenerationStats | None = None) -> list[list[Answer]]:
+    """As `generate`, each answer with whether it ended within `max_new_tokens` (`Answer.finished`)."""
     model.eval()
     stats = stats if stats is not None else GenerationStats()
     pad_id = tokenizer.pad_token_id
     ids = encode_texts(tokenizer, [prompt_for_generation(tokenizer, p) for p in prompts])
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
     per_batch = max(1, batch_size // num_samples)
-    answers: list[list[str]] = [[] for _ in prompts]
+    answers: list[list[Answer]] = [[] for _ in prompts]
     generator_seed = seed
     own_loop = decodes_itself(model)
     for start in range(0, len(order), per_batch):
@@ -75,8 +93,10 @@ def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts
         stats.batches += 1
         stats.sequences += new.shape[0]
         stats.new_tokens += int(generated_lengths(new, tokenizer.eos_token_id, pad_id).sum())
+        ended = ended_rows(new, tokenizer.eos_token_id)
         for row, prompt_index in enumerate(index for index in chunk for _ in range(num_samples)):
-            answers[prompt_index].append(tokenizer.decode(new[row], skip_special_tokens=True).strip())
+            answers[prompt_index].append(Answer(tokenizer.decode(new[row], skip_special_tokens=True).strip(),
+                                                bool(ended[row])))
     return answers
 
 
@@ -180,6 +200,14 @@ def left_padded(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
         input_ids[i, width - len(x):] = torch.tensor(x, dtype=torch.long)
         attention[i, width - len(x):] = 1
     return input_ids, attention
+
+
+def ended_rows(new: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """(B,) bool: the row emitted EOS (padding after EOS is the pad id, which may equal EOS: still ended); a row
+    that filled all its new tokens without one was cut off. No EOS id: every row counts as ended."""
+    if eos_id is None:
+        return torch.ones(new.shape[0], dtype=torch.bool)
+    return (new == eos_id).any(dim=1)
 
 
 def generated_lengths(new: torch.Tensor, eos_id: int | None, pad_id: int | None) -> torch.Tensor:

@@ -135,17 +135,25 @@ def rank_within_prompt(prompts: Sequence[list[Message]], scores: Sequence[float]
     return out
 
 
-def best_over_worst(answers: Sequence[str], scores: Sequence[float], min_gap: float = 0.0) -> tuple[int, int] | None:
+def best_over_worst(answers: Sequence[str], scores: Sequence[float], min_gap: float = 0.0,
+                    finished: Sequence[bool] | None = None) -> tuple[int, int] | None:
     """Indices (chosen, rejected): the first of the best scores over the first of the worst non-blank answer
     that is not the chosen one in other case or spacing (a blank response is no training text, and the data
     checks refuse a pair whose two answers differ only so: `identical_pair`); None when best - worst <=
-    min_gap, the best is DEGENERATE or no other answer is left. No length preference either way."""
-    if len(answers) != len(scores):
-        raise ValueError(f"{len(answers)} answers but {len(scores)} scores")
+    min_gap, the best is DEGENERATE or no other answer is left. No length preference either way.
+
+    `finished[i]` False (answer i was cut off at the token limit): i is never the chosen one — the chat
+    template closes a chosen answer with the end of turn, so imitating a cut-off answer teaches the model to
+    end its turn mid-answer (TRL's online DPO penalizes such answers, `missing_eos_penalty`, for that reason).
+    It may still be the rejected one."""
+    if len(answers) != len(scores) or (finished is not None and len(finished) != len(answers)):
+        raise ValueError(f"{len(answers)} answers but {len(scores)} scores"
+                         + ("" if finished is None else f" and {len(finished)} finished flags"))
     written = [i for i, a in enumerate(answers) if a.strip()]
-    if len(written) < 2:
+    choosable = [i for i in written if finished is None or finished[i]]
+    if len(written) < 2 or not choosable:
         return None
-    chosen = max(written, key=lambda i: (scores[i], -i))
+    chosen = max(choosable, key=lambda i: (scores[i], -i))
     others = [i for i in written if same_text(answers[i]) != same_text(answers[chosen])]
     if not others:
         return None
@@ -169,7 +177,9 @@ class PairReport:
     pairs: int = 0
     dropped_no_gap: int = 0
     dropped_wrong_chosen: int = 0
+    dropped_unfinished: int = 0
     samples: int = 0
+    unfinished: int = 0
     degenerate: int = 0
     checkable: int = 0
     correct: int = 0
@@ -181,10 +191,12 @@ class PairReport:
         out = {f"onpolicy/{split}/prompts": float(self.prompts), f"onpolicy/{split}/pairs": float(self.pairs),
                f"onpolicy/{split}/dropped_no_gap": float(self.dropped_no_gap),
                f"onpolicy/{split}/dropped_wrong_chosen": float(self.dropped_wrong_chosen),
+               f"onpolicy/{split}/dropped_unfinished": float(self.dropped_unfinished),
                f"onpolicy/{split}/samples": float(self.samples),
                f"onpolicy/{split}/repaired_chosen": float(self.repaired_chosen)}
         if self.samples:
             out[f"onpolicy/{split}/degenerate_rate"] = self.degenerate / self.samples
+            out[f"onpolicy/{split}/unfinished_rate"] = self.unfinished / self.samples
         if self.checkable:
             out[f"onpolicy/{split}/correct_rate"] = self.correct / self.checkable
         total_seen = sum(self.seen.values())
@@ -196,8 +208,8 @@ class PairReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"prompts": self.prompts, "pairs": self.pairs, "dropped_no_gap": self.dropped_no_gap,
-                "dropped_wrong_chosen": self.dropped_wrong_chosen,
-                "samples": self.samples, "degenerate": self.degenerate, "checkable": self.checkable,
+                "dropped_wrong_chosen": self.dropped_wrong_chosen, "dropped_unfinished": self.dropped_unfinished,
+                "samples": self.samples, "unfinished": self.unfinished, "degenerate": self.degenerate, "checkable": self.checkable,
                 "correct": self.correct, "repaired_chosen": self.repaired_chosen, "passed": dict(self.passed),
                 "seen": dict(self.seen)}
 
@@ -240,10 +252,14 @@ def case_repairs(prompt_text: str, answers: Sequence[str]) -> list[str]:
 
 def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]], scores: Sequence[Sequence[float]],
                *, min_gap: float = 0.0, sampled: Sequence[int] | None = None,
-               require_correct_chosen: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]], PairReport]:
+               require_correct_chosen: bool = False, finished: Sequence[Sequence[bool]] | None = None,
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], PairReport]:
     """(pair rows in the standard conversational format, one sample record per answer, the report).
     `sampled[i]`: how many of prompt i's answers the model sampled; those after are program repairs
     (`case_repairs`), scored and pairable but not counted as samples. Unset: all were sampled.
+    `finished[i][k]`: whether answer k ended within the token limit; a cut-off one is never chosen
+    (`best_over_worst`), and a prompt whose pair would need one is counted as dropped_unfinished. Unset: all
+    ended.
     `require_correct_chosen`: a question with a checkable answer yields no pair unless the chosen answer is right
     (counted as dropped_wrong_chosen): DPO would otherwise prefer a compliant wrong answer, and RPO's NLL term
     would train on it."""
@@ -252,13 +268,15 @@ def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]
         report.prompts += 1
         text = last_user_text(prompt)
         own = len(prompt_answers) if sampled is None else sampled[i]
+        ended = [True] * len(prompt_answers) if finished is None else list(finished[i])
         for k, (answer, score) in enumerate(zip(prompt_answers, prompt_scores, strict=True)):
             result = verify(text, answer)
             right, flags = is_correct(text, answer), assess_answer(text, answer)
             samples.append({"prompt": text, "answer": answer, "score": score, "passed": result.passed,
-                            "correct": right, "flags": flags.flags(), "repaired": k >= own})
+                            "correct": right, "flags": flags.flags(), "finished": ended[k], "repaired": k >= own})
             if k >= own:
                 continue
+            report.unfinished += int(not ended[k])
             for kind, ok in result.per_kind.items():
                 report.seen[kind] += 1
                 report.passed[kind] += int(ok)
@@ -266,9 +284,12 @@ def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]
             report.degenerate += int(flags.degenerate)
             report.checkable += int(right is not None)
             report.correct += int(bool(right))
-        picked = best_over_worst(prompt_answers, prompt_scores, min_gap)
+        picked = best_over_worst(prompt_answers, prompt_scores, min_gap, ended)
         if picked is None:
-            report.dropped_no_gap += 1
+            if best_over_worst(prompt_answers, prompt_scores, min_gap) is not None:
+                report.dropped_unfinished += 1
+            else:
+                report.dropped_no_gap += 1
             continue
         chosen, rejected = picked
         if require_correct_chosen and is_correct(text, prompt_answers[chosen]) is False:

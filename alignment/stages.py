@@ -25,7 +25,7 @@ from alignment.config import PipelineConfig
 from alignment.cpu_matmul import products
 from alignment.data import read_jsonl, write_jsonl
 from alignment.distributed import launch_training, make_accelerator, save_trained_model
-from alignment.generation import GenerationStats, generate
+from alignment.generation import GenerationStats, sample_answers
 from alignment.heldout import HeldoutEvaluator
 from alignment.host_memory import large_blocks_mapped
 from alignment.logprobs import reference_logps
@@ -51,8 +51,9 @@ from storage.s3 import read_json, shared_uri, write_json
 log = logging.getLogger(__name__)
 # bump when a stage's output for the same inputs changes (2: the instruction task has checkable questions and
 # held-out phrasings; on-policy pairs are scored on correctness and never choose a degenerate sample; 3: other
-# checkable questions, the echo and number-word rules of the review)
-CODE_VERSION = "3"
+# checkable questions, the echo and number-word rules of the review; 4: an on-policy answer cut off at the token
+# limit is never the chosen one)
+CODE_VERSION = "4"
 HELDOUT_PROMPTS = "heldout_prompts.jsonl"  # every held-out prompt, beside on-policy pairs (paired or not)
 
 
@@ -141,22 +142,34 @@ def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef,
     reports = {}
     for offset, split in enumerate(("train", "heldout")):
         prompts = distinct_prompts(prepared.path(split))
-        answers = generate(lm, tok, prompts, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
-                           num_samples=o.samples_per_prompt, do_sample=True, temperature=o.temperature,
-                           top_p=o.top_p, seed=cfg.run.seed * 1000 + offset, stats=stats)
+        sampled_answers = sample_answers(
+            lm, tok, prompts, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
+            num_samples=o.samples_per_prompt, do_sample=True, temperature=o.temperature, top_p=o.top_p,
+            seed=cfg.run.seed * 1000 + offset, stats=stats)
+        answers = [[a.text for a in row] for row in sampled_answers]
+        finished = [[a.finished or o.choose_unfinished for a in row] for row in sampled_answers]
         sampled = [len(a) for a in answers]
         if o.repair_case and split == "train":  # program-cased rewrites of the samples join the candidates
-            answers = [[*a, *case_repairs(last_user_text(p), a)] for p, a in zip(prompts, answers, strict=True)]
+            for p, texts, ended in zip(prompts, answers, finished, strict=True):
+                for text, done in list(zip(texts, ended)):
+                    repaired = case_repairs(last_user_text(p), [text])
+                    texts.extend(repaired)
+                    ended.extend([done] * len(repaired))
         scores = score_answers(scorer, prompts, answers)
         rows, samples, report = make_pairs(prompts, answers, scores, min_gap=o.min_score_gap, sampled=sampled,
-                                           require_correct_chosen=o.require_correct_chosen)
-        log.info("onpolicy %s: %d prompts x %d samples -> %d pairs (%d dropped: all answers scored alike); "
-                 "%.1f generated tokens/s so far", split, report.prompts, o.samples_per_prompt, report.pairs,
-                 report.dropped_no_gap, stats.tokens_per_sec)
+                                           require_correct_chosen=o.require_correct_chosen, finished=finished)
+        log.info("onpolicy %s: %d prompts x %d samples (%d cut off at %d tokens) -> %d pairs (dropped: %d all "
+                 "answers scored alike, %d only a cut-off answer to choose, %d chosen answer wrong); %.1f generated "
+                 "tokens/s so far", split, report.prompts, o.samples_per_prompt, report.unfinished, o.max_new_tokens,
+                 report.pairs, report.dropped_no_gap, report.dropped_unfinished, report.dropped_wrong_chosen,
+                 stats.tokens_per_sec)
         if not rows:
-            raise ValueError(f"onpolicy: no {split} prompt yielded a pair ({report.prompts} prompts, "
-                             f"{report.samples} samples all scored alike by {scorer.name}); raise "
-                             f"onpolicy.samples_per_prompt or onpolicy.temperature")
+            raise ValueError(
+                f"onpolicy: no {split} prompt yielded a pair ({report.prompts} prompts, {report.samples} samples: "
+                f"{report.dropped_no_gap} prompts' answers all scored alike by {scorer.name}, "
+                f"{report.dropped_unfinished} had only answers cut off at onpolicy.max_new_tokens="
+                f"{o.max_new_tokens} to choose, {report.dropped_wrong_chosen} only wrong answers); raise "
+                f"onpolicy.samples_per_prompt, onpolicy.temperature or onpolicy.max_new_tokens")
         write_jsonl(rows, raw / f"{split}.jsonl")
         write_jsonl(samples, out_dir / f"samples-{split}.jsonl")
         metrics.update(report.metrics(split))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from alignment.config import PipelineConfig
-from alignment.generation import generate, generated_lengths
+from alignment.generation import ended_rows, generate, generated_lengths, sample_answers
 from alignment.instructions import Instruction
 from alignment.onpolicy import (
     DEGENERATE,
@@ -62,6 +62,35 @@ def test_no_pair_when_scores_are_within_the_gap_or_answers_equal() -> None:
     assert best_over_worst(["only"], [1.0]) is None
     with pytest.raises(ValueError, match="2 answers but 1 scores"):
         best_over_worst(["a", "b"], [1.0])
+
+
+def test_an_answer_cut_off_at_the_token_limit_is_never_chosen_but_may_be_rejected() -> None:
+    """The chat template closes a chosen answer with the end of turn: a cut-off answer chosen would teach the
+    model to stop mid-answer. Scores [2, 1, 0], the best cut off -> the second best is chosen; a cut-off
+    answer is still the rejected one; only cut-off answers -> no pair."""
+    answers = ["To keep basil fresh, put the stems in", "Put the stems in water.", "Basil."]
+    assert best_over_worst(answers, [2.0, 1.0, 0.0], finished=[False, True, True]) == (1, 2)
+    assert best_over_worst(answers, [0.0, 1.0, 2.0], finished=[False, True, False]) == (1, 0)
+    assert best_over_worst(answers, [2.0, 1.0, 0.0], finished=[False, False, False]) is None
+    assert best_over_worst(answers, [2.0, 1.0, 0.0], finished=[True, True, True]) == (0, 2)
+    with pytest.raises(ValueError, match="3 answers but 3 scores and 2 finished flags"):
+        best_over_worst(answers, [2.0, 1.0, 0.0], finished=[True, True])
+
+
+def test_make_pairs_counts_cut_off_answers_and_the_prompts_they_drop() -> None:
+    """Prompt 1: the passing answer is cut off, the other two fail alike -> dropped_unfinished (without the
+    flags it would pair). Prompt 2: the passing answer ended -> a pair over the cut-off failing one.
+    2 of 5 samples cut off."""
+    prompts = [user(f"Are you there? {LOWER}"), user(f"Say yes. {LOWER}")]
+    answers = [["ok i am here and", "OK", "NO"], ["yes", "YES I AM HERE AND"]]
+    scores = [VerifierScorer().score_many([p] * len(a), a) for p, a in zip(prompts, answers, strict=True)]
+    finished = [[False, True, True], [True, False]]
+    rows, samples, report = make_pairs(prompts, answers, scores, finished=finished)
+    assert (report.pairs, report.dropped_unfinished, report.dropped_no_gap, report.unfinished) == (1, 1, 0, 2)
+    assert rows[0]["chosen"][0]["content"] == "yes" and rows[0]["rejected"][0]["content"] == "YES I AM HERE AND"
+    assert [s["finished"] for s in samples] == [False, True, True, True, False]
+    assert report.metrics("train")["onpolicy/train/unfinished_rate"] == pytest.approx(2 / 5)
+    assert make_pairs(prompts, answers, scores)[2].pairs == 2  # unset: every answer counts as ended
 
 
 def test_verifier_score_is_pass_plus_half_the_partial_credit() -> None:
@@ -126,6 +155,28 @@ def test_generated_lengths_count_up_to_the_first_eos() -> None:
     assert generated_lengths(new, eos_id=2, pad_id=0).tolist() == [2, 4, 1]
 
 
+def test_ended_rows_are_the_rows_with_an_eos() -> None:
+    """[5, 2(eos), 0, 0] ended; [5, 6, 7, 8] cut off; [2, 2, 2, 2] (EOS then EOS as padding) ended."""
+    new = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 2, 2, 2]])
+    assert ended_rows(new, eos_id=2).tolist() == [True, False, True]
+    assert ended_rows(new, eos_id=None).tolist() == [True, True, True]
+
+
+def test_an_answer_is_finished_exactly_when_model_generate_emits_eos(tiny: tuple) -> None:
+    """Each prompt alone through `model.generate` (4 new tokens): finished == EOS among its new tokens."""
+    from alignment.tokenization import encode_texts, prompt_for_generation
+
+    _, model, tok = tiny
+    prompts = [user("What sound does a cow make?"), user("moo"), user("Answer in lowercase letters only.")]
+    answers = sample_answers(model, tok, prompts, max_new_tokens=4, batch_size=3)
+    assert [[a.text for a in row] for row in answers] == generate(model, tok, prompts, max_new_tokens=4, batch_size=3)
+    for prompt, (answer,) in zip(prompts, answers, strict=True):
+        ids = torch.tensor(encode_texts(tok, [prompt_for_generation(tok, prompt)]))
+        new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, ids.shape[1]:]
+        assert answer.finished == (tok.eos_token_id in new.tolist())
+
+
 # ---- the stage -----------------------------------------------------------------------------------------
 
 
@@ -138,7 +189,9 @@ def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tin
         "data": {"source": "instructions", "instructions": {"max_train_prompts": 6, "max_heldout_prompts": 4},
                  "max_prompt_tokens": 96, "max_response_tokens": 16},
         "sft": {"enabled": False},
-        "onpolicy": {"enabled": True, "samples_per_prompt": 4, "max_new_tokens": 12, "temperature": 2.0}})
+        # the tiny model rarely ends its turn within 12 tokens: its cut-off answers may be chosen here
+        "onpolicy": {"enabled": True, "samples_per_prompt": 4, "max_new_tokens": 12, "temperature": 2.0,
+                     "choose_unfinished": True}})
     prompts = write_instruction_prompts(cfg, tmp_path / "data")
     assert prompts.counts == {"train": 6, "heldout": 4}
     model = ModelRef(path=str(path), fingerprint=fingerprint_model(str(path)))
@@ -152,7 +205,7 @@ def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tin
     train = read_jsonl(prepared.path("train"))
     assert len(train) == metrics["onpolicy/train/pairs"] >= 1
     assert (metrics["onpolicy/train/pairs"] + metrics["onpolicy/train/dropped_no_gap"]
-            + metrics["onpolicy/train/dropped_wrong_chosen"]) == 6
+            + metrics["onpolicy/train/dropped_wrong_chosen"] + metrics["onpolicy/train/dropped_unfinished"]) == 6
     assert all(r["chosen"] != r["rejected"] for r in train)
     assert len(read_jsonl(Path(prepared.dir) / HELDOUT_PROMPTS)) == 4  # paired or not
     assert metrics["onpolicy/tokens_per_sec"] > 0 and metrics["onpolicy/sequences"] == 40
@@ -160,8 +213,32 @@ def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tin
     assert report["onpolicy"]["scorer"] == "length" and report["counts"]["train"] == len(train)
     samples = read_jsonl(tmp_path / "onpolicy" / "samples-train.jsonl")
     assert len(samples) == 24
-    assert {"prompt", "answer", "score", "passed", "correct", "flags", "repaired"} <= set(samples[0])
+    assert {"prompt", "answer", "score", "passed", "correct", "flags", "finished", "repaired"} <= set(samples[0])
+    chosen = {(s["prompt"], s["answer"]) for s in samples if s["finished"]}
+    assert all((r["prompt"][-1]["content"], r["chosen"][0]["content"]) in chosen for r in train)
     assert 0.0 <= metrics["onpolicy/train/degenerate_rate"] <= 1.0
+
+
+def test_a_stage_whose_answers_are_all_cut_off_names_max_new_tokens(tiny: tuple, tmp_path: Path) -> None:
+    from alignment.models import fingerprint_model
+    from alignment.records import ModelRef
+
+    path, _, _ = tiny
+    cfg = PipelineConfig.model_validate({
+        "data": {"source": "instructions", "instructions": {"max_train_prompts": 3, "max_heldout_prompts": 2}},
+        "sft": {"enabled": False},
+        "onpolicy": {"enabled": True, "samples_per_prompt": 2, "max_new_tokens": 1, "temperature": 2.0}})
+    prompts = write_instruction_prompts(cfg, tmp_path / "data")
+    model = ModelRef(path=str(path), fingerprint=fingerprint_model(str(path)))
+
+    class Length:
+        name = "length"
+
+        def score_many(self, prompts, responses):
+            return [float(len(r)) + 0.5 * k for k, r in enumerate(responses)]
+
+    with pytest.raises(ValueError, match=r"[1-3] had only answers cut off at onpolicy.max_new_tokens=1 to choose"):
+        onpolicy_pairs(cfg, prompts, model, Length(), tmp_path / "onpolicy")
 
 
 def test_answers_are_scored_in_one_call_and_regrouped_per_prompt() -> None:
