@@ -597,6 +597,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = parsed
 
 
+# keys an older config may still hold, and what replaced them (the "unknown key" message says so)
+RENAMED = {
+    "onpolicy.scorer": "it became onpolicy.scorers, a list in priority order (e.g. [correctness, verifier])",
+}
+
+
 def describe_validation_error(err: ValidationError, source: str) -> str:
     """One line per problem, each naming the field path and the constraint (one problem: one line)."""
     problems = [_describe_problem(e) for e in err.errors()]
@@ -609,9 +615,11 @@ def _describe_problem(error: Any) -> str:
     loc = tuple(error["loc"])
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
+        if (path := _field_path(loc)) in RENAMED:
+            return f"{path}: unknown key; {RENAMED[path]}"
         known = _section_fields(loc[:-1])
         hint = f" (expected one of: {', '.join(known)})" if known else ""
-        return f"{_field_path(loc)}: unknown key{hint}"
+        return f"{path}: unknown key{hint}"
     if kind == "invalid_key":
         return f"{_field_path(loc[:-1])}: key {_shown(value)} is not a name (keys must be text)"
     if kind == "string_unicode":

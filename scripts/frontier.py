@@ -20,6 +20,7 @@ least its gain with at most its largest benchmark drop (and is better in one of 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import subprocess
@@ -43,8 +44,14 @@ def grid_points(grid: Sequence[str]) -> list[dict[str, str]]:
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def point_name(point: dict[str, str]) -> str:
-    return "_".join(f"{k.split('.')[-1]}-{v}" for k, v in point.items()) or "preset"
+def point_name(point: dict[str, str], overrides: Sequence[str] = ()) -> str:
+    """The point's folder under <output-dir>/frontier: its full keys and values, and a digest of the --set
+    overrides when there are any, so that two frontiers run into one output folder (dpo.optim.learning_rate and
+    orpo.optim.learning_rate, or one grid under two --set) never share a point's folder."""
+    name = "_".join(f"{k}-{v}" for k, v in point.items()) or "preset"
+    if overrides:
+        name += "+" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
+    return name
 
 
 def row(name: str, point: dict[str, str], summary: dict[str, Any], seconds: float | None) -> dict[str, Any]:
@@ -107,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.output_dir).resolve()
     rows = []
     for point in grid_points(args.grid):
-        name = point_name(point)
+        name = point_name(point, args.overrides)
         summary_dir = out / "frontier" / name
         seconds = None
         if not args.table_only:

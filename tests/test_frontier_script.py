@@ -17,7 +17,13 @@ def test_grid_is_the_product_of_the_axes() -> None:
     points = frontier.grid_points(["dpo.beta=0.1,0.3", "dpo.rpo_alpha=0,1"])
     assert points == [{"dpo.beta": "0.1", "dpo.rpo_alpha": "0"}, {"dpo.beta": "0.1", "dpo.rpo_alpha": "1"},
                       {"dpo.beta": "0.3", "dpo.rpo_alpha": "0"}, {"dpo.beta": "0.3", "dpo.rpo_alpha": "1"}]
-    assert frontier.point_name(points[1]) == "beta-0.1_rpo_alpha-1"
+    assert frontier.point_name(points[1]) == "dpo.beta-0.1_dpo.rpo_alpha-1"
+    assert frontier.point_name({"orpo.optim.learning_rate": "1e-4"}) != frontier.point_name(
+        {"dpo.optim.learning_rate": "1e-4"})
+    assert frontier.point_name({}) == "preset"
+    with_set = frontier.point_name(points[1], ["preference.method=orpo"])
+    assert with_set.startswith("dpo.beta-0.1_dpo.rpo_alpha-1+") and with_set != frontier.point_name(
+        points[1], ["preference.method=dpo"])
     assert frontier.grid_points([]) == [{}]
     with pytest.raises(SystemExit, match="KEY=V1,V2"):
         frontier.grid_points(["dpo.beta"])

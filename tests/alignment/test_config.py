@@ -93,6 +93,10 @@ def test_unknown_section_is_refused() -> None:
     check_error(["trainer.lr=0.1"], "trainer", "unknown key")
 
 
+def test_a_renamed_key_names_its_replacement() -> None:
+    check_error(["onpolicy.scorer=verifier"], "onpolicy.scorer: unknown key", "it became onpolicy.scorers")
+
+
 def test_wrong_type_names_field_and_type() -> None:
     check_error(["run.seed=abc"], "run.seed", "valid integer", "'abc'")
 
