@@ -139,20 +139,64 @@ def kto_reference_logps(model: torch.nn.Module, rows: list[dict], pad_id: int,
 Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
 
 
+@dataclass(frozen=True)
+class MethodSettings:
+    """The knobs of every method's objective (each method reads its own; the others' defaults are unused)."""
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    rpo_alpha: float = 0.0
+    lam: float = 0.5
+    orpo_nll_tokens: str = "response"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method: its objective and batch collation, and whether its rows carry the starting model's
+    log-probs (a reference: DPO's are computed once before training, alignment/stages.py)."""
+
+    name: str
+    uses_reference: bool
+    plan: Callable[[int, MethodSettings], tuple[Objective, Collate]]
+
+
+def _sft_plan(pad_id: int, _: MethodSettings) -> tuple[Objective, Collate]:
+    return sft_objective, lambda rows: collate_sft(rows, pad_id)
+
+
+def _dpo_plan(pad_id: int, s: MethodSettings) -> tuple[Objective, Collate]:
+    objective = make_dpo_objective(beta=s.beta, loss_type=s.loss_type, label_smoothing=s.label_smoothing,
+                                   rpo_alpha=s.rpo_alpha)
+    return objective, lambda rows: collate_shared_pairs(rows, pad_id)  # the prompt encoded once per pair
+
+
+def _orpo_plan(pad_id: int, s: MethodSettings) -> tuple[Objective, Collate]:
+    score_prompt = s.orpo_nll_tokens == "prompt_and_response"
+    objective = make_orpo_objective(lam=s.lam, nll_tokens=s.orpo_nll_tokens)
+    return objective, lambda rows: collate_shared_pairs(rows, pad_id, score_prompt=score_prompt)
+
+
+# the registry the pipeline's stages and the benchmark (bench/) dispatch on: a new method is one entry here
+METHODS: dict[str, Method] = {
+    "sft": Method("sft", uses_reference=False, plan=_sft_plan),
+    "dpo": Method("dpo", uses_reference=True, plan=_dpo_plan),
+    "orpo": Method("orpo", uses_reference=False, plan=_orpo_plan),
+}
+
+
+def method_spec(method: str) -> Method:
+    try:
+        return METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})") from None
+
+
 def method_plan(method: str, *, pad_id: int, beta: float = 0.1, loss_type: str = "sigmoid",
                 label_smoothing: float = 0.0, rpo_alpha: float = 0.0, lam: float = 0.5,
                 orpo_nll_tokens: str = "response") -> tuple[Objective, Collate]:
-    """The objective and the batch collation of one training method ("sft", "dpo" or "orpo"): what the
+    """The objective and the batch collation of one training method (a key of `METHODS`): what the
     pipeline's stages and the benchmark (bench/) both train with."""
-    if method == "sft":
-        return sft_objective, lambda rows: collate_sft(rows, pad_id)
-    if method == "dpo":
-        objective = make_dpo_objective(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
-                                       rpo_alpha=rpo_alpha)
-    elif method == "orpo":
-        objective = make_orpo_objective(lam=lam, nll_tokens=orpo_nll_tokens)
-        score_prompt = orpo_nll_tokens == "prompt_and_response"
-        return objective, lambda rows: collate_shared_pairs(rows, pad_id, score_prompt=score_prompt)
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    return objective, lambda rows: collate_shared_pairs(rows, pad_id)  # the prompt encoded once per pair
+    settings = MethodSettings(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
+                              rpo_alpha=rpo_alpha, lam=lam, orpo_nll_tokens=orpo_nll_tokens)
+    return method_spec(method).plan(pad_id, settings)

@@ -31,7 +31,7 @@ from alignment.host_memory import large_blocks_mapped
 from alignment.logprobs import reference_logps
 from alignment.model_source import resolve_model
 from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, prepare_for_training
-from alignment.objectives import Objective, method_plan
+from alignment.objectives import Objective, method_plan, method_spec
 from alignment.onpolicy import (
     Scorer,
     case_repairs,
@@ -270,17 +270,10 @@ def _preference_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef
                      out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None,
                      accelerator: Any) -> TrainOutput:
     method = cfg.preference.method
-    if method == "dpo":
-        d = cfg.dpo
-        init: ModelRef = sft.model if sft is not None else base  # the reference is the starting model
-        with accelerator.main_process_first() if accelerator else nullcontext():  # one writes the cache
-            rows = reference_annotated_pairs(cfg, prepared, init, "train")
-        optim = d.optim
-    else:
-        init = sft.model if (cfg.orpo.init == "sft" and sft is not None) else base
-        with accelerator.main_process_first() if accelerator else nullcontext():
-            rows = tokenized_rows(cfg, prepared, init, "train")
-        optim = cfg.orpo.optim
+    init = starting_model(cfg, base, sft)
+    with accelerator.main_process_first() if accelerator else nullcontext():  # one writes the cache
+        rows = training_rows(cfg, prepared, init, "train")
+    optim = getattr(cfg, method).optim
     tok = load_tokenizer(init.path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_causal_lm(init.path, trust_remote_code=cfg.model.trust_remote_code)
     objective, collate = method_plan(method, pad_id=tok.pad_token_id, beta=cfg.dpo.beta,
@@ -295,6 +288,22 @@ def _preference_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef
                         accelerator, make_evaluator)
 
 
+def starting_model(cfg: PipelineConfig, base: ModelRef, sft: TrainOutput | None) -> ModelRef:
+    """The model preference training starts from: the SFT model when there is one, except for a method whose
+    section says `init: base` (ORPO may start from the base model). A method with a reference (DPO) starts from,
+    and is held to, the same model."""
+    starts_from = getattr(getattr(cfg, cfg.preference.method), "init", "sft")
+    return sft.model if (sft is not None and starts_from == "sft") else base
+
+
+def training_rows(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, split: str) -> list[dict]:
+    """A split's tokenized pairs for the configured method, with the starting model's log-probs where the method
+    uses a reference (alignment/objectives.py METHODS)."""
+    if method_spec(cfg.preference.method).uses_reference:
+        return reference_annotated_pairs(cfg, prepared, init, split)
+    return tokenized_rows(cfg, prepared, init, split)
+
+
 def heldout_evaluator(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, objective: Objective,
                       collate: Callable[[list[dict]], dict[str, torch.Tensor]], tok: Any, best_dir: Path,
                       model: torch.nn.Module) -> HeldoutEvaluator:
@@ -302,12 +311,8 @@ def heldout_evaluator(cfg: PipelineConfig, prepared: PreparedData, init: ModelRe
     held-out pairs (DPO's with the starting model's log-probs, cached like the training pairs'), the held-out
     prompts for eval/kl and its reference: with LoRA the policy with its adapters off (no second copy),
     otherwise the starting model, loaded once."""
-    method = cfg.preference.method
-    settings = getattr(cfg, method).heldout_eval
-    if method == "dpo":
-        rows = reference_annotated_pairs(cfg, prepared, init, "heldout")
-    else:
-        rows = tokenized_rows(cfg, prepared, init, "heldout")
+    settings = getattr(cfg, cfg.preference.method).heldout_eval
+    rows = training_rows(cfg, prepared, init, "heldout")
     prompts = distinct_prompts(prepared.path("heldout"))[:settings.kl_prompts]
     reference = None
     if prompts and not hasattr(model, "disable_adapter"):  # full fine-tuning: the starting model itself

@@ -1,0 +1,40 @@
+"""The registry of training methods (alignment/objectives.py METHODS) and how the preference stage uses it to
+choose its starting model and rows (alignment/stages.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignment.config import PipelineConfig
+from alignment.objectives import METHODS, method_plan, method_spec, sft_objective
+from alignment.records import ModelRef, TrainOutput
+from alignment.stages import starting_model
+
+
+def test_only_dpo_uses_a_reference_and_every_method_plans() -> None:
+    assert {name: m.uses_reference for name, m in METHODS.items()} == {"sft": False, "dpo": True, "orpo": False}
+    assert method_plan("sft", pad_id=0)[0] is sft_objective
+    for name in METHODS:
+        objective, collate = method_plan(name, pad_id=0)
+        assert callable(objective) and callable(collate)
+
+
+def test_an_unknown_method_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown method 'kto' \(known: sft, dpo, orpo\)"):
+        method_spec("kto")
+
+
+@pytest.mark.parametrize(("method", "orpo_init", "with_sft", "expected"), [
+    ("dpo", "base", True, "sft"),    # DPO starts from (and is held to) the SFT model
+    ("dpo", "base", False, "base"),  # no SFT stage: the base model
+    ("orpo", "base", True, "base"),  # ORPO's own init setting
+    ("orpo", "sft", True, "sft"),
+    ("orpo", "sft", False, "base"),
+])
+def test_the_starting_model_follows_the_method_and_its_init(method: str, orpo_init: str, with_sft: bool,
+                                                             expected: str) -> None:
+    cfg = PipelineConfig.model_validate({"preference": {"method": method}, "orpo": {"init": orpo_init}})
+    base = ModelRef(path="base", fingerprint="b")
+    sft = TrainOutput(model=ModelRef(path="sft", fingerprint="s"), method="sft", steps=1, resumed_from_step=0,
+                      final_metrics={}, seconds=0.0, tokens=0) if with_sft else None
+    assert starting_model(cfg, base, sft).path == expected
