@@ -151,7 +151,7 @@ def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef,
         sampled = [len(a) for a in answers]
         if o.repair_case and split == "train":  # program-cased rewrites of the samples join the candidates
             for p, texts, ended in zip(prompts, answers, finished, strict=True):
-                for text, done in list(zip(texts, ended)):
+                for text, done in list(zip(texts, ended, strict=True)):
                     repaired = case_repairs(last_user_text(p), [text])
                     texts.extend(repaired)
                     ended.extend([done] * len(repaired))

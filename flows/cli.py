@@ -12,26 +12,34 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 
+def shared_arguments() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The arguments several commands take, declared once (argparse parents): the config (--config, --set), the
+    local stack's folder (--stack-dir) and --no-stack."""
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", "-c", help="YAML preset (see configs/); defaults apply where unset")
+    config.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, e.g. --set preference.method=orpo (repeatable)")
+    stack_dir = argparse.ArgumentParser(add_help=False)
+    stack_dir.add_argument("--stack-dir",
+                           help="local stack directory (default .alignflow/stack or $ALIGNFLOW_STACK_DIR)")
+    no_stack = argparse.ArgumentParser(add_help=False)
+    no_stack.add_argument("--no-stack", action="store_true",
+                          help="ignore a running local stack; use the embedded Prefect API and a SQLite MLflow store")
+    return config, stack_dir, no_stack
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignflow", description="Align language models with preferences.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the whole pipeline once")
-    run.add_argument("--config", "-c", help="YAML preset (see configs/); defaults apply where unset")
-    run.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override one field, e.g. --set preference.method=orpo (repeatable)")
-    run.add_argument("--no-stack", action="store_true",
-                     help="ignore a running local stack; use the embedded Prefect API and a SQLite MLflow store")
-    run.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack or $ALIGNFLOW_STACK_DIR)")
-    compare = sub.add_parser("compare", help="train DPO and ORPO (and DPO betas) from the same data and SFT "
-                                             "model, evaluate all alike, write one comparison report")
-    compare.add_argument("--config", "-c", help="YAML preset shared by every variant")
-    compare.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    config, stack_dir, no_stack = shared_arguments()
+    sub.add_parser("run", parents=[config, no_stack, stack_dir], help="run the whole pipeline once")
+    compare = sub.add_parser("compare", parents=[config, no_stack, stack_dir],
+                             help="train DPO and ORPO (and DPO betas) from the same data and SFT model, evaluate "
+                                  "all alike, write one comparison report")
     compare.add_argument("--methods", default="dpo,orpo", help="comma-separated methods (default dpo,orpo)")
     compare.add_argument("--betas", help="comma-separated DPO betas, one DPO variant each (default: dpo.beta)")
     compare.add_argument("--register-best", action="store_true",
                          help="register the best variant (champion if it passes the gates)")
-    compare.add_argument("--no-stack", action="store_true", help="ignore a running local stack")
-    compare.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack)")
     stack = sub.add_parser("stack", help="the local service stack: S3, MLflow server, Prefect server, workers")
     stack.add_argument("action", choices=["up", "down", "status", "logs", "env"])
     stack.add_argument("--dir", help="stack directory (default .alignflow/stack or $ALIGNFLOW_STACK_DIR)")
@@ -43,16 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--wipe", action="store_true", help="with down: also delete the stack's data")
     stack.add_argument("--service", help="with logs: one service (s3, mlflow, prefect, worker-cpu, worker-gpu, arena)")
     stack.add_argument("--lines", type=int, default=40, help="with logs: lines per service")
-    deploy = sub.add_parser("deploy", help="register the pipeline deployment (cron schedule) on a work pool")
+    deploy = sub.add_parser("deploy", parents=[config, stack_dir],
+                            help="register the pipeline deployment (cron schedule) on a work pool")
     deploy.add_argument("--pool", default="cpu", help="work pool (default cpu)")
     deploy.add_argument("--cron", default="0 3 * * *", help="cron schedule, UTC (default: daily at 03:00)")
     deploy.add_argument("--paused", action="store_true",
                         help="create the schedule paused (and the feedback round's trigger disabled)")
     deploy.add_argument("--training-pool", default="gpu",
                         help="work pool of the training deployment alignment-training/<pool> (default gpu)")
-    deploy.add_argument("--config", "-c", help="YAML preset used as the deployment's default parameters")
-    deploy.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    deploy.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack)")
     deploy.add_argument("--feedback-votes", type=int, default=20, metavar="N",
                         help="feedback-round/arena-votes: start a round after N arena votes (default 20; 0: do not "
                              "deploy it)")
@@ -63,16 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a round with fewer preference pairs from the votes is skipped (default 8)")
     deploy.add_argument("--arena-db", help="the arena's database the round exports (SQLAlchemy URL or SQLite "
                                            "file; default $ALIGNFLOW_ARENA_DB or <stack dir>/arena/arena.db)")
-    promote = sub.add_parser("promote", help="point an alias (default champion) at a registered model version")
+    promote = sub.add_parser("promote", parents=[config, stack_dir],
+                             help="point an alias (default champion) at a registered model version")
     promote.add_argument("name", help="registered model name")
     promote.add_argument("version", help="model version to promote")
     promote.add_argument("--alias", default="champion", help="alias to set (default champion)")
     promote.add_argument("--reason", required=True, help="why; recorded on the version with who and when")
     promote.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the "
                                                 "running local stack, or the --config's tracking store)")
-    promote.add_argument("--config", "-c", help="YAML preset whose tracking settings locate the registry")
-    promote.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    promote.add_argument("--stack-dir", help="local stack directory (default .alignflow/stack)")
     bench = sub.add_parser("bench", help="time alignflow's SFT/DPO/ORPO against TRL's trainers on the same work "
                                          "(needs the `bench` extra: trl)")
     bench.add_argument("--data", choices=["quickstart", "hh", "both"], default="both",
@@ -108,9 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.arena_cli import add_arena_commands
 
     COMMANDS.update(add_arena_commands(sub))
-    show = sub.add_parser("config", help="print the resolved config as JSON")
-    show.add_argument("--config", "-c")
-    show.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sub.add_parser("config", parents=[config], help="print the resolved config as JSON")
     return parser
 
 

@@ -115,3 +115,17 @@ def test_missing_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str])
         cli.main([])
     assert info.value.code == 2
     assert "usage: alignflow" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "extra"), [
+    (["run"], ["--no-stack"]), (["compare"], ["--no-stack"]), (["deploy"], []), (["promote", "m", "1", "--reason", "r"], []),
+])
+def test_commands_share_one_declaration_of_config_set_and_stack_dir(command: list[str], extra: list[str]) -> None:
+    """--config, --set and --stack-dir mean the same in every command that takes them (argparse parents)."""
+    from flows.cli import build_parser
+
+    args = build_parser().parse_args([*command, "-c", "p.yaml", "-s", "a.b=1", "--set", "c=2", "--stack-dir", "d",
+                                      *extra])
+    assert (args.config, args.overrides, args.stack_dir) == ("p.yaml", ["a.b=1", "c=2"], "d")
+    if extra:
+        assert args.no_stack is True
