@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -29,6 +29,9 @@ from alignment.sharding import is_sharded, save_sharded_model
 from alignment.tracking import MetricsLogger, read_new_records
 from launcher.processes import distributed_command, run_group, tail
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 STAGES = ("sft", "preference")
 WORKER = "alignment.worker"  # the entry point every process runs: `python -m alignment.worker STAGE SPEC_JSON`
 
@@ -38,7 +41,7 @@ def make_accelerator(training: TrainingConfig) -> Accelerator:
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=training.mixed_precision)
 
 
-def save_trained_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> Path:
+def save_trained_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
     """Save the trained model as a Hugging Face directory from the main process only, once every process is
     done: the full state dict is gathered through the accelerator (collective under FSDP/DeepSpeed), the
     model unwrapped (LoRA adapters merged, alignment.models.plain_model), written to a temporary folder and

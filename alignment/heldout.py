@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,6 +35,9 @@ from alignment.config import HeldoutEvalConfig
 from alignment.divergence import estimate_kl, eval_mode
 from alignment.lm_head import unwrap
 from alignment.objectives import Objective
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
 
@@ -62,7 +65,7 @@ class HeldoutEvaluator:
     """The trainer's periodic evaluation (alignment.trainer.Evaluator) for DPO and ORPO."""
 
     def __init__(self, cfg: HeldoutEvalConfig, *, rows: list[dict], objective: Objective, collate: Collate,
-                 tokenizer: Any, prompts: list[list[dict]], reference: torch.nn.Module | None, seed: int,
+                 tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict]], reference: torch.nn.Module | None, seed: int,
                  best_dir: Path) -> None:
         if cfg.every is None:
             raise ValueError("HeldoutEvaluator needs heldout_eval.every")

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -35,6 +35,9 @@ from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURE
 from alignment.models import ModelLoadError, first_line
 from storage.checksums import file_sha256
 from storage.s3 import default_cache_dir, fetch, fetch_folder, is_s3_uri
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PKG_SCHEME = "pkg://"
 GGUF_MAGIC = b"GGUF"
@@ -235,7 +238,7 @@ def rehouse(loaded: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def logits_difference(loaded: torch.nn.Module, saved: Path, tok: Any) -> float:
+def logits_difference(loaded: torch.nn.Module, saved: Path, tok: PreTrainedTokenizerBase) -> float:
     reloaded = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32, use_safetensors=True).eval()
     ids = tok(CHECK_TEXT, return_tensors="pt")["input_ids"][:, :32]
     return float((loaded.eval()(ids).logits - reloaded(ids).logits).abs().max())

@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignment.data import (
     AUTO,
@@ -43,6 +43,14 @@ from alignment.data import (
 from alignment.data_report import LengthCollector, plot_lengths, summarise
 from alignment.tokenization import encode_conversation, encode_texts, split_response
 from storage.checksums import file_sha256
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+    from alignment.config import DataConfig
 
 SPLITS = ("sft", "train", "heldout")
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -73,7 +81,7 @@ class PrepareOptions:
     num_proc: int = 1
 
     @classmethod
-    def from_config(cls, data: Any, seed: int) -> PrepareOptions:
+    def from_config(cls, data: DataConfig, seed: int) -> PrepareOptions:
         """From an ``alignment.config.DataConfig`` and the run seed (the split's hash salt)."""
         return cls(fmt=data.format, policy=data.on_invalid, min_score_gap=data.min_score_gap, subset=data.subset,
                    sft_split=data.sft_split, train_split=data.train_split, heldout_split=data.heldout_split,
@@ -227,7 +235,7 @@ def _write_train(result: CanonicalFiles, sources: Mapping[str, str | None], opti
 # ---------------------------------------------------------------------------- tokenization
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """SHA-256 of the tokenizer's vocabulary/merges (fast tokenizers) and chat template."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
@@ -235,7 +243,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def encode_pair_batch(batch: Mapping[str, list[Any]], *, tokenizer: Any, max_prompt_tokens: int,
+def encode_pair_batch(batch: Mapping[str, list[Any]], *, tokenizer: PreTrainedTokenizerBase, max_prompt_tokens: int,
                       max_response_tokens: int, truncation: str) -> dict[str, list[Any]]:
     """One datasets.map batch of canonical pairs -> token ids (as tokenization.encode_pairs), the lengths
     before truncation and a too_long flag. Texts are rendered per row, then tokenized in one batch each."""
@@ -262,7 +270,7 @@ def encode_pair_batch(batch: Mapping[str, list[Any]], *, tokenizer: Any, max_pro
     return out
 
 
-def encode_sft_batch(batch: Mapping[str, list[Any]], *, tokenizer: Any, max_tokens: int,
+def encode_sft_batch(batch: Mapping[str, list[Any]], *, tokenizer: PreTrainedTokenizerBase, max_tokens: int,
                      truncation: str) -> dict[str, list[Any]]:
     """One datasets.map batch of canonical SFT rows -> input_ids and labels (as tokenization.encode_sft)."""
     input_ids, labels, lengths = [], [], []
@@ -275,7 +283,7 @@ def encode_sft_batch(batch: Mapping[str, list[Any]], *, tokenizer: Any, max_toke
     return {"input_ids": input_ids, "labels": labels, "sft_tokens": lengths, "too_long": too_long}
 
 
-def tokenize_prepared(prepared_dir: str | os.PathLike[str], tokenizer: Any,
+def tokenize_prepared(prepared_dir: str | os.PathLike[str], tokenizer: PreTrainedTokenizerBase,
                       options: PrepareOptions = PrepareOptions(), *,
                       splits: Sequence[str] = SPLITS) -> TokenizedData:
     """Tokenize the canonical files found in ``prepared_dir`` and save them under
@@ -307,14 +315,14 @@ def tokenize_prepared(prepared_dir: str | os.PathLike[str], tokenizer: Any,
     return _read_manifest(manifest)
 
 
-def _tokenized_key(prepared: Path, splits: Sequence[str], tokenizer: Any, options: PrepareOptions) -> str:
+def _tokenized_key(prepared: Path, splits: Sequence[str], tokenizer: PreTrainedTokenizerBase, options: PrepareOptions) -> str:
     parts = [TOKENIZED_VERSION, tokenizer_fingerprint(tokenizer), options.max_prompt_tokens,
              options.max_response_tokens, options.truncation, options.policy,
              {s: file_sha256(prepared / f"{s}.jsonl") for s in splits}]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _tokenize_all(prepared: Path, splits: Sequence[str], tokenizer: Any, options: PrepareOptions,
+def _tokenize_all(prepared: Path, splits: Sequence[str], tokenizer: PreTrainedTokenizerBase, options: PrepareOptions,
                   staging: Path, key: str) -> TokenizedData:
     import datasets
 
@@ -347,7 +355,7 @@ def _tokenize_all(prepared: Path, splits: Sequence[str], tokenizer: Any, options
 class _quiet_datasets:
     """Silence datasets' progress bars while tokenizing (they would flood a log)."""
 
-    def __init__(self, datasets: Any) -> None:
+    def __init__(self, datasets: ModuleType) -> None:
         self.datasets = datasets
 
     def __enter__(self) -> None:
@@ -359,8 +367,8 @@ class _quiet_datasets:
             self.datasets.enable_progress_bars()
 
 
-def _encode_split(datasets: Any, path: Path, split: str, tokenizer: Any, options: PrepareOptions,
-                  hf_cache: Path) -> Any:
+def _encode_split(datasets: ModuleType, path: Path, split: str, tokenizer: PreTrainedTokenizerBase, options: PrepareOptions,
+                  hf_cache: Path) -> Dataset:
     if path.stat().st_size == 0:
         raise DataError("missing_field", f"no {split} rows to tokenize", file=str(path))
     dataset = datasets.Dataset.from_json(str(path), cache_dir=str(hf_cache), keep_in_memory=False)
@@ -380,7 +388,7 @@ def _encode_split(datasets: Any, path: Path, split: str, tokenizer: Any, options
                        desc=f"tokenizing {split}")
 
 
-def _drop_too_long(encoded: Any, options: PrepareOptions) -> tuple[Any, DropReport, list[DataError]]:
+def _drop_too_long(encoded: Dataset, options: PrepareOptions) -> tuple[Dataset, DropReport, list[DataError]]:
     """(rows within the limits, the too_long drop report, strict-mode errors: the first ten)."""
     report = DropReport(rows_read=len(encoded))
     bad = [index for index, flag in enumerate(encoded["too_long"]) if flag]
@@ -412,7 +420,7 @@ def _too_long_error(row: Mapping[str, Any], options: PrepareOptions) -> DataErro
     return DataError(TOO_LONG, detail, file=row["source"], row=row["row_index"], field=where)
 
 
-def _collect_lengths(lengths: dict[str, list[int]], encoded: Any, split: str) -> None:
+def _collect_lengths(lengths: dict[str, list[int]], encoded: Dataset, split: str) -> None:
     if split == "sft":
         lengths.setdefault("sft", []).extend(encoded["sft_tokens"])
         return
@@ -420,7 +428,7 @@ def _collect_lengths(lengths: dict[str, list[int]], encoded: Any, split: str) ->
         lengths.setdefault(name, []).extend(encoded[f"{name}_tokens"])
 
 
-def _truncated_counts(encoded: Any, split: str, options: PrepareOptions) -> dict[str, int]:
+def _truncated_counts(encoded: Dataset, split: str, options: PrepareOptions) -> dict[str, int]:
     if split == "sft":
         limit = options.max_prompt_tokens + options.max_response_tokens
         return {"sft": sum(n > limit for n in encoded["sft_tokens"])}
@@ -454,7 +462,7 @@ def load_tokenized_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def prepare(sources: Mapping[str, str | None], out_dir: str | os.PathLike[str],
-            options: PrepareOptions = PrepareOptions(), tokenizer: Any = None) -> PreparedFiles:
+            options: PrepareOptions = PrepareOptions(), tokenizer: PreTrainedTokenizerBase | None = None) -> PreparedFiles:
     """Canonical files, the tokenized cache (when a tokenizer is given), ``report.json`` and ``lengths.png``.
 
     The report holds counts per split, drops by reason with examples (per source, and too_long after

@@ -20,7 +20,7 @@ loads it the same way). The trained model is saved from a full state dict gather
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -36,6 +36,10 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from alignment.models import plain_model, save_model
+
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
+    from transformers import PreTrainedTokenizerBase
 
 DCP_DIR = "dcp"  # a checkpoint's DCP folder (model and optimizer)
 SCHEDULER_FILE = "scheduler.pt"  # the learning-rate scheduler's state, the same on every process
@@ -81,7 +85,7 @@ def scalar(value: Any) -> Any:
 # ---- checkpoints -------------------------------------------------------------------------------------------
 
 
-def save_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, folder: Path,
+def save_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler, folder: Path,
                main: bool) -> None:
     """Every process writes its shards of model and optimizer state to `folder/dcp`; the main process the
     scheduler's state. `optimizer` is the torch optimizer itself (not accelerate's wrapper)."""
@@ -91,7 +95,7 @@ def save_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: An
         torch.save(scheduler.state_dict(), folder / SCHEDULER_FILE)
 
 
-def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, folder: Path) -> None:
+def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler, folder: Path) -> None:
     """Load a checkpoint `save_state` wrote, resharded to this run's processes (sharded or not)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
@@ -104,7 +108,7 @@ def is_dcp_checkpoint(folder: Path) -> bool:
     return (folder / DCP_DIR).is_dir()
 
 
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, folder: Path) -> None:
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler, folder: Path) -> None:
     """Load an unsharded run's checkpoint (accelerate's `save_state`: model.safetensors, optimizer.bin with
     the optimizer state keyed by position, scheduler.bin) into a sharded model: every process reads the full
     state and keeps its shards."""
@@ -128,7 +132,7 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
 # ---- the trained model -------------------------------------------------------------------------------------
 
 
-def save_sharded_model(model: nn.Module, tokenizer: Any, out_dir: Path, main: bool) -> Path:
+def save_sharded_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path, main: bool) -> Path:
     """Gather the full state dict to the main process's CPU memory (a collective: every process calls this),
     load it into an unsharded copy of the model built on the meta device (LoRA adapters merged by peft as in
     the unsharded path) and save that as a Hugging Face directory (temporary folder, then renamed)."""

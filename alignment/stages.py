@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -47,6 +47,12 @@ from alignment.tiny_model import make_tiny_model
 from alignment.tracking import MetricsLogger
 from alignment.trainer import train
 from storage.s3 import read_json, shared_uri, write_json
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
+
+    from alignment.config import OptimConfig
 
 log = logging.getLogger(__name__)
 # bump when a stage's output for the same inputs changes (2: the instruction task has checkable questions and
@@ -221,7 +227,7 @@ def build_base_model(cfg: PipelineConfig, prepared: PreparedData, out_dir: Path)
 
 
 def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir: Path, logger: MetricsLogger,
-            on_log: ProgressCallback | None = None, accelerator: Any = None) -> TrainOutput:
+            on_log: ProgressCallback | None = None, accelerator: Accelerator | None = None) -> TrainOutput:
     """Supervised fine-tuning with the chat template, loss on assistant tokens only. With
     training.num_processes > 1 (and no accelerator given) it runs in that many processes (alignment/distributed.py)."""
     if cfg.training.num_processes > 1 and accelerator is None:
@@ -243,7 +249,7 @@ def training_scope(cfg: PipelineConfig, stage: Literal["sft", "preference"]) -> 
 
 
 def _sft_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir: Path, logger: MetricsLogger,
-              on_log: ProgressCallback | None, accelerator: Any) -> TrainOutput:
+              on_log: ProgressCallback | None, accelerator: Accelerator | None) -> TrainOutput:
     tok = load_tokenizer(base.path, trust_remote_code=cfg.model.trust_remote_code)
     with accelerator.main_process_first() if accelerator else nullcontext():  # one writes the token cache
         rows = tokenized_rows(cfg, prepared, base, "sft")
@@ -255,7 +261,7 @@ def _sft_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_d
 
 def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: TrainOutput | None,
                    out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None = None,
-                   accelerator: Any = None) -> TrainOutput:
+                   accelerator: Accelerator | None = None) -> TrainOutput:
     """DPO from the SFT model (or, with SFT off, the base model — an instruct model, say) against that model's
     precomputed log-probs, or ORPO (no reference) from base or SFT.
     With training.num_processes > 1 (and no accelerator given) it runs in that many processes."""
@@ -268,7 +274,7 @@ def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, 
 
 def _preference_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: TrainOutput | None,
                      out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None,
-                     accelerator: Any) -> TrainOutput:
+                     accelerator: Accelerator | None) -> TrainOutput:
     method = cfg.preference.method
     init = starting_model(cfg, base, sft)
     with accelerator.main_process_first() if accelerator else nullcontext():  # one writes the cache
@@ -305,7 +311,7 @@ def training_rows(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, s
 
 
 def heldout_evaluator(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, objective: Objective,
-                      collate: Callable[[list[dict]], dict[str, torch.Tensor]], tok: Any, best_dir: Path,
+                      collate: Callable[[list[dict]], dict[str, torch.Tensor]], tok: PreTrainedTokenizerBase, best_dir: Path,
                       model: torch.nn.Module) -> HeldoutEvaluator:
     """The preference stage's held-out evaluation (alignment/heldout.py) for the model about to train: the
     held-out pairs (DPO's with the starting model's log-probs, cached like the training pairs'), the held-out
@@ -322,10 +328,10 @@ def heldout_evaluator(cfg: PipelineConfig, prepared: PreparedData, init: ModelRe
                             prompts=prompts, reference=reference, seed=cfg.run.seed, best_dir=best_dir)
 
 
-def fit_and_save(model: torch.nn.Module, tok: Any, rows: list[dict], objective: Objective,
+def fit_and_save(model: torch.nn.Module, tok: PreTrainedTokenizerBase, rows: list[dict], objective: Objective,
                  collate: Callable[[list[dict]], dict[str, torch.Tensor]], method: str, cfg: PipelineConfig,
-                 optim: Any, out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None,
-                 accelerator: Any = None,
+                 optim: OptimConfig, out_dir: Path, logger: MetricsLogger, on_log: ProgressCallback | None,
+                 accelerator: Accelerator | None = None,
                  make_evaluator: Callable[[torch.nn.Module], HeldoutEvaluator] | None = None) -> TrainOutput:
     """Train, then save the model from the main process (every process of a multi-process run gets here;
     only rank 0's record is used, the others carry no fingerprint). With `make_evaluator` (held-out evaluation
