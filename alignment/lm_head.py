@@ -12,12 +12,14 @@ O(B x T x V), and no FLOPs at prompt positions whose logits nobody reads.
 Used when the model's output layer is a plain `nn.Linear` reached through DDP / torch.compile / peft
 wrappers (a tied embedding included: its gradient flows to the shared weight) and the model post-processes
 no logits (softcapping, scaling). The first call on a model checks that the head applied to the returned
-hidden state reproduces the model's own last-position logits; if it does not, that model keeps the plain
-path. Anything else (FSDP/DeepSpeed-sharded weights, a LoRA-adapted head, models that are not transformers
-causal LMs) uses the plain path, with the same results.
+hidden state reproduces the model's own last-position logits (remembered beside the model: `head_checked`); if
+it does not, that model keeps the plain path. Anything else (FSDP/DeepSpeed-sharded weights, a LoRA-adapted head,
+models that are not transformers causal LMs) uses the plain path, with the same results.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +29,9 @@ from torch.distributed.fsdp import FSDPModule
 from alignment.cpu_matmul import mm_nt
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (positions x vocabulary): 32 MiB in fp32
-_CHECKED = "_alignflow_head_checked"  # attribute set on the unwrapped model once its head is verified
+# unwrapped model -> whether its head reproduced its own logits (`final_hidden_states`): kept beside the model, not
+# on it, so that computing log-probs changes no model (a copied model is checked again)
+_CHECKED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 # config fields of models that transform logits after the head (Gemma 2's softcapping, Cohere's scale, ...)
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
@@ -119,7 +123,7 @@ def compiled(model: nn.Module) -> bool:
 def linear_head(model: nn.Module) -> nn.Linear | None:
     """The model's output layer when the chunked path applies to it (module docstring), else None."""
     inner = unwrap(model)
-    if inner is None or getattr(inner, _CHECKED, True) is False:
+    if inner is None or head_checked(inner) is False:
         return None
     get = getattr(inner, "get_output_embeddings", None)
     config = getattr(inner, "config", None)
@@ -146,7 +150,7 @@ def final_hidden_states(model: nn.Module, head: nn.Linear, inputs: dict) -> torc
     states = getattr(out, "hidden_states", None)
     hidden = states[-1] if states else None
     inner = unwrap(model)
-    if getattr(inner, _CHECKED, False):
+    if head_checked(inner):
         return hidden
     ok = hidden is not None and hidden.shape[:2] == inputs["input_ids"].shape
     if ok:
@@ -155,5 +159,11 @@ def final_hidden_states(model: nn.Module, head: nn.Linear, inputs: dict) -> torc
             theirs = out.logits[:, -1].detach().float()
             tol = 1e-3 if theirs.dtype == head.weight.dtype == torch.float32 else 3e-2
             ok = bool(torch.allclose(ours, theirs, rtol=tol, atol=tol))
-    setattr(inner, _CHECKED, ok)
+    if inner is not None:
+        _CHECKED[inner] = ok
     return hidden if ok else None
+
+
+def head_checked(model: nn.Module | None) -> bool | None:
+    """Whether the unwrapped `model`'s head was verified (True), refused (False) or not checked yet (None)."""
+    return _CHECKED.get(model) if model is not None else None
