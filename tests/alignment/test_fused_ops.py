@@ -11,8 +11,14 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from alignment.fused_ops import (RMSNormFunction, SiLUMul, SwiGLUDown, fused_mlp_forward, fused_rmsnorm_forward,
-                                 use_fused_ops)
+from alignment.fused_ops import (
+    RMSNormFunction,
+    SiLUMul,
+    SwiGLUDown,
+    fused_mlp_forward,
+    fused_rmsnorm_forward,
+    use_fused_ops,
+)
 from alignment.logprobs import collate_shared_pairs, sequence_logps
 from alignment.runtime_plan import RuntimePlan, apply_plan
 
