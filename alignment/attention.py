@@ -13,14 +13,15 @@ backward, 1 thread; README "Attention without a dense mask"):
   support backward on CPU"); varlen packing has no CPU kernel either.
 * SDPA with `enable_gqa=True` (no copies; the CPU kernel takes the mask): 224 ms, identical outputs.
 
-So on CPU the models that use transformers' "sdpa" attention are switched to `cpu_sdpa_forward`, which is
-the last option for masked multi-token attention with grouped heads and transformers' own SDPA for
-everything else (decoding steps, CUDA, paged caches, position biases). On a GPU the dense mask stays until
-FlexAttention is measured there.
+So on CPU the models that use transformers' "sdpa" attention are switched to `cpu_sdpa_forward` (by their runtime
+plan, alignment/runtime_plan.py, where its cpu_attention is on), which is the last option for masked multi-token
+attention with grouped heads and transformers' own SDPA for everything else (decoding steps, CUDA, paged caches,
+position biases). On a GPU the dense mask stays until FlexAttention is measured there.
 
-Padding-free rows (varlen by hand). `alignment.logprobs` packs the rows of a batch into one row without padding
-and passes their boundaries as `SEGMENTS` (offsets, and each row's own mask or None for causal); this function
-then runs one SDPA call per row on its slice of the packed queries, keys and values. Every row's attention is
+Padding-free rows (varlen by hand). Where the runtime plan's pack_rows is on, `alignment.logprobs` packs the rows
+of a batch into one row without padding and passes their boundaries as `SEGMENTS` (offsets, and each row's own
+mask or None for causal); this function then runs one SDPA call per row on its slice of the packed queries, keys
+and values. Every row's attention is
 exactly what it was in the padded batch, while the linear layers, most of the FLOPs, no longer run at padding
 positions (docs/performance.md, "Padding-free rows").
 

@@ -11,12 +11,13 @@ different order, so results agree to float rounding (~1e-6 relative), not bit fo
 `linear` is F.linear with that forward and a backward of two more oneDNN products; `mm_nt` is a @ b.T.
 They fall back to torch's own ops where oneDNN does not apply: not CPU, not fp32, autocast on, inside
 torch.compile (which traces torch's ops), torch without oneDNN or with `torch.backends.mkldnn` disabled, a
-CPU other than x86-64, or switched off (`ENABLED`; a training stage with training.onednn_linear=false runs
-under `products(False)`). Left unset, training.onednn_linear is `pays_here()`: on for x86-64 CPUs with AVX-512
+CPU other than x86-64. Which model uses them is the model's runtime plan (alignment/runtime_plan.py,
+`onednn_linear`), applied once per model: `use_onednn_linears` switches its nn.Linear modules to `linear`; the
+chunked LM head (alignment/lm_head.py) passes the plan's setting to `mm_nt`, the lean MLP (alignment/fused_ops.py)
+that of its down_proj (`uses_onednn`). There is no process-wide switch. Left unset, training.onednn_linear is `pays_here()`: on for x86-64 CPUs with AVX-512
 that are not Intel's. On an Intel Xeon with AVX-512 (family 6, model 207) MKL runs its own AVX-512 kernels and
 was the faster of the two at these shapes, and on an AMD EPYC with AVX2 only (family 25, model 1) both libraries
 run AVX2 code and MKL's was faster (docs/performance.md): those CPUs keep torch's products.
-`use_onednn_linears` switches a model's nn.Linear modules to `linear`.
 """
 
 from __future__ import annotations
@@ -24,19 +25,12 @@ from __future__ import annotations
 import functools
 import platform
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
-
-# None: oneDNN where `pays_here()`; True / False: on / off everywhere in this process (`products`, the benchmark's
-# `mkl-linear` variant)
-ENABLED: bool | None = None
-_PATCHED = "_alignflow_onednn_linears"
 
 
 def _op():
@@ -51,7 +45,7 @@ _LINEAR = _op()
 
 def applies(*tensors: torch.Tensor | None) -> bool:
     """oneDNN runs these: every tensor on CPU in fp32, no autocast, and the op there."""
-    if not enabled() or _LINEAR is None or not torch.backends.mkldnn.enabled or torch.is_autocast_enabled("cpu") \
+    if _LINEAR is None or not torch.backends.mkldnn.enabled or torch.is_autocast_enabled("cpu") \
             or torch.compiler.is_compiling():
         return False
     return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
@@ -66,10 +60,11 @@ def _strided(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous()) else t.contiguous()
 
 
-def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, *, onednn: bool = True) -> torch.Tensor:
     """a @ b.T (+ bias): a (..., K), b (M, K) -> (..., M); a plain transpose as `a` or `b` is read in place
-    (`_strided`). No autograd of its own (use `linear` for that)."""
-    if a.shape[-1] and a.numel() and applies(a, b, bias):  # an empty product: torch's op
+    (`_strided`). No autograd of its own (use `linear` for that). `onednn=False`: torch's op whatever the CPU
+    (a model whose runtime plan has onednn_linear off)."""
+    if onednn and a.shape[-1] and a.numel() and applies(a, b, bias):  # an empty product: torch's op
         return _LINEAR(_strided(a), _strided(b), bias, "none", [], "")
     return F.linear(a, b, bias)
 
@@ -143,28 +138,9 @@ def _cpuinfo_field(cpuinfo: Path, name: str) -> str | None:
                  if line.split(":", 1)[0].strip() == name), None)
 
 
-def enabled() -> bool:
-    """Whether oneDNN's products are on in this process now (`ENABLED`, else `pays_here()`)."""
-    return pays_here() if ENABLED is None else ENABLED
-
-
 def wanted(setting: bool | None) -> bool:
     """training.onednn_linear as set, or `pays_here()` where it is left unset (None)."""
     return pays_here() if setting is None else setting
-
-
-@contextmanager
-def products(setting: bool | None) -> Iterator[None]:
-    """oneDNN's products on (as far as `ENABLED` already allows) or off for the block, process-wide: a training
-    stage runs under training.onednn_linear, its reference pass, LM head and MLP included. None: as it was
-    (`pays_here()` unless set around the block)."""
-    global ENABLED
-    before = ENABLED
-    ENABLED = before if setting is None else (setting and before is not False)
-    try:
-        yield
-    finally:
-        ENABLED = before
 
 
 def onednn_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -173,24 +149,25 @@ def onednn_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def use_onednn_linears(model: nn.Module) -> int:
     """Switch every plain nn.Linear of `model` (LoRA's base and adapter layers included; hooks still run) to
-    `linear`; returns how many. Idempotent; a model marked by `keep_torch_linears` is left alone."""
-    if not enabled() or _LINEAR is None:
+    `linear`; returns how many (0 where torch has no oneDNN). Idempotent. Called by the runtime plan
+    (alignment/runtime_plan.py `apply_plan`), never while computing."""
+    if _LINEAR is None:
         return 0
-    if getattr(model, _PATCHED, None) is not None:
-        return getattr(model, _PATCHED)
     switched = 0
     for module in model.modules():
         if type(module) is nn.Linear:
             module.forward = types.MethodType(onednn_linear_forward, module)
             switched += 1
-    object.__setattr__(model, _PATCHED, switched)
     return switched
 
 
 def keep_torch_linears(model: nn.Module) -> None:
-    """Give the linears back their own forward and mark `model` so it is not switched again
-    (training.onednn_linear=false)."""
+    """Give the linears back their own forward (a plan with onednn_linear off)."""
     for module in model.modules():
-        if getattr(vars(module).get("forward"), "__func__", None) is onednn_linear_forward:
+        if uses_onednn(module):
             del module.forward
-    object.__setattr__(model, _PATCHED, 0)
+
+
+def uses_onednn(module: nn.Module) -> bool:
+    """Whether `module` (an nn.Linear) was switched to `linear` by `use_onednn_linears`."""
+    return getattr(vars(module).get("forward"), "__func__", None) is onednn_linear_forward

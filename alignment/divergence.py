@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from alignment.generation import decode, decodes_itself, generated_lengths, left_padded
 from alignment.logprobs import collate_sft, sequence_logps
+from alignment.runtime_plan import RuntimePlan, apply_plan
 from alignment.tokenization import IGNORE_INDEX, encode_texts, prompt_for_generation
 
 
@@ -36,12 +37,13 @@ class KLEstimate:
 @torch.no_grad()
 def estimate_kl(policy: torch.nn.Module, reference: torch.nn.Module | None, tokenizer: PreTrainedTokenizerBase,
                 prompts: list[list[dict]], *, max_new_tokens: int, seed: int, batch_size: int,
-                disable_adapter: bool = False) -> KLEstimate:
+                disable_adapter: bool = False, plan: RuntimePlan | None = None) -> KLEstimate:
     """Monte Carlo estimate of KL(policy || reference) over chat `prompts` (see the module docstring).
 
     `reference` is a causal LM with the policy's tokenizer, or None with `disable_adapter=True` for a peft
     policy (the reference is the policy with its adapters off). Both run in eval mode; the policy's training
-    mode is restored. The same seed gives the same answers for the same policy."""
+    mode is restored. The same seed gives the same answers for the same policy. With `plan`, both models are set
+    up as it says (alignment/runtime_plan.py) once the answers are sampled, for the scoring passes."""
     if disable_adapter == (reference is not None):
         raise ValueError("estimate_kl needs a reference model or disable_adapter=True, not both")
     if disable_adapter and not hasattr(policy, "disable_adapter"):
@@ -54,6 +56,10 @@ def estimate_kl(policy: torch.nn.Module, reference: torch.nn.Module | None, toke
                                  batch_size=batch_size)
         rows = [{"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a}
                 for p, a in zip(prompt_ids, answers, strict=True)]
+        if plan is not None:
+            for model in (policy, reference):
+                if model is not None:
+                    apply_plan(model, plan)
         policy_logps = summed_logps(policy, rows, tokenizer.pad_token_id, batch_size)
         if disable_adapter:
             with policy.disable_adapter():

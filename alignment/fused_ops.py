@@ -16,10 +16,12 @@ the weight; the linears after it keep the output). The body's activations are mo
   xh = x * rstd and dxh = grad * weight.
 
 Forward values are computed with the same operations as transformers' modules (bitwise equal); gradients agree
-to rounding (tests/alignment/test_fused_ops.py, at SmolLM2's shape). `use_fused_ops` switches the modules of
+to rounding (tests/alignment/test_fused_ops.py, at SmolLM2's shape). `use_fused_ops` (called by the runtime plan,
+alignment/runtime_plan.py, where its fused_ops is on) switches the modules of
 known classes (their forward is the same source as LlamaRMSNorm's / LlamaMLP's, and the MLP's activation is
 SiLU: nn.SiLU or transformers' SiLUActivation) by setting their instance's `forward`; everything else keeps its own. Under autocast, or for inputs
 whose dtype differs from the weights', the patched forward calls the module's own. Not saved with the model.
+SwiGLUDown's products go through oneDNN (alignment/cpu_matmul.py) where the MLP's down_proj was switched to it.
 """
 
 from __future__ import annotations
@@ -30,10 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignment.cpu_matmul import mm_nt
+from alignment.cpu_matmul import mm_nt, uses_onednn
 
-_PATCHED = "_alignflow_fused_ops"  # attribute set on the model once its modules were visited
-ENABLED = True  # False: leave every model's modules alone (the benchmark's `plain-ops` variant measures that)
 # classes whose forward is, source for source, transformers' LlamaRMSNorm / LlamaMLP (transformers 5.23)
 NORM_CLASSES = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "SmolLM3RMSNorm")
 MLP_CLASSES = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "SmolLM3MLP")
@@ -83,28 +83,28 @@ class SwiGLUDown(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor,  # type: ignore[override]
-                bias: torch.Tensor | None) -> torch.Tensor:
-        # gate, up (..., I); weight (H, I); bias (H,) or None -> (..., H)
+                bias: torch.Tensor | None, onednn: bool = False) -> torch.Tensor:
+        # gate, up (..., I); weight (H, I); bias (H,) or None -> (..., H); onednn: products through oneDNN
         ctx.save_for_backward(gate, up, weight)
-        ctx.has_bias = bias is not None
-        return mm_nt(F.silu(gate) * up, weight, bias)
+        ctx.has_bias, ctx.onednn = bias is not None, onednn
+        return mm_nt(F.silu(gate) * up, weight, bias, onednn=onednn)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         gate, up, weight = ctx.saved_tensors
-        need_gate, need_up, need_w, need_b = ctx.needs_input_grad
+        need_gate, need_up, need_w, need_b = ctx.needs_input_grad[:4]
         g2 = grad.reshape(-1, grad.shape[-1])  # (N, H)
         grad_w = grad_b = grad_gate = grad_up = None
         silu = F.silu(gate)  # (..., I), recomputed
         if need_w:
             product = (silu * up).reshape(-1, gate.shape[-1])  # (N, I), recomputed
-            grad_w = mm_nt(g2.t(), product.t())  # (H, I): g2.T @ product
+            grad_w = mm_nt(g2.t(), product.t(), onednn=ctx.onednn)  # (H, I): g2.T @ product
             del product
         if need_b and ctx.has_bias:
             grad_b = g2.sum(0)
         if need_gate or need_up:
-            grad_gate, grad_up = silu_mul_grads(gate, up, silu, mm_nt(grad, weight.t()))  # grad @ weight
-        return grad_gate, grad_up, grad_w, grad_b
+            grad_gate, grad_up = silu_mul_grads(gate, up, silu, mm_nt(grad, weight.t(), onednn=ctx.onednn))  # grad @ weight
+        return grad_gate, grad_up, grad_w, grad_b, None
 
 
 def silu_mul_grads(gate: torch.Tensor, up: torch.Tensor, silu: torch.Tensor,
@@ -130,7 +130,7 @@ def fused_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     down = self.down_proj
     if type(down) is nn.Linear and not down._forward_hooks and not down._forward_pre_hooks \
             and down.weight.dtype == gate.dtype:
-        return SwiGLUDown.apply(gate, up, down.weight, down.bias)
+        return SwiGLUDown.apply(gate, up, down.weight, down.bias, uses_onednn(down))
     return down(SiLUMul.apply(gate, up))
 
 
@@ -146,21 +146,15 @@ def is_silu(act: object) -> bool:
 
 
 def keep_plain_modules(model: nn.Module) -> None:
-    """Give back the modules' own forward where `use_fused_ops` switched it, and mark `model` so that it is
-    not switched again (training.lean_modules=false)."""
+    """Give back the modules' own forward where `use_fused_ops` switched it (a plan with fused_ops off)."""
     for module in model.modules():
         if getattr(vars(module).get("forward"), "__func__", None) in (fused_rmsnorm_forward, fused_mlp_forward):
             del module.forward
-    object.__setattr__(model, _PATCHED, 0)
 
 
 def use_fused_ops(model: nn.Module) -> int:
     """Switch the RMSNorm and SwiGLU MLP modules of known classes in `model` to the lean functions above;
     returns how many were switched (0 for models they do not know). Idempotent."""
-    if not ENABLED:
-        return 0
-    if getattr(model, _PATCHED, None) is not None:
-        return getattr(model, _PATCHED)
     switched = 0
     for module in model.modules():
         name = type(module).__name__
@@ -172,5 +166,4 @@ def use_fused_ops(model: nn.Module) -> int:
                 hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj")):
             module.forward = types.MethodType(fused_mlp_forward, module)
             switched += 1
-    object.__setattr__(model, _PATCHED, switched)
     return switched

@@ -12,12 +12,14 @@ O(B x T x V), and no FLOPs at prompt positions whose logits nobody reads.
 Used when the model's output layer is a plain `nn.Linear` reached through DDP / torch.compile / peft
 wrappers (a tied embedding included: its gradient flows to the shared weight) and the model post-processes
 no logits (softcapping, scaling). The first call on a model checks that the head applied to the returned
-hidden state reproduces the model's own last-position logits; if it does not, that model keeps the plain
-path. Anything else (FSDP/DeepSpeed-sharded weights, a LoRA-adapted head, models that are not transformers
-causal LMs) uses the plain path, with the same results.
+hidden state reproduces the model's own last-position logits (remembered beside the model: `head_checked`); if
+it does not, that model keeps the plain path. Anything else (FSDP/DeepSpeed-sharded weights, a LoRA-adapted head,
+models that are not transformers causal LMs) uses the plain path, with the same results.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +29,9 @@ from torch.distributed.fsdp import FSDPModule
 from alignment.cpu_matmul import mm_nt
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (positions x vocabulary): 32 MiB in fp32
-_CHECKED = "_alignflow_head_checked"  # attribute set on the unwrapped model once its head is verified
+# unwrapped model -> whether its head reproduced its own logits (`final_hidden_states`): kept beside the model, not
+# on it, so that computing log-probs changes no model (a copied model is checked again)
+_CHECKED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 # config fields of models that transform logits after the head (Gemma 2's softcapping, Cohere's scale, ...)
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
@@ -40,17 +44,18 @@ class ChunkedTokenLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
-                target: torch.Tensor, chunk: int) -> torch.Tensor:
-        # hidden (M, H), weight (V, H), bias (V,) or None, target (M,) -> (M,) log-probs, fp32 (or fp64)
+                target: torch.Tensor, chunk: int, onednn: bool = False) -> torch.Tensor:
+        # hidden (M, H), weight (V, H), bias (V,) or None, target (M,) -> (M,) log-probs, fp32 (or fp64);
+        # onednn: the products through oneDNN (alignment/cpu_matmul.py), as the model's runtime plan says
         rows, acc = hidden.shape[0], torch.promote_types(weight.dtype, torch.float32)  # fp32 at least
         out = torch.empty(rows, dtype=acc, device=hidden.device)
         lse = torch.empty(rows, dtype=acc, device=hidden.device)
         for s in range(0, rows, chunk):
-            logits = mm_nt(hidden[s:s + chunk], weight, bias).to(acc)  # (c, V)
+            logits = mm_nt(hidden[s:s + chunk], weight, bias, onednn=onednn).to(acc)  # (c, V)
             lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
             out[s:s + chunk] = logits.gather(1, target[s:s + chunk, None]).squeeze(1) - lse[s:s + chunk]
         ctx.save_for_backward(hidden, weight, bias, target, lse)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.onednn = chunk, onednn
         return out
 
     @staticmethod
@@ -65,26 +70,27 @@ class ChunkedTokenLogps(torch.autograd.Function):
         weight_t = weight.t()  # (H, V), read in place by either library
         for s in range(0, hidden.shape[0], ctx.chunk):
             h, g_out = hidden[s:s + ctx.chunk], grad[s:s + ctx.chunk, None]  # (c, H), (c, 1)
-            logits = mm_nt(h, weight, bias).to(acc)  # (c, V), recomputed
+            logits = mm_nt(h, weight, bias, onednn=ctx.onednn).to(acc)  # (c, V), recomputed
             g = logits.sub_(lse[s:s + ctx.chunk, None]).exp_().mul_(-g_out)  # -softmax * grad
             g.scatter_add_(1, target[s:s + ctx.chunk, None], g_out)  # + onehot * grad
             if need_h:
-                grad_h[s:s + ctx.chunk] = mm_nt(g.to(weight.dtype), weight_t)  # g @ weight
+                grad_h[s:s + ctx.chunk] = mm_nt(g.to(weight.dtype), weight_t, onednn=ctx.onednn)  # g @ weight
             if need_w:  # g.T @ h, accumulated in place: no (V, H) temporary per chunk (docs/performance.md)
-                grad_w = mm_nt(g.t(), h.to(acc).t()).to(acc) if grad_w is None else grad_w.addmm_(g.t(), h.to(acc))
+                grad_w = mm_nt(g.t(), h.to(acc).t(), onednn=ctx.onednn).to(acc) if grad_w is None else grad_w.addmm_(g.t(), h.to(acc))
             if need_b:
                 grad_b += g.sum(0)
         if need_w and grad_w is None:  # no rows
             grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,
-                grad_b.to(bias.dtype) if need_b else None, None, None)
+                grad_b.to(bias.dtype) if need_b else None, None, None, None)
 
 
 def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        target: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """(M,) log p(target_i | hidden_i) through the linear head (weight (V, H), bias (V,) or None)."""
+                        target: torch.Tensor, chunk: int | None = None, onednn: bool = False) -> torch.Tensor:
+    """(M,) log p(target_i | hidden_i) through the linear head (weight (V, H), bias (V,) or None); `onednn`: its
+    products through oneDNN where they apply (alignment/cpu_matmul.py)."""
     chunk = chunk or max(1, CHUNK_ELEMENTS // weight.shape[0])
-    return ChunkedTokenLogps.apply(hidden, weight, bias, target, chunk)
+    return ChunkedTokenLogps.apply(hidden, weight, bias, target, chunk, onednn)
 
 
 def unwrap(model: nn.Module) -> nn.Module | None:
@@ -104,10 +110,20 @@ def unwrap(model: nn.Module) -> nn.Module | None:
             return model
 
 
+def compiled(model: nn.Module) -> bool:
+    """Whether torch.compile wraps the model (through DDP)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            return True
+        if not isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            return False
+        model = model.module
+
+
 def linear_head(model: nn.Module) -> nn.Linear | None:
     """The model's output layer when the chunked path applies to it (module docstring), else None."""
     inner = unwrap(model)
-    if inner is None or getattr(inner, _CHECKED, True) is False:
+    if inner is None or head_checked(inner) is False:
         return None
     get = getattr(inner, "get_output_embeddings", None)
     config = getattr(inner, "config", None)
@@ -134,7 +150,7 @@ def final_hidden_states(model: nn.Module, head: nn.Linear, inputs: dict) -> torc
     states = getattr(out, "hidden_states", None)
     hidden = states[-1] if states else None
     inner = unwrap(model)
-    if getattr(inner, _CHECKED, False):
+    if head_checked(inner):
         return hidden
     ok = hidden is not None and hidden.shape[:2] == inputs["input_ids"].shape
     if ok:
@@ -143,5 +159,11 @@ def final_hidden_states(model: nn.Module, head: nn.Linear, inputs: dict) -> torc
             theirs = out.logits[:, -1].detach().float()
             tol = 1e-3 if theirs.dtype == head.weight.dtype == torch.float32 else 3e-2
             ok = bool(torch.allclose(ours, theirs, rtol=tol, atol=tol))
-    setattr(inner, _CHECKED, ok)
+    if inner is not None:
+        _CHECKED[inner] = ok
     return hidden if ok else None
+
+
+def head_checked(model: nn.Module | None) -> bool | None:
+    """Whether the unwrapped `model`'s head was verified (True), refused (False) or not checked yet (None)."""
+    return _CHECKED.get(model) if model is not None else None

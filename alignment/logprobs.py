@@ -12,9 +12,11 @@ log p(response token | prefix), chosen rows first, then rejected:
   from the last prompt token), so the log-probs equal the concatenated layout's while the prompt is encoded
   once per pair: for HH-RLHF-like pairs (prompt ~200 tokens, responses ~120) that is ~30 % fewer tokens.
 
-Either layout (and an SFT batch) is collated right-padded; where the model runs alignflow's CPU attention
-(alignment/attention.py), `token_logprobs` hands it the rows packed into one row without the padding (`pack_rows`),
-so the linear layers see only real tokens (docs/performance.md, "Padding-free rows").
+Either layout (and an SFT batch) is collated right-padded; where the model's runtime plan packs rows and the model
+runs alignflow's CPU attention (alignment/attention.py), `token_logprobs` hands it the rows packed into one row
+without the padding (`pack_rows`), so the linear layers see only real tokens (docs/performance.md, "Padding-free
+rows"). Computing log-probs never changes a model: the plan was applied when the stage set the model up
+(alignment/runtime_plan.py); here it is only read.
 """
 
 from __future__ import annotations
@@ -24,13 +26,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from alignment.attention import SEGMENTS, takes_packed_rows, use_cpu_attention
-from alignment.cpu_matmul import use_onednn_linears
-from alignment.fused_ops import use_fused_ops
-from alignment.lm_head import chunked_token_logps, final_hidden_states, linear_head, unwrap
+from alignment.attention import SEGMENTS, takes_packed_rows
+from alignment.lm_head import chunked_token_logps, compiled, final_hidden_states, linear_head, unwrap
+from alignment.runtime_plan import RuntimePlan, apply_plan, plan_of
 from alignment.tokenization import IGNORE_INDEX
-
-PACK_ROWS = True  # False: batches run padded (the benchmark's `padded-rows` variant measures what packing pays)
 
 
 @dataclass(frozen=True)
@@ -140,8 +139,8 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, fu
     A prefix-shared batch (it has `pred_index`) gives 2B rows: B chosen, then B rejected.
 
     The LM head runs only at the predicting positions, in chunks recomputed in the backward pass
-    (alignment/lm_head.py), wherever the model allows it; `full_logits` forces the plain path (the full
-    (N, T, V) logits), which gives the same values."""
+    (alignment/lm_head.py), wherever the model allows it; `full_logits` (or the model's runtime plan's) forces
+    the plain path (the full (N, T, V) logits), which gives the same values."""
     if "pred_index" in batch:
         return shared_sequence_logps(model, batch, full_logits=full_logits)
     labels = batch["labels"][:, 1:]  # (N, T-1)
@@ -170,16 +169,16 @@ def shared_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]
 
 def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], pred_index: torch.Tensor,
                    target: torch.Tensor, full_logits: bool = False) -> torch.Tensor:
-    """(M,) fp32 log p(target_i | prefix) read at flat positions `pred_index` (b * T + t) of the batch. Where the
-    model runs alignflow's CPU attention, the rows go through the model packed into one row without padding
-    (`pack_rows`); the values are those of the padded batch, to float rounding."""
+    """(M,) fp32 log p(target_i | prefix) read at flat positions `pred_index` (b * T + t) of the batch. Reads the
+    model's runtime plan (alignment/runtime_plan.py; `PLAIN` where none was applied) and changes nothing: where
+    the plan packs rows and the model runs alignflow's CPU attention, the rows go through the model packed into
+    one row without padding (`pack_rows`); the values are those of the padded batch, to float rounding."""
+    plan = plan_of(model)
+    full_logits = full_logits or plan.full_logits
     head = None if full_logits else linear_head(model)
-    packs = False
-    if (inner := unwrap(model)) is not None:
-        use_fused_ops(inner)  # memory-lean RMSNorm / SwiGLU MLP where the model's classes are known
-        use_onednn_linears(inner)  # fp32 products on CPU through oneDNN (alignment/cpu_matmul.py)
-        if not full_logits:
-            packs = use_cpu_attention(inner) and takes_packed_rows(inner) and PACK_ROWS and not compiled(model)
+    inner = unwrap(model)
+    packs = (not full_logits and plan.pack_rows and inner is not None and takes_packed_rows(inner)
+             and not compiled(model))
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     if packs and (packed := pack_rows(batch)) is not None:
         inputs, new_index = packed
@@ -188,7 +187,7 @@ def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], pred_
         hidden = final_hidden_states(model, head, inputs)  # (B, T, H)
         if hidden is not None:
             picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pred_index)  # (M, H)
-            return chunked_token_logps(picked, head.weight, head.bias, target)
+            return chunked_token_logps(picked, head.weight, head.bias, target, onednn=plan.onednn_linear)
     logits = model(**inputs).logits  # (B, T, V)
     picked = logits.reshape(-1, logits.shape[-1]).index_select(0, pred_index).float()  # (M, V)
     return -F.cross_entropy(picked, target, reduction="none")
@@ -230,17 +229,6 @@ def pack_rows(batch: dict[str, torch.Tensor]) -> tuple[dict, torch.Tensor] | Non
     return inputs, new_index
 
 
-def compiled(model: torch.nn.Module) -> bool:
-    """Whether torch.compile wraps the model (through DDP): packed rows, with their per-batch row lengths, would
-    make it compile again for every batch."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            return True
-        if not isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
-            return False
-        model = model.module
-
-
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Non-padding tokens in a batch (of a prefix-shared batch: prompt + chosen + rejected per pair)."""
     if "num_tokens" in batch:
@@ -250,11 +238,14 @@ def count_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 @torch.no_grad()
 def reference_logps(model: torch.nn.Module, rows: list[dict], pad_id: int, batch_size: int,
-                    device: torch.device | str = "cpu") -> tuple[list[float], list[float]]:
-    """Summed log-probs of chosen and rejected responses under a frozen reference model, for every row.
+                    device: torch.device | str = "cpu", plan: RuntimePlan | None = None) -> tuple[list[float], list[float]]:
+    """Summed log-probs of chosen and rejected responses under a frozen reference model, for every row; with
+    `plan`, the model is first set up as it says (alignment/runtime_plan.py), else it runs as it is.
 
     Computed once before preference training and stored with the prepared data, so the reference model is
     not resident while the policy trains."""
+    if plan is not None:
+        apply_plan(model, plan)
     model.eval()
     chosen, rejected = [], []
     for start in range(0, len(rows), batch_size):

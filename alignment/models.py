@@ -11,9 +11,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from alignment.config import TrainingConfig
-from alignment.cpu_matmul import keep_torch_linears, wanted
-from alignment.fused_ops import keep_plain_modules
-from alignment.lm_head import unwrap
 
 HASH_CONTENT_LIMIT = 1 << 30  # hash file contents up to 1 GiB; above that, name + size + mtime
 
@@ -81,9 +78,8 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_d
 
 def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> torch.nn.Module:
     """Apply `training`'s model settings (alignment.config.TrainingConfig): activation checkpointing, LoRA
-    adapters (peft; the base weights frozen), transformers' own modules instead of the lean ones
-    (lean_modules=false), torch's own linears instead of oneDNN's (onednn_linear=false, or unset on a CPU where
-    oneDNN does not pay: cpu_matmul.pays_here), torch.compile. Returns the module to train."""
+    adapters (peft; the base weights frozen), torch.compile. Returns the module to train. How its modules run
+    here (lean_modules, onednn_linear) is the runtime plan's, applied by the trainer (alignment/runtime_plan.py)."""
     if training.gradient_checkpointing:
         # Non-reentrant checkpointing: gradients reach adapters even where the inputs need none (frozen base).
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -101,10 +97,6 @@ def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> to
                              if isinstance(module, torch.nn.Linear)})
             raise ValueError(f"training.lora.target_modules={targets!r} does not fit this model "
                              f"({first_line(err)}); its linear layers are named {', '.join(linear)}") from None
-    if not training.lean_modules:
-        keep_plain_modules(unwrap(model))
-    if not wanted(training.onednn_linear) or training.compile:  # compile traces torch's own linears
-        keep_torch_linears(unwrap(model))
     if training.compile:
         model = torch.compile(model, dynamic=True)
     return model

@@ -36,3 +36,4 @@ class TrainOutput(BaseModel):
     final_metrics: dict[str, float]
     seconds: float
     tokens: int
+    runtime: dict[str, str] = {}  # the stage's runtime plan as MLflow params (alignment/runtime_plan.py)

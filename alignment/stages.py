@@ -22,7 +22,6 @@ import torch
 
 from alignment import instructions, quicktask
 from alignment.config import PipelineConfig
-from alignment.cpu_matmul import products
 from alignment.data import read_jsonl, write_jsonl
 from alignment.distributed import launch_training, make_accelerator, save_trained_model
 from alignment.generation import GenerationStats, sample_answers
@@ -42,6 +41,7 @@ from alignment.onpolicy import (
 )
 from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
 from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
+from alignment.runtime_plan import RuntimePlan, apply_plan, plan_for
 from alignment.sharding import shard_model
 from alignment.tiny_model import make_tiny_model
 from alignment.tracking import MetricsLogger
@@ -239,13 +239,30 @@ def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir
 
 @contextmanager
 def training_scope(cfg: PipelineConfig, stage: Literal["sft", "preference"]) -> Iterator[None]:
-    """A training stage runs, from before it loads a model, under training.cpu_mmap_threshold_mib (so the
-    reference pass's and the load's freed memory does not sit in the heap for the training steps to fragment;
-    CPU only, alignment/host_memory.py) and training.onednn_linear (every product of the stage, the reference
-    pass's included; alignment/cpu_matmul.py)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with large_blocks_mapped(cfg.training.mmap_threshold_mib(stage), device), products(cfg.training.onednn_linear):
+    """A training stage runs, from before it loads a model, under its runtime plan's mmap threshold
+    (training.cpu_mmap_threshold_mib: so the reference pass's and the load's freed memory does not sit in the heap
+    for the training steps to fragment; CPU only, alignment/host_memory.py). The plan's module settings are
+    applied to each model the stage sets up (`stage_plan`, alignment/runtime_plan.py), not process-wide."""
+    device = stage_device()
+    with large_blocks_mapped(stage_plan(cfg, stage, device).mmap_threshold_mib, device):
         yield
+
+
+def stage_device() -> torch.device:
+    """Where a training stage trains in this process (as accelerate picks it)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def stage_plan(cfg: PipelineConfig, stage: Literal["sft", "preference"],
+               device: torch.device | str | None = None) -> RuntimePlan:
+    """The runtime plan of a stage's models on `device` (the stage's own by default; a model's for a pass that
+    runs it where it was loaded, such as the reference pass)."""
+    return plan_for(cfg.training, stage_device() if device is None else device, stage)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _sft_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir: Path, logger: MetricsLogger,
@@ -324,6 +341,7 @@ def heldout_evaluator(cfg: PipelineConfig, prepared: PreparedData, init: ModelRe
     if prompts and not hasattr(model, "disable_adapter"):  # full fine-tuning: the starting model itself
         reference = load_causal_lm(init.path, trust_remote_code=cfg.model.trust_remote_code)
         reference.requires_grad_(False)
+        apply_plan(reference, stage_plan(cfg, "preference", model_device(reference)))
     return HeldoutEvaluator(settings, rows=rows, objective=objective, collate=collate, tokenizer=tok,
                             prompts=prompts, reference=reference, seed=cfg.run.seed, best_dir=best_dir)
 
@@ -341,8 +359,10 @@ def fit_and_save(model: torch.nn.Module, tok: PreTrainedTokenizerBase, rows: lis
     if cfg.training.sharding == "fsdp2":  # after LoRA: the adapters are sharded with their layers
         model = shard_model(model, acc.device, acc.num_processes, cfg.training.mixed_precision)
     evaluator = make_evaluator(model) if make_evaluator is not None else None
+    plan = stage_plan(cfg, "sft" if method == "sft" else "preference", acc.device)
     result = train(model, rows, objective=objective, collate=collate, optim=optim, output_dir=out_dir,
-                   seed=cfg.run.seed, logger=logger, accelerator=acc, on_log=on_log, evaluator=evaluator)
+                   seed=cfg.run.seed, logger=logger, accelerator=acc, on_log=on_log, evaluator=evaluator,
+                   plan=plan)
     trained = result.model if result.model is not None else model
     final_metrics = result.final_metrics
     if evaluator is not None:
@@ -352,7 +372,8 @@ def fit_and_save(model: torch.nn.Module, tok: PreTrainedTokenizerBase, rows: lis
     fingerprint = fingerprint_model(str(model_dir)) if acc.is_main_process else ""
     return TrainOutput(model=ModelRef(path=str(model_dir), fingerprint=fingerprint),
                        method=method, steps=result.steps, resumed_from_step=result.resumed_from_step,
-                       final_metrics=final_metrics, seconds=result.seconds, tokens=result.tokens)
+                       final_metrics=final_metrics, seconds=result.seconds, tokens=result.tokens,
+                       runtime=plan.params())
 
 
 def tokenized_rows(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef, split: str) -> list[dict]:
@@ -383,7 +404,8 @@ def reference_annotated_pairs(cfg: PipelineConfig, prepared: PreparedData, refer
         if cached is None:
             ref_model = load_causal_lm(reference.path, trust_remote_code=cfg.model.trust_remote_code)
             tok = load_tokenizer(reference.path, trust_remote_code=cfg.model.trust_remote_code)
-            chosen, rejected = reference_logps(ref_model, rows, tok.pad_token_id, batch_size=64)
+            chosen, rejected = reference_logps(ref_model, rows, tok.pad_token_id, batch_size=64,
+                                               plan=stage_plan(cfg, "preference", model_device(ref_model)))
             del ref_model
             cached = {"chosen": chosen, "rejected": rejected, "reference": reference.fingerprint}
             if shared:

@@ -34,6 +34,7 @@ from alignment.host_memory import release_free_memory
 from alignment.lm_head import unwrap
 from alignment.logprobs import count_tokens
 from alignment.objectives import Objective
+from alignment.runtime_plan import RuntimePlan, apply_plan
 from alignment.tracking import MetricsLogger
 
 Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
@@ -150,12 +151,16 @@ def train(model: torch.nn.Module, rows: list[dict], *, objective: Objective, col
           optim: OptimConfig, output_dir: Path, seed: int, logger: MetricsLogger,
           accelerator: Accelerator | None = None,
           on_log: Callable[[int, int, dict[str, float]], None] | None = None,
-          evaluator: Evaluator | None = None) -> TrainResult:
+          evaluator: Evaluator | None = None, plan: RuntimePlan | None = None) -> TrainResult:
     """Train `model` on `rows` with `objective`; checkpoints under output_dir/checkpoints. Resumes from the
-    newest complete checkpoint there. Raises NonFiniteLossError on a NaN/inf loss or gradient norm."""
+    newest complete checkpoint there. Raises NonFiniteLossError on a NaN/inf loss or gradient norm. With
+    `plan`, the model is set up as it says (alignment/runtime_plan.py) once accelerate has prepared it, before
+    the first step; without, it runs as it is."""
     if not rows:
         raise ValueError("no training rows")
     loop = setup(model, len(rows), optim, seed, accelerator)
+    if plan is not None:
+        apply_plan(loop.model, plan)
     if optim.group_by_length:
         loop.lengths = [row_length(r) for r in rows]
     ckpt_root = output_dir / "checkpoints"

@@ -39,11 +39,16 @@ ORPO_NLL_TOKENS = "prompt_and_response"
 # TrainingConfig settings of the `alignflow+<variant>` trainers (bench.trainers.VARIANTS)
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha": 32.0}},
                                                "checkpointing": {"gradient_checkpointing": True},
-                                               "compile": {"compile": True}, "full-logits": {}, "plain-ops": {"lean_modules": False},
+                                               "compile": {"compile": True}, "full-logits": {}, "plain-ops": {},
                                                "glibc-malloc": {"cpu_mmap_threshold_mib": None},
                                                "mmap-1mib": {"cpu_mmap_threshold_mib": 1},
                                                "mkl-linear": {"onednn_linear": False},
                                                "onednn-linear": {"onednn_linear": True}, "padded-rows": {}}
+# runtime-plan fields the `alignflow+<variant>` trainers change on the plan their TrainingConfig gives
+# (alignment/runtime_plan.py): the plain LM head, transformers' RMSNorm / MLP modules, padded batches; for the
+# reference pass and the training steps alike
+VARIANT_PLANS: dict[str, dict[str, Any]] = {"full-logits": {"full_logits": True}, "plain-ops": {"fused_ops": False},
+                                            "padded-rows": {"pack_rows": False}}
 # TRL's DPOTrainer default with the allocator setting alignflow's CPU training makes
 # (training.cpu_mmap_threshold_mib, alignment/host_memory.py), so that setting is not counted as alignflow's lead
 TRL_MMAP = "trl-mmap"
@@ -83,44 +88,35 @@ def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict
 
     trainer_module.save_checkpoint = timed_save
     variant = spec["trainer"].partition("+")[2]
-    if variant == "full-logits":  # the plain path for every log-prob (this trial's own process)
-        use_full_logits()
-    if variant == "plain-ops":  # transformers' RMSNorm / MLP modules in the reference pass too (this process)
-        import alignment.fused_ops as fused_ops
-
-        fused_ops.ENABLED = False
-    if variant == "padded-rows":  # batches through the model padded, the reference pass too (this process)
-        import alignment.logprobs as logprobs
-
-        logprobs.PACK_ROWS = False
+    plan = variant_plan(spec)
     probe.start()
     started = time.perf_counter()
     ref_s = 0.0
     if method == "dpo":  # the cached reference: log-probs of the initial policy, computed once, inside the timing
-        chosen, rejected = reference_logps(model, rows, pad_id, batch, device=spec["device"])
+        chosen, rejected = reference_logps(model, rows, pad_id, batch, device=spec["device"], plan=plan)
         rows = [dict(r, ref_chosen_logps=c, ref_rejected_logps=j) for r, c, j in zip(rows, chosen, rejected, strict=True)]
         ref_s = time.perf_counter() - started
     if VARIANT_SETTINGS.get(variant):  # as fit_and_save does (after the reference pass, which scores the un-adapted model)
         model = prepare_for_training(model, TrainingConfig(**VARIANT_SETTINGS[variant]))
     result = trainer_module.train(model, rows, objective=objective, collate=collate, optim=optim,
-                                  output_dir=work / "alignflow", seed=spec["seed"], logger=InMemoryLogger())
+                                  output_dir=work / "alignflow", seed=spec["seed"], logger=InMemoryLogger(),
+                                  plan=plan)
     seconds = time.perf_counter() - started
     trainer_module.save_checkpoint = original_save
     return {"seconds": seconds, "ref_s": ref_s, "init_s": 0.0, "checkpoint_s": checkpoint_s[0],
             "final_loss": result.final_metrics.get("loss"), "steps_done": result.steps, **probe.result()}
 
 
-def use_full_logits() -> None:
-    """Score with the LM head at every position (alignment.logprobs' `full_logits`), as before the chunked head,
-    in the objectives and the reference pass of this process."""
-    import functools
+def variant_plan(spec: dict[str, Any]) -> Any:
+    """The runtime plan of an `alignflow[+variant]` trial: the stage's for the variant's TrainingConfig on the
+    trial's device, with the variant's VARIANT_PLANS fields replaced."""
+    import dataclasses
 
-    import alignment.logprobs as logprobs
-    import alignment.objectives as objectives
+    from alignment.runtime_plan import plan_for
 
-    plain = functools.partial(logprobs.sequence_logps, full_logits=True)
-    logprobs.sequence_logps = plain
-    objectives.sequence_logps = plain
+    stage = "sft" if spec["method"] == "sft" else "preference"
+    plan = plan_for(variant_training(spec["trainer"]), spec["device"], stage)
+    return dataclasses.replace(plan, **VARIANT_PLANS.get(spec["trainer"].partition("+")[2], {}))
 
 
 def run_trl(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], tokenizer: Any,
@@ -172,14 +168,10 @@ def variant_training(trainer: str) -> Any:
 
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one trainer on one data set (spec from `bench.trainers.trial_spec`); returns the measurements.
-    The allocator setting (the method's stage's) and training.onednn_linear (unset: by CPU vendor) cover the whole
-    trial, from loading the model on, as the pipeline's training stages (alignment/stages.py training_scope) run
-    under them from theirs (TRL's trainers call torch's own linears either way)."""
-    from alignment.cpu_matmul import products
-
-    onednn = variant_training(spec["trainer"]).onednn_linear if spec["trainer"].startswith("alignflow") else None
-    with large_blocks_mapped(mmap_threshold_mib(spec["trainer"], spec["method"]), torch.device(spec["device"])), \
-            products(onednn):
+    The allocator setting (the method's stage's) covers the whole trial, from loading the model on, as the
+    pipeline's training stages (alignment/stages.py training_scope) run under it from theirs; an alignflow trial's
+    model runs its variant's runtime plan (`variant_plan`), TRL's trainers transformers' modules and torch's linears."""
+    with large_blocks_mapped(mmap_threshold_mib(spec["trainer"], spec["method"]), torch.device(spec["device"])):
         return _run_trial(spec)
 
 
@@ -244,9 +236,13 @@ def alignflow_batch_losses(method: str, policy: torch.nn.Module, reference: torc
                            pairs: list[dict], pad_id: int, batch_size: int, batches: int, *, beta: float,
                            lam: float, orpo_nll_tokens: str = ORPO_NLL_TOKENS) -> list[dict[str, float]]:
     """alignflow's loss (its objective on its own collated batch) on consecutive batches of `pairs`; for ORPO
-    also its NLL term."""
+    also its NLL term. Both models run the default runtime plan on CPU (alignment/runtime_plan.py)."""
+    from alignment.config import TrainingConfig
     from alignment.logprobs import reference_logps
     from alignment.objectives import method_plan
+    from alignment.runtime_plan import apply_plan, plan_for
+
+    plan = plan_for(TrainingConfig(), "cpu", "sft" if method == "sft" else "preference")
 
     objective, collate = method_plan(method, pad_id=pad_id, beta=beta, loss_type="sigmoid", label_smoothing=0.0,
                                      lam=lam, orpo_nll_tokens=orpo_nll_tokens)
@@ -254,8 +250,9 @@ def alignflow_batch_losses(method: str, policy: torch.nn.Module, reference: torc
     rows = rows[: batches * batch_size]
     if method == "dpo":
         assert reference is not None
-        chosen, rejected = reference_logps(reference, rows, pad_id, batch_size)
+        chosen, rejected = reference_logps(reference, rows, pad_id, batch_size, plan=plan)
         rows = [dict(r, ref_chosen_logps=c, ref_rejected_logps=j) for r, c, j in zip(rows, chosen, rejected, strict=True)]
+    apply_plan(policy, plan)
     policy.train()
     out = []
     with torch.no_grad():

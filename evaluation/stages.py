@@ -16,7 +16,8 @@ from alignment.logprobs import collate_pairs, sequence_logps
 from alignment.models import load_causal_lm, load_tokenizer
 from alignment.onpolicy import last_user_text
 from alignment.records import ModelRef, PreparedData
-from alignment.stages import HELDOUT_PROMPTS, read_jsonl, reference_annotated_pairs
+from alignment.runtime_plan import apply_plan
+from alignment.stages import HELDOUT_PROMPTS, model_device, read_jsonl, reference_annotated_pairs, stage_plan
 from evaluation.benchmarks import eval_set_texts, run_benchmarks
 from evaluation.contamination import contamination
 from evaluation.generate import generate_responses
@@ -76,6 +77,7 @@ def heldout_preference_metrics(cfg: PipelineConfig, prepared: PreparedData, poli
     rows = reference_annotated_pairs(cfg, prepared, reference, "heldout")
     tok = load_tokenizer(policy.path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_causal_lm(policy.path, trust_remote_code=cfg.model.trust_remote_code)
+    apply_plan(model, stage_plan(cfg, "preference", model_device(model)))  # as the preference stage scores
     model.eval()
     beta = cfg.dpo.beta
     chosen_r, rejected_r, pol_acc, ref_acc = [], [], [], []
@@ -131,7 +133,8 @@ def compare_with_reference(cfg: PipelineConfig, prepared: PreparedData, policy: 
     if cfg.eval.kl_prompts:
         kl = estimate_kl(models["policy"], models["reference"], tokenizers["policy"], prompts[:cfg.eval.kl_prompts],
                          max_new_tokens=cfg.eval.kl_max_new_tokens, seed=cfg.run.seed,
-                         batch_size=cfg.eval.batch_size)
+                         batch_size=cfg.eval.batch_size,
+                         plan=stage_plan(cfg, "preference", model_device(models["policy"])))
     del models
     judge = make_judge(cfg.eval.judge, device=device())
     try:

@@ -9,9 +9,15 @@ import torch
 from torch.testing import assert_close
 
 import alignment.attention as attention
-import alignment.logprobs as logprobs
 from alignment.attention import NAME, SEGMENTS, takes_packed_rows, use_cpu_attention
-from alignment.logprobs import collate_sft, collate_shared_pairs, compiled, pack_rows, sequence_logps
+from alignment.lm_head import compiled
+from alignment.logprobs import collate_sft, collate_shared_pairs, pack_rows, sequence_logps
+from alignment.runtime_plan import RuntimePlan, apply_plan
+
+
+def attention_plan(pack: bool) -> RuntimePlan:
+    """The CPU attention, rows packed or padded (the `padded-rows` benchmark variant's difference)."""
+    return RuntimePlan(cpu_attention=True, pack_rows=pack)
 
 
 def gqa_llama(kv_heads: int = 2, tied: bool = False) -> torch.nn.Module:
@@ -145,11 +151,10 @@ def test_packed_rows_score_what_padded_rows_score(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(attention, "packed_sdpa", lambda *a, **k: calls.append(len(a[3][0]) - 1) or real(*a, **k))
     results = []
     for pack in (False, True):
-        monkeypatch.setattr(logprobs, "PACK_ROWS", pack)
         model = gqa_llama(kv_heads, tied=True).train()
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        out = sequence_logps(model, batch)
+        out = sequence_logps(apply_plan(model, attention_plan(pack)), batch)
         (out.sum.sum() + (out.prompt.sum.sum() if out.prompt is not None else 0)).backward()
         results.append((out.sum.detach(), out.count, [p.grad.clone() for p in model.parameters()]))
     (padded, padded_count, padded_grads), (packed, packed_count, packed_grads) = results
@@ -169,11 +174,10 @@ def test_packed_rows_with_lora(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(attention, "packed_sdpa", lambda *a, **k: calls.append(1) or real(*a, **k))
     sums = []
     for pack in (False, True):
-        monkeypatch.setattr(logprobs, "PACK_ROWS", pack)
         torch.manual_seed(3)
         model = get_peft_model(gqa_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                        init_lora_weights=False))
-        sums.append(sequence_logps(model, batch).sum.detach())
+        sums.append(sequence_logps(apply_plan(model, attention_plan(pack)), batch).sum.detach())
     assert calls  # the adapted model took packed rows
     assert_close(sums[1], sums[0], atol=1e-5, rtol=1e-5)
 
@@ -194,7 +198,7 @@ def test_packed_attention_refuses_a_cache_or_several_rows() -> None:
         attention.cpu_sdpa_forward(torch.nn.Module(), q, q, q, None, **{SEGMENTS: ([0, 3], [None])})
 
 
-def test_models_with_windowed_attention_take_no_packed_rows() -> None:
+def test_models_with_windowed_attention_take_no_packed_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import MistralConfig, MistralForCausalLM
 
     llama = gqa_llama()
@@ -211,4 +215,8 @@ def test_models_with_windowed_attention_take_no_packed_rows() -> None:
     meta.config._attn_implementation = NAME
     assert not takes_packed_rows(meta)
     batch = collate_sft(sft_rows(pair_rows()), 0)
-    assert sequence_logps(windowed, batch).sum.isfinite().all()  # padded, as before
+    calls = []
+    real = attention.packed_sdpa
+    monkeypatch.setattr(attention, "packed_sdpa", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert sequence_logps(apply_plan(windowed, attention_plan(True)), batch).sum.isfinite().all()
+    assert not calls  # padded, whatever the plan says

@@ -1,7 +1,7 @@
 """fp32 products through oneDNN on CPU (alignment/cpu_matmul.py): the same values and gradients as torch's
 own linear up to float rounding (1e-5 relative to each tensor's largest entry), alone and through a Llama of
 SmolLM2-135M's width (tied embeddings, LoRA, activation checkpointing); torch's path wherever oneDNN does not
-apply; a model's linears switched and given back."""
+apply; a model's linears switched and given back by its runtime plan (alignment/runtime_plan.py)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,11 @@ from alignment import cpu_matmul
 from alignment.config import TrainingConfig
 from alignment.logprobs import collate_shared_pairs, sequence_logps
 from alignment.models import prepare_for_training
+from alignment.runtime_plan import apply_plan, plan_for
 
+# These tests exercise oneDNN's path on any x86-64 CPU (training.onednn_linear unset, a plan has it off on Intel's
+# and on AVX2-only CPUs: pays_here); `linear` and `mm_nt` take it wherever it applies.
 pytestmark = pytest.mark.skipif(cpu_matmul._LINEAR is None, reason="torch without oneDNN")
-
-
-@pytest.fixture(autouse=True)
-def onednn_on(monkeypatch) -> None:
-    """These tests exercise oneDNN's path on any x86-64 CPU (unset, it is off on Intel's and on AVX2-only CPUs: pays_here)."""
-    monkeypatch.setattr(cpu_matmul, "ENABLED", True)
 HIDDEN, INTER = 576, 1536
 
 
@@ -76,7 +73,7 @@ def test_frozen_weight_and_input_without_grad() -> None:
     close(gw, torch.ones(5, 8).t() @ x)
 
 
-def test_torchs_path_where_onednn_does_not_apply(monkeypatch) -> None:
+def test_torchs_path_where_onednn_does_not_apply() -> None:
     x, w = torch.randn(5, 16, dtype=torch.float64), torch.randn(8, 16, dtype=torch.float64)
     assert torch.equal(cpu_matmul.mm_nt(x, w), F.linear(x, w))  # fp64
     assert cpu_matmul.linear(x.requires_grad_(), w).grad_fn.name() != "OneDNNLinearBackward"
@@ -84,9 +81,7 @@ def test_torchs_path_where_onednn_does_not_apply(monkeypatch) -> None:
     assert cpu_matmul.applies(x32, w32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not cpu_matmul.applies(x32, w32)
-    monkeypatch.setattr(cpu_matmul, "ENABLED", False)
-    assert not cpu_matmul.applies(x32, w32)
-    assert torch.equal(cpu_matmul.mm_nt(x32, w32), F.linear(x32, w32))
+    assert torch.equal(cpu_matmul.mm_nt(x32, w32, onednn=False), F.linear(x32, w32))  # a plan with it off
 
 
 def llama(tie: bool) -> torch.nn.Module:
@@ -124,15 +119,15 @@ def test_model_logps_and_gradients_match_torchs_linears(setting: str) -> None:
     base = llama(tie=setting != "untied")
     training = TrainingConfig(**({"lora": {"r": 8, "alpha": 16.0}} if setting == "lora" else {}),
                               gradient_checkpointing=setting == "checkpointing", onednn_linear=True)
+    torch_training = training.model_copy(update={"onednn_linear": False})
     torch.manual_seed(1)  # LoRA's initial A matrices: the same on both sides
-    ours = prepare_for_training(copy.deepcopy(base), training)
-    torch.manual_seed(1)
-    theirs = prepare_for_training(copy.deepcopy(base), training.model_copy(update={"onednn_linear": False}))
+    ours = apply_plan(prepare_for_training(copy.deepcopy(base), training), plan_for(training, "cpu"))
+    torch.manual_seed(1)  # as a stage with training.onednn_linear=false: the head and MLP too
+    theirs = apply_plan(prepare_for_training(copy.deepcopy(base), torch_training), plan_for(torch_training, "cpu"))
     batch = pairs_batch()
     got, got_grads = logps_and_grads(ours, batch)
-    assert cpu_matmul.use_onednn_linears(ours) > 0  # switched by the log-prob path
-    with cpu_matmul.products(False):  # as a stage with training.onednn_linear=false: the head and MLP too
-        want, want_grads = logps_and_grads(theirs, batch)
+    assert any(cpu_matmul.uses_onednn(m) for m in ours.modules())  # switched by the plan
+    want, want_grads = logps_and_grads(theirs, batch)
     assert not any("forward" in vars(m) for m in theirs.modules() if type(m) is torch.nn.Linear)
     assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
     assert got_grads.keys() == want_grads.keys() and got_grads
@@ -147,10 +142,10 @@ def test_switching_is_idempotent_and_reversible() -> None:
     assert cpu_matmul.use_onednn_linears(model) == linears
     cpu_matmul.keep_torch_linears(model)
     assert not any("forward" in vars(m) for m in model.modules())
-    assert cpu_matmul.use_onednn_linears(model) == 0  # marked
     assert TrainingConfig().onednn_linear is None  # unset: cpu_matmul.pays_here() decides
-    compiled = prepare_for_training(llama(tie=True), TrainingConfig(compile=True))  # compile traces torch's linears
-    assert cpu_matmul.use_onednn_linears(compiled._orig_mod) == 0
+    training = TrainingConfig(compile=True, onednn_linear=True)
+    compiled = apply_plan(prepare_for_training(llama(tie=True), training), plan_for(training, "cpu"))
+    assert not any(cpu_matmul.uses_onednn(m) for m in compiled._orig_mod.modules())  # compile traces torch's
 
 
 def saved_bytes(fn) -> int:
@@ -181,12 +176,8 @@ def test_a_frozen_weight_keeps_no_input_and_no_double_backward() -> None:
         gx.sum().backward()
 
 
-def test_products_switch_and_empty_inputs() -> None:
+def test_mkldnn_switch_and_empty_inputs() -> None:
     x, w = torch.randn(4, 16), torch.randn(8, 16)
-    with cpu_matmul.products(False):
-        assert not cpu_matmul.applies(x, w)
-        with cpu_matmul.products(True):  # cannot switch back on inside an off block
-            assert not cpu_matmul.applies(x, w)
     assert cpu_matmul.applies(x, w)
     with torch.backends.mkldnn.flags(enabled=False):
         assert not cpu_matmul.applies(x, w)
@@ -215,19 +206,15 @@ def test_unset_onednn_linear_follows_the_cpu(tmp_path, monkeypatch, vendor: str 
     real_avx512 = cpu_matmul.has_avx512
     monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: real(cpuinfo))
     monkeypatch.setattr(cpu_matmul, "has_avx512", lambda: real_avx512(cpuinfo))
-    monkeypatch.setattr(cpu_matmul, "ENABLED", None)  # unset, as in a fresh process
     cpu_matmul.pays_here.cache_clear()
     try:
         assert cpu_matmul.wanted(None) is expected
         assert cpu_matmul.wanted(True) and not cpu_matmul.wanted(False)
-        assert cpu_matmul.enabled() is expected  # evaluation's log-prob passes too, outside any training stage
-        with cpu_matmul.products(None):
-            assert cpu_matmul.enabled() is expected
-        with cpu_matmul.products(True):  # training.onednn_linear=true: on whatever the vendor
-            assert cpu_matmul.enabled()
-        with cpu_matmul.products(False):
-            assert not cpu_matmul.enabled()
-        model = prepare_for_training(llama(tie=True), TrainingConfig())
-        assert (cpu_matmul.use_onednn_linears(model) > 0) is expected
+        assert plan_for(TrainingConfig(), "cpu").onednn_linear is expected  # evaluation's passes too
+        assert plan_for(TrainingConfig(onednn_linear=True), "cpu").onednn_linear  # on whatever the vendor
+        assert not plan_for(TrainingConfig(onednn_linear=False), "cpu").onednn_linear
+        assert not plan_for(TrainingConfig(onednn_linear=True), "meta").onednn_linear  # CPU products only
+        model = apply_plan(prepare_for_training(llama(tie=True), TrainingConfig()), plan_for(TrainingConfig(), "cpu"))
+        assert any(cpu_matmul.uses_onednn(m) for m in model.modules()) is expected
     finally:
         cpu_matmul.pays_here.cache_clear()

@@ -11,9 +11,18 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from alignment import fused_ops
-from alignment.fused_ops import RMSNormFunction, SiLUMul, SwiGLUDown, use_fused_ops
+from alignment.fused_ops import (
+    RMSNormFunction,
+    SiLUMul,
+    SwiGLUDown,
+    fused_mlp_forward,
+    fused_rmsnorm_forward,
+    use_fused_ops,
+)
 from alignment.logprobs import collate_shared_pairs, sequence_logps
+from alignment.runtime_plan import RuntimePlan, apply_plan
+
+LEAN = RuntimePlan(fused_ops=True)  # the lean modules only: torch's products, padded rows
 
 HIDDEN, INTER = 576, 1536
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -72,9 +81,10 @@ def saved_bytes(fn, module: torch.nn.Module) -> int:
     return sum(seen.values())
 
 
-@pytest.fixture(autouse=True)
-def _enabled(monkeypatch) -> None:
-    monkeypatch.setattr(fused_ops, "ENABLED", True)
+def switched(model: torch.nn.Module) -> int:
+    """Modules whose forward is one of the lean functions."""
+    return sum(getattr(vars(m).get("forward"), "__func__", None) in (fused_rmsnorm_forward, fused_mlp_forward)
+               for m in model.modules())
 
 
 def test_rmsnorm_function_equals_llama_rmsnorm() -> None:
@@ -95,17 +105,9 @@ def test_rmsnorm_function_equals_llama_rmsnorm() -> None:
     assert_close(lw, gw, **TOL)
 
 
-@pytest.fixture
-def torch_products(monkeypatch):
-    """The lean functions' own maths, bit for bit: their matrix products through the same library as the
-    modules' (oneDNN's products agree with MKL's to rounding only: tests/alignment/test_cpu_matmul.py)."""
-    from alignment import cpu_matmul
-
-    monkeypatch.setattr(cpu_matmul, "ENABLED", False)
-
-
-@pytest.mark.usefixtures("torch_products")
 def test_swiglu_functions_equal_llama_mlp() -> None:
+    """The lean functions' own maths, bit for bit: SwiGLUDown's products through torch's op as the module's (its
+    default; oneDNN's agree with MKL's to rounding only: tests/alignment/test_cpu_matmul.py)."""
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaMLP
 
@@ -124,7 +126,6 @@ def test_swiglu_functions_equal_llama_mlp() -> None:
             assert_close(got, ref, **TOL)
 
 
-@pytest.mark.usefixtures("torch_products")
 def test_swiglu_down_with_bias_matches() -> None:
     gate, up = torch.randn(5, INTER, requires_grad=True), torch.randn(5, INTER, requires_grad=True)
     w, b = torch.randn(HIDDEN, INTER, requires_grad=True), torch.randn(HIDDEN, requires_grad=True)
@@ -162,12 +163,10 @@ def test_model_logps_and_gradients_match_transformers_modules(checkpointing: boo
         for m in (plain, lean):
             m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     b = batch()
-    fused_ops.ENABLED = False
-    want, want_grads = logps_and_grads(plain, b)
-    fused_ops.ENABLED = True
-    got, got_grads = logps_and_grads(lean, b)
-    assert getattr(lean, fused_ops._PATCHED) == 2 * 3 + 1  # two norms and an MLP in each of 2 layers, the final norm
-    assert getattr(plain, fused_ops._PATCHED, None) is None
+    want, want_grads = logps_and_grads(plain, b)  # no plan: transformers' modules
+    got, got_grads = logps_and_grads(apply_plan(lean, LEAN), b)
+    assert switched(lean) == 2 * 3 + 1  # two norms and an MLP in each of 2 layers, the final norm
+    assert switched(plain) == 0
     assert_close(got, want, **TOL)
     assert got_grads.keys() == want_grads.keys()
     for name, grad in want_grads.items():
@@ -185,10 +184,8 @@ def test_lora_adapters_get_the_same_gradients() -> None:
         return model
 
     b = batch()
-    fused_ops.ENABLED = False
     want, want_grads = logps_and_grads(adapted(), b)
-    fused_ops.ENABLED = True
-    got, got_grads = logps_and_grads(adapted(), b)
+    got, got_grads = logps_and_grads(apply_plan(adapted(), LEAN), b)
     assert want_grads and all("lora_" in n for n in want_grads)
     assert_close(got, want, **TOL)
     for name, grad in want_grads.items():
@@ -207,30 +204,29 @@ def test_unknown_modules_and_activations_are_left_alone() -> None:
             self.variance_epsilon = 1e-6
 
     assert use_fused_ops(torch.nn.Sequential(OtherNorm())) == 0
-    fused_ops.ENABLED = False
-    assert use_fused_ops(llama()) == 0
+    assert switched(apply_plan(llama(), RuntimePlan(fused_ops=False))) == 0
 
 
 def test_autocast_runs_the_modules_own_forward() -> None:
     model = llama(layers=1)
     b = batch()
+    lean = apply_plan(copy.deepcopy(model), LEAN)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        fused_ops.ENABLED = False
         want = sequence_logps(model, b).sum
-        fused_ops.ENABLED = True
-        got = sequence_logps(copy.deepcopy(model), b).sum
+        got = sequence_logps(lean, b).sum
     assert_close(got, want, rtol=0, atol=0)
 
 
 def test_lean_modules_off_gives_back_the_modules_own_forward() -> None:
     from alignment.config import TrainingConfig
-    from alignment.models import prepare_for_training
+    from alignment.runtime_plan import plan_for
 
     model = llama(layers=1)
     assert use_fused_ops(model) == 4  # two norms and the MLP of one layer, the final norm
-    model = prepare_for_training(model, TrainingConfig(lean_modules=False, onednn_linear=False))
+    plan = plan_for(TrainingConfig(lean_modules=False, onednn_linear=False), "cpu")
+    assert not plan.fused_ops and not plan.onednn_linear
+    apply_plan(model, plan)
     assert not any("forward" in vars(m) for m in model.modules())
-    assert use_fused_ops(model) == 0  # marked: the log-prob path does not switch it again
-    sequence_logps(model, batch())
+    sequence_logps(model, batch())  # the log-prob path switches nothing
     assert not any("forward" in vars(m) for m in model.modules())
-    assert TrainingConfig().lean_modules
+    assert TrainingConfig().lean_modules and plan_for(TrainingConfig(), "cpu").fused_ops

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from alignment.lm_head import ChunkedTokenLogps, chunked_token_logps, linear_head
+from alignment.lm_head import ChunkedTokenLogps, chunked_token_logps, head_checked, linear_head
 from alignment.logprobs import collate_sft, collate_shared_pairs, sequence_logps
 
 VOCAB = 49152
@@ -62,7 +62,7 @@ def assert_same_as_full_logits(model: torch.nn.Module, batch: dict[str, torch.Te
     """Log-prob sums within 1e-5 relative, every gradient within 1e-5 of its tensor's largest entry."""
     ref, ref_grads = logps_and_grads(model, batch, full_logits=True)
     ours, grads = logps_and_grads(model, batch, full_logits=False)
-    assert getattr(model, "_alignflow_head_checked", None) is True or hasattr(model, "base_model")
+    assert head_checked(model) is True or hasattr(model, "base_model")
     assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     assert grads.keys() == ref_grads.keys() and grads
     for name, grad in ref_grads.items():
@@ -208,7 +208,7 @@ def test_models_that_transform_logits_keep_the_full_logits() -> None:
     batch = batches()["shared"]
     with torch.no_grad():
         first = sequence_logps(wrapped, batch)
-        assert wrapped._alignflow_head_checked is False and linear_head(wrapped) is None
+        assert head_checked(wrapped) is False and linear_head(wrapped) is None
         again = sequence_logps(wrapped, batch)
         full = sequence_logps(wrapped, batch, full_logits=True)
     assert_close(first.sum, full.sum)

@@ -14,7 +14,8 @@ margin 0, whatever beta: a hand-computed anchor checked apart from the pinned fi
 too: warm-up starts at lr 0, so the first step leaves the weights as they were.)
 
 The curves are CPU ones (skipped where CUDA is visible: the trainer would train there). When a change of
-the maths is intended, regenerate the file and say why in the commit:
+the maths is intended, regenerate the file and say why in the commit. Both the reference pass and the training
+run the default runtime plan of a CPU stage (alignment/runtime_plan.py), as the pipeline's stages do. To regenerate:
 
     .venv/bin/python -m tests.alignment.test_pinned_curves
 """
@@ -34,9 +35,10 @@ from torch.testing import assert_close
 from transformers import PreTrainedTokenizerFast
 
 from alignment import quicktask
-from alignment.config import OptimConfig
+from alignment.config import OptimConfig, TrainingConfig
 from alignment.logprobs import collate_sft, reference_logps
 from alignment.objectives import method_plan, sft_objective
+from alignment.runtime_plan import plan_for
 from alignment.stages import as_conversational
 from alignment.tiny_model import build_model, train_tokenizer
 from alignment.tokenization import encode_pairs, encode_sft
@@ -76,7 +78,8 @@ def dpo_rows(tok: PreTrainedTokenizerFast, reference: torch.nn.Module) -> list[d
     rows = [as_conversational(r) for r in quick_data()["train"][:ROWS]]
     enc = encode_pairs(tok, rows, max_prompt_tokens=96, max_response_tokens=32)
     pairs = [dict(zip(enc, ids, strict=True)) for ids in zip(*enc.values(), strict=True)]
-    chosen, rejected = reference_logps(reference, pairs, tok.pad_token_id, batch_size=16)
+    chosen, rejected = reference_logps(reference, pairs, tok.pad_token_id, batch_size=16,
+                                       plan=plan_for(TrainingConfig(), "cpu", "preference"))
     for row, c, r in zip(pairs, chosen, rejected, strict=True):
         row["ref_chosen_logps"], row["ref_rejected_logps"] = c, r
     return pairs
@@ -96,7 +99,7 @@ def curve(method: str, *, beta: float = BETA, optim: OptimConfig = OPTIM) -> dic
     logger = InMemoryLogger()
     with tempfile.TemporaryDirectory() as out:
         train(model, rows, objective=objective, collate=collate, optim=optim, output_dir=Path(out), seed=0,
-              logger=logger)
+              logger=logger, plan=plan_for(TrainingConfig(), "cpu", "sft" if method == "sft" else "preference"))
     records = [(step, m) for step, m in logger.records if step is not None]
     assert [step for step, _ in records] == list(range(1, optim.max_steps + 1))
     return {name: [m[name] for _, m in records] for name in PINNED_METRICS[method]}

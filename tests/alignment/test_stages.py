@@ -62,24 +62,27 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("stage", ["sft", "preference"])
 def test_training_stages_run_under_their_cpu_settings(monkeypatch, stage: str) -> None:
-    """run_sft / run_preference enter training.onednn_linear and training.cpu_mmap_threshold_mib before they load
-    anything, and leave both as they were."""
-    from alignment import cpu_matmul, host_memory, stages
+    """run_sft / run_preference enter their runtime plan's mmap threshold (training.cpu_mmap_threshold_mib) before
+    they load anything and leave it as it was; the plan's onednn_linear is training.onednn_linear, for the stage's
+    models only (alignment/runtime_plan.py: nothing process-wide)."""
+    from alignment import host_memory, stages
 
     seen: dict[str, object] = {}
     thresholds: list[int] = []
     monkeypatch.delenv(host_memory.ENV_OVERRIDE, raising=False)
     monkeypatch.setattr(host_memory, "set_mmap_threshold", lambda n: thresholds.append(n) or True)
     monkeypatch.setattr(stages, "_sft_here" if stage == "sft" else "_preference_here",
-                        lambda *args: seen.update(onednn=cpu_matmul.ENABLED, thresholds=list(thresholds)))
+                        lambda *args: seen.update(thresholds=list(thresholds)))
     cfg = load_config(None, ["training.onednn_linear=false", "training.cpu_mmap_threshold_mib=3"])
     if stage == "sft":
         stages.run_sft(cfg, None, None, Path("unused"), None)
     else:
         stages.run_preference(cfg, None, None, None, Path("unused"), None)
     expected_inside = [] if __import__("torch").cuda.is_available() else [3 * 1024 * 1024]
-    assert seen == {"onednn": False, "thresholds": expected_inside}
-    assert cpu_matmul.ENABLED is None  # as before: unset, the CPU decides
+    assert seen == {"thresholds": expected_inside}
+    plan = stages.stage_plan(cfg, stage, "cpu")
+    assert not plan.onednn_linear and plan.mmap_threshold_mib == 3
+    assert plan.params()["runtime/onednn_linear"] == "false" and plan.params()["runtime/mmap_threshold_mib"] == "3"
     if expected_inside:
         assert thresholds == [3 * 1024 * 1024, host_memory.GLIBC_ADAPTIVE_MAX]
 

@@ -204,3 +204,20 @@ def test_thp_mode_reads_the_bracketed_choice(tmp_path) -> None:
     (tmp_path / "odd").write_text("unknown\n")
     assert thp_mode(tmp_path / "odd") is None
     assert thp_mode(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(("variant", "field"), [("full-logits", "full_logits"), ("plain-ops", "fused_ops"),
+                                                ("padded-rows", "pack_rows"), ("mkl-linear", "onednn_linear")])
+def test_variants_run_other_runtime_plans(variant: str, field: str) -> None:
+    """The plan-level variants are the default alignflow trial's runtime plan with one field changed (for the
+    reference pass and the training steps alike); nothing else differs."""
+    import dataclasses
+
+    from bench.trial import variant_plan
+
+    spec = {"method": "dpo", "device": "cpu"}
+    default = dataclasses.replace(variant_plan({**spec, "trainer": "alignflow"}), onednn_linear=True)
+    plan = dataclasses.replace(variant_plan({**spec, "trainer": f"alignflow+{variant}"}),
+                               **({} if field == "onednn_linear" else {"onednn_linear": True}))
+    assert getattr(plan, field) is not getattr(default, field)
+    assert dataclasses.replace(plan, **{field: getattr(default, field)}) == default
