@@ -436,14 +436,14 @@ class TrainingConfig(_Section):
                            "steps are slow while it compiles.")
     lean_modules: bool = Field(
         True, description="Memory-lean RMSNorm and SwiGLU MLP functions in Llama-family models "
-                          "(alignment/fused_ops.py): ~38 % fewer activations kept for the backward pass, the same "
-                          "values; the MLP's backward recomputes its product (a few % of its time on CPU). Off: "
+                          "(alignment/fused_ops.py): fewer activations kept for the backward pass, the same values; "
+                          "the MLP's backward recomputes its product (figures in docs/performance.md). Off: "
                           "transformers' own modules.")
     onednn_linear: bool | None = Field(
         None, description="On CPU in fp32, the linear layers and the LM head multiply through oneDNN "
                           "(alignment/cpu_matmul.py) instead of torch's default BLAS (MKL); the same fp32 maths up to "
-                          "rounding. Unset: on for x86-64 CPUs with AVX-512 other than Intel's, where it was measured "
-                          "faster (docs/performance.md). False: torch's own products for the whole training stage, "
+                          "rounding. Unset: decided per machine by alignment/cpu_matmul.py pays_here() "
+                          "(why, and the figures: docs/performance.md). False: torch's own products for the whole training stage, "
                           "its reference pass included. x86-64 only; no effect on GPU.")
     cpu_mmap_threshold_mib: int | Literal["auto"] | None = Field(
         "auto", json_schema_extra=SAME_OUTPUT,
