@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from alignment.instructions import KINDS
+from alignment.instruct.instructions import KINDS
 
 # Declared on a field whose value changes where or how fast a stage runs, never what it produces: the stage
 # cache keys leave such fields out (tasks/stages.py), so trying one never retrains a finished stage.
@@ -47,7 +47,7 @@ class RuntimeConfig(_Section):
 
 
 class QuickTaskConfig(_Section):
-    """The generated 'animal facts' preference task of the quickstart (see alignment/quicktask.py)."""
+    """The generated 'animal facts' preference task of the quickstart (see alignment/instruct/quicktask.py)."""
 
     heldout_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="Share of prompts held out (by content hash).")
     good_fraction: float = Field(0.35, ge=0.0, le=1.0,
@@ -64,7 +64,7 @@ class QuickTaskConfig(_Section):
 
 
 class InstructionTaskConfig(_Section):
-    """The verifiable-instruction task of the real-model demo (alignment/instructions.py): everyday questions,
+    """The verifiable-instruction task of the real-model demo (alignment/instruct/instructions.py): everyday questions,
     each with an IFEval-style instruction a program checks (word limit, keyword, case, first word, final
     phrase, no commas, bullet count, JSON). Held-out questions never appear in training."""
 
@@ -195,7 +195,7 @@ class PreferenceConfig(_Section):
 
 class HeldoutEvalConfig(_Section):
     """Held-out evaluation while a preference method (DPO, ORPO) trains, and early stopping on it
-    (alignment/heldout.py). Every `every` optimizer steps (and at the last step) the policy is scored on
+    (alignment/training/heldout.py). Every `every` optimizer steps (and at the last step) the policy is scored on
     held-out pairs and, optionally, sampled on held-out prompts for a KL estimate; metrics go to the training
     run as eval/* at that step. Off by default. Single process only (training.num_processes = 1)."""
 
@@ -294,13 +294,13 @@ class EvalConfig(_Section):
                                                                  "training prompts and each eval set.")
     kl_prompts: int = Field(32, ge=0, le=100000, description="Held-out prompts on which KL(policy || reference) is "
                                                              "estimated from one policy sample each (temperature "
-                                                             "1, seeded; alignment/divergence.py); 0: no estimate "
+                                                             "1, seeded; alignment/training/divergence.py); 0: no estimate "
                                                              "(and no KL gate).")
     kl_max_new_tokens: int = Field(48, ge=1, le=4096, description="Longest sampled answer for the KL estimate.")
 
 
 class OnPolicyConfig(_Section):
-    """On-policy preference pairs (alignment/onpolicy.py): for each training (and held-out) prompt, sample
+    """On-policy preference pairs (alignment/training/onpolicy.py): for each training (and held-out) prompt, sample
     several answers from the model being aligned, score each, and pair the best over the worst. Prompts whose
     answers all score the same are counted and dropped. The pairs are ordinary prepared data."""
 
@@ -312,7 +312,7 @@ class OnPolicyConfig(_Section):
     batch_size: int = Field(32, ge=1, le=4096, description="Sequences generated together.")
     scorers: list[Literal["correctness", "verifier", "judge"]] = Field(
         ["correctness", "verifier"], min_length=1, max_length=3,
-        description="Scorers in priority order, composed (alignment/onpolicy.py AssistantScorer): correctness "
+        description="Scorers in priority order, composed (alignment/training/onpolicy.py AssistantScorer): correctness "
                     "(the answer to a question a program can check is right), verifier (the instruction "
                     "checker: pass first, partial credit second), judge (eval.judge: a reward model's scores or "
                     "an endpoint's pairwise wins). Each outweighs all later ones; a degenerate answer (empty, "
@@ -323,7 +323,7 @@ class OnPolicyConfig(_Section):
                            "the program in the asked case as a candidate for the chosen answer (the model's own "
                            "words; the model rarely produces these cases itself).")
     require_correct_chosen: bool = Field(
-        True, description="A question whose answer a program checks (alignment/answers.py) yields a pair only when "
+        True, description="A question whose answer a program checks (alignment/instruct/answers.py) yields a pair only when "
                           "the chosen answer is right: otherwise DPO prefers a compliant wrong answer and RPO's NLL "
                           "term trains on it. Counted as onpolicy/<split>/dropped_wrong_chosen.")
     choose_unfinished: bool = Field(
@@ -418,7 +418,7 @@ class TrainingConfig(_Section):
                     "alignment-training/<pool>; inputs and outputs travel as s3:// URIs. Unset: in process.")
     sharding: Literal["none", "fsdp2"] = Field(
         "none", description="fsdp2: shard the policy across the training processes with FSDP2 (torch's "
-                            "fully_shard on each decoder layer, then the root; alignment/sharding.py): each "
+                            "fully_shard on each decoder layer, then the root; alignment/training/sharding.py): each "
                             "process holds 1/num_processes of the weights, gradients and optimizer state. CPU "
                             "(gloo) and CUDA (NCCL); full fine-tuning or LoRA. Checkpoints are sharded "
                             "(torch.distributed.checkpoint) and resume at another number of processes. Needs "
@@ -436,13 +436,13 @@ class TrainingConfig(_Section):
                            "steps are slow while it compiles.")
     lean_modules: bool = Field(
         True, description="Memory-lean RMSNorm and SwiGLU MLP functions in Llama-family models "
-                          "(alignment/fused_ops.py): fewer activations kept for the backward pass, the same values; "
+                          "(alignment/kernels/fused_ops.py): fewer activations kept for the backward pass, the same values; "
                           "the MLP's backward recomputes its product (figures in docs/performance.md). Off: "
                           "transformers' own modules.")
     onednn_linear: bool | None = Field(
         None, description="On CPU in fp32, the linear layers and the LM head multiply through oneDNN "
-                          "(alignment/cpu_matmul.py) instead of torch's default BLAS (MKL); the same fp32 maths up to "
-                          "rounding. Unset: decided per machine by alignment/cpu_matmul.py pays_here() "
+                          "(alignment/kernels/cpu_matmul.py) instead of torch's default BLAS (MKL); the same fp32 maths up to "
+                          "rounding. Unset: decided per machine by alignment/kernels/cpu_matmul.py pays_here() "
                           "(why, and the figures: docs/performance.md). False: torch's own products for the whole training stage, "
                           "its reference pass included. x86-64 only; no effect on GPU.")
     cpu_mmap_threshold_mib: int | Literal["auto"] | None = Field(

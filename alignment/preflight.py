@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from alignment.config import PipelineConfig
 from alignment.data import load_preferences, load_sft
-from alignment.model_source import local_model_path
-from alignment.models import load_tokenizer
-from alignment.tokenization import split_response
+from alignment.data.tokenization import split_response
+from alignment.models.loading import load_tokenizer
+from alignment.models.source import local_model_path
 
 
 def check_inputs(cfg: PipelineConfig) -> None:

@@ -25,7 +25,7 @@ class PreparedData(BaseModel):
 class ModelRef(BaseModel):
     path: str  # hub id or local directory
     fingerprint: str
-    source: dict[str, str] | None = None  # a converted GGUF file's record (alignment/model_source.py)
+    source: dict[str, str] | None = None  # a converted GGUF file's record (alignment/models/source.py)
 
 
 class TrainOutput(BaseModel):
@@ -36,4 +36,4 @@ class TrainOutput(BaseModel):
     final_metrics: dict[str, float]
     seconds: float
     tokens: int
-    runtime: dict[str, str] = {}  # the stage's runtime plan as MLflow params (alignment/runtime_plan.py)
+    runtime: dict[str, str] = {}  # the stage's runtime plan as MLflow params (alignment/kernels/runtime_plan.py)

@@ -20,18 +20,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from alignment import instructions, quicktask
 from alignment.config import PipelineConfig
 from alignment.data import read_jsonl, write_jsonl
-from alignment.distributed import launch_training, make_accelerator, save_trained_model
-from alignment.generation import GenerationStats, sample_answers
-from alignment.heldout import HeldoutEvaluator
-from alignment.host_memory import large_blocks_mapped
-from alignment.logprobs import reference_logps
-from alignment.model_source import resolve_model
-from alignment.models import fingerprint_model, load_causal_lm, load_tokenizer, prepare_for_training
-from alignment.objectives import Objective, method_plan, method_spec
-from alignment.onpolicy import (
+from alignment.data.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
+from alignment.instruct import instructions, quicktask
+from alignment.kernels.host_memory import large_blocks_mapped
+from alignment.kernels.runtime_plan import RuntimePlan, apply_plan, plan_for
+from alignment.models.generation import GenerationStats, sample_answers
+from alignment.models.loading import fingerprint_model, load_causal_lm, load_tokenizer, prepare_for_training
+from alignment.models.source import resolve_model
+from alignment.models.tiny import make_tiny_model
+from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
+from alignment.training.distributed import launch_training, make_accelerator, save_trained_model
+from alignment.training.heldout import HeldoutEvaluator
+from alignment.training.logprobs import reference_logps
+from alignment.training.objectives import Objective, method_plan, method_spec
+from alignment.training.onpolicy import (
     Scorer,
     case_repairs,
     distinct_prompts,
@@ -39,13 +43,9 @@ from alignment.onpolicy import (
     make_pairs,
     score_answers,
 )
-from alignment.prepare import PrepareOptions, load_tokenized_rows, prepare, tokenize_prepared
-from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
-from alignment.runtime_plan import RuntimePlan, apply_plan, plan_for
-from alignment.sharding import shard_model
-from alignment.tiny_model import make_tiny_model
-from alignment.tracking import MetricsLogger
-from alignment.trainer import train
+from alignment.training.sharding import shard_model
+from alignment.training.tracking import MetricsLogger
+from alignment.training.trainer import train
 from storage.s3 import read_json, shared_uri, write_json
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def as_conversational(row: dict[str, str]) -> dict[str, Any]:
 
 def prepare_data(cfg: PipelineConfig, out_dir: Path) -> PreparedData:
     """Read, validate, de-duplicate and split the data; write canonical files, a report and length plots
-    (alignment/prepare.py). The quickstart's generated files go through the same loader as users' data."""
+    (alignment/data/prepare.py). The quickstart's generated files go through the same loader as users' data."""
     d = cfg.data
     if d.source == "instructions":
         return write_instruction_prompts(cfg, out_dir / "prepared")
@@ -110,7 +110,7 @@ def prepare_data(cfg: PipelineConfig, out_dir: Path) -> PreparedData:
 
 
 def write_instruction_prompts(cfg: PipelineConfig, out_dir: Path) -> PreparedData:
-    """The verifiable-instruction task (alignment/instructions.py) as prompt-only rows: `train.jsonl` and
+    """The verifiable-instruction task (alignment/instruct/instructions.py) as prompt-only rows: `train.jsonl` and
     `heldout.jsonl` hold {"prompt": [user message], "question_id", "instruction"}; the onpolicy stage samples
     the answers and turns them into pairs."""
     t = cfg.data.instructions
@@ -136,7 +136,7 @@ def write_instruction_prompts(cfg: PipelineConfig, out_dir: Path) -> PreparedDat
 def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef, scorer: Scorer,
                    out_dir: Path) -> tuple[PreparedData, dict[str, float]]:
     """Sample `onpolicy.samples_per_prompt` answers per training and held-out prompt from `model`, score them,
-    pair best over worst (alignment/onpolicy.py), and prepare the pairs like any user data. The held-out
+    pair best over worst (alignment/training/onpolicy.py), and prepare the pairs like any user data. The held-out
     prompts are all kept (`heldout_prompts.jsonl`) so evaluation sees every one, paired or not."""
     o = cfg.onpolicy
     tok = load_tokenizer(model.path, trust_remote_code=cfg.model.trust_remote_code)
@@ -229,7 +229,7 @@ def build_base_model(cfg: PipelineConfig, prepared: PreparedData, out_dir: Path)
 def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir: Path, logger: MetricsLogger,
             on_log: ProgressCallback | None = None, accelerator: Accelerator | None = None) -> TrainOutput:
     """Supervised fine-tuning with the chat template, loss on assistant tokens only. With
-    training.num_processes > 1 (and no accelerator given) it runs in that many processes (alignment/distributed.py)."""
+    training.num_processes > 1 (and no accelerator given) it runs in that many processes (alignment/training/distributed.py)."""
     if cfg.training.num_processes > 1 and accelerator is None:
         return launch_training("sft", cfg, prepared=prepared, base=base, out_dir=out_dir, logger=logger,
                                on_log=on_log)
@@ -241,8 +241,8 @@ def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir
 def training_scope(cfg: PipelineConfig, stage: Literal["sft", "preference"]) -> Iterator[None]:
     """A training stage runs, from before it loads a model, under its runtime plan's mmap threshold
     (training.cpu_mmap_threshold_mib: so the reference pass's and the load's freed memory does not sit in the heap
-    for the training steps to fragment; CPU only, alignment/host_memory.py). The plan's module settings are
-    applied to each model the stage sets up (`stage_plan`, alignment/runtime_plan.py), not process-wide."""
+    for the training steps to fragment; CPU only, alignment/kernels/host_memory.py). The plan's module settings are
+    applied to each model the stage sets up (`stage_plan`, alignment/kernels/runtime_plan.py), not process-wide."""
     device = stage_device()
     with large_blocks_mapped(stage_plan(cfg, stage, device).mmap_threshold_mib, device):
         yield
@@ -321,7 +321,7 @@ def starting_model(cfg: PipelineConfig, base: ModelRef, sft: TrainOutput | None)
 
 def training_rows(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, split: str) -> list[dict]:
     """A split's tokenized pairs for the configured method, with the starting model's log-probs where the method
-    uses a reference (alignment/objectives.py METHODS)."""
+    uses a reference (alignment/training/objectives.py METHODS)."""
     if method_spec(cfg.preference.method).uses_reference:
         return reference_annotated_pairs(cfg, prepared, init, split)
     return tokenized_rows(cfg, prepared, init, split)
@@ -330,7 +330,7 @@ def training_rows(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, s
 def heldout_evaluator(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, objective: Objective,
                       collate: Callable[[list[dict]], dict[str, torch.Tensor]], tok: PreTrainedTokenizerBase, best_dir: Path,
                       model: torch.nn.Module) -> HeldoutEvaluator:
-    """The preference stage's held-out evaluation (alignment/heldout.py) for the model about to train: the
+    """The preference stage's held-out evaluation (alignment/training/heldout.py) for the model about to train: the
     held-out pairs (DPO's with the starting model's log-probs, cached like the training pairs'), the held-out
     prompts for eval/kl and its reference: with LoRA the policy with its adapters off (no second copy),
     otherwise the starting model, loaded once."""
@@ -377,7 +377,7 @@ def fit_and_save(model: torch.nn.Module, tok: PreTrainedTokenizerBase, rows: lis
 
 
 def tokenized_rows(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef, split: str) -> list[dict]:
-    """Token ids of one prepared split with the model's chat template (alignment/prepare.py: datasets.map,
+    """Token ids of one prepared split with the model's chat template (alignment/data/prepare.py: datasets.map,
     cached beside the prepared data, over-long rows truncated or rejected per data.truncation)."""
     tok = load_tokenizer(model.path, trust_remote_code=cfg.model.trust_remote_code)
     tokenized = tokenize_prepared(prepared.dir, tok, PrepareOptions.from_config(cfg.data, cfg.run.seed),

@@ -1,4 +1,4 @@
-"""The entry point of every process of a multi-process training run (alignment/distributed.py starts it):
+"""The entry point of every process of a multi-process training run (alignment/training/distributed.py starts it):
 `python -m alignment.worker {sft|preference} SPEC_JSON`. It runs the same stage function as the in-process
 path, with this process's `Accelerator`; rank 0 writes the metrics file and the result record."""
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 from alignment import stages
 from alignment.config import PipelineConfig
-from alignment.distributed import STAGES, make_accelerator
 from alignment.records import ModelRef, PreparedData, TrainOutput
 from alignment.runtime import setup_runtime
-from alignment.tracking import JsonlMetricsLogger, MetricsLogger, NullLogger
+from alignment.training.distributed import STAGES, make_accelerator
+from alignment.training.tracking import JsonlMetricsLogger, MetricsLogger, NullLogger
 
 
 def run_worker(stage: str, spec_path: Path) -> None:

@@ -210,7 +210,7 @@ class Catalog:
 
     def _load(self, choice: ModelChoice) -> tuple[Any, Any]:
         if choice.reference:
-            from alignment.models import load_causal_lm, load_tokenizer
+            from alignment.models.loading import load_causal_lm, load_tokenizer
 
             path = self.reference_path(choice.name, choice.version)
             return load_causal_lm(path), load_tokenizer(path)

@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, Field
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from alignment.tokenization import prompt_for_generation
+from alignment.data.tokenization import prompt_for_generation
 
 
 class Sampling(BaseModel):

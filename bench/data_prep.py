@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from alignment import quicktask
-    from alignment.prepare import PrepareOptions, tokenize_prepared, write_canonical
-    from alignment.tiny_model import train_tokenizer
+    from alignment.data.prepare import PrepareOptions, tokenize_prepared, write_canonical
+    from alignment.instruct import quicktask
+    from alignment.models.tiny import train_tokenizer
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     tokenized = tokenize_prepared(out / "prepared", tokenizer, options)
     tokenize_s = time.perf_counter() - start
-    from alignment.data_report import summarise
+    from alignment.data.report import summarise
 
     lengths = {name: {k: v for k, v in summarise(values).items() if k in ("p50", "p90", "p99", "max")}
                for name, values in tokenized.lengths.items()}

@@ -3,7 +3,7 @@ same chat prompts, greedy, same maximum length, same threads.
 
 Generators (each in its own process, like the training trials):
 
-* ``alignflow``: `alignment.generation.generate` (what the on-policy stage and the evaluation use):
+* ``alignflow``: `alignment.models.generation.generate` (what the on-policy stage and the evaluation use):
   length-sorted batches, one prefill per prompt, the LM head at the last position only, finished rows
   dropped from the batch and its KV cache.
 * ``hf-sorted``: the same length-sorted batches through `model.generate` (generation.py before its own
@@ -33,7 +33,7 @@ SPEED_TARGET = 3.0  # alignflow tokens/s >= 3 x one prompt at a time
 
 def chat_prompts(n: int, seed: int) -> list[list[dict[str, str]]]:
     """`n` chat prompts of the quickstart's task (short questions; answers of varied length)."""
-    from alignment import quicktask
+    from alignment.instruct import quicktask
 
     rows = quicktask.generate(seed, heldout_fraction=0.2, good_fraction=0.35, refusal_fraction=0.6)["train"]
     seen, out = set(), []
@@ -47,8 +47,8 @@ def chat_prompts(n: int, seed: int) -> list[list[dict[str, str]]]:
 def run_generation_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from alignment.generation import GenerationStats, generate, generated_lengths, left_padded
-    from alignment.tokenization import encode_texts, prompt_for_generation
+    from alignment.data.tokenization import encode_texts, prompt_for_generation
+    from alignment.models.generation import GenerationStats, generate, generated_lengths, left_padded
 
     pin_threads(spec["threads"])
     device = spec["device"]

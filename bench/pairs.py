@@ -1,6 +1,6 @@
 """The benchmark's data: token-id rows every trainer sees identically, made deterministically from a seed.
 
-* ``quickstart``: the quickstart's generated "animal facts" pairs (alignment/quicktask.py), rendered with the
+* ``quickstart``: the quickstart's generated "animal facts" pairs (alignment/instruct/quicktask.py), rendered with the
   tiny tokenizer's ChatML template and tokenized by alignflow's own `encode_pairs`, as the pipeline does.
 * ``hh``: synthetic pairs with HH-RLHF-like token lengths: a three-turn ChatML prompt (user, assistant, user,
   then the assistant header) whose total length is log-normal with median ~200 and p90 ~460 tokens, and two
@@ -18,8 +18,8 @@ import math
 import random
 from typing import Any
 
-from alignment import quicktask
-from alignment.tokenization import IGNORE_INDEX, encode_pairs, encode_texts
+from alignment.data.tokenization import IGNORE_INDEX, encode_pairs, encode_texts
+from alignment.instruct import quicktask
 
 DATASETS = ("quickstart", "hh")
 Z90 = 1.2816  # standard normal 90th percentile

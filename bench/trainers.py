@@ -38,7 +38,7 @@ TRAINERS: dict[str, tuple[str, ...]] = {"sft": ("alignflow", "trl"), "dpo": ("al
 # alignflow's optional model settings (training.lora / gradient_checkpointing / compile), each measured as an extra
 # alignflow trainer `alignflow+<variant>` beside the plain one with --variants
 # ("full-logits": the plain log-prob path, LM head at every position, as before the chunked head; "plain-ops":
-# transformers' own RMSNorm and MLP modules instead of alignment/fused_ops.py's memory-lean functions)
+# transformers' own RMSNorm and MLP modules instead of alignment/kernels/fused_ops.py's memory-lean functions)
 # "glibc-malloc": glibc's adaptive mmap threshold in every stage (training.cpu_mmap_threshold_mib=null; its default
 # "auto" is 1 MiB for DPO/ORPO, glibc's own for SFT); "mmap-1mib": 1 MiB in every stage, SFT included;
 # "mkl-linear": torch's own fp32 products (MKL) instead of oneDNN's, training.onednn_linear=false; "onednn-linear":
@@ -158,7 +158,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from alignment.models import ModelLoadError
+    from alignment.models.loading import ModelLoadError
 
     try:
         run = run_benchmark(options)
@@ -278,7 +278,7 @@ def environment(threads: int) -> dict[str, Any]:
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "loadavg_start": os.getloadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            # torch's huge-page switch, inherited by every trial, TRL's too (alignment/host_memory.py)
+            # torch's huge-page switch, inherited by every trial, TRL's too (alignment/kernels/host_memory.py)
             "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"), "thp_mode": thp_mode()}
 
 
@@ -296,7 +296,7 @@ def bench_model(out: Path, options: BenchOptions) -> Path:
     converted once and cached, an s3:// folder downloaded), else the quickstart's tiny model saved to `out`."""
     if options.model is None:
         return save_tiny_model(out, options)
-    from alignment.model_source import local_model_path
+    from alignment.models.source import local_model_path
 
     return Path(local_model_path(options.model))
 
@@ -312,9 +312,9 @@ def model_shape(model_dir: Path) -> dict[str, Any]:
 
 def save_tiny_model(out: Path, options: BenchOptions) -> Path:
     """The quickstart's tiny Llama (TinyModelConfig defaults; positions widened to max_length) and tokenizer."""
-    from alignment import quicktask
     from alignment.config import TinyModelConfig
-    from alignment.tiny_model import build_model, train_tokenizer
+    from alignment.instruct import quicktask
+    from alignment.models.tiny import build_model, train_tokenizer
 
     t = TinyModelConfig()
     tokenizer = train_tokenizer(quicktask.corpus(), t.vocab_size)
@@ -370,7 +370,7 @@ def trial_context(options: BenchOptions) -> multiprocessing.context.BaseContext:
     """Fresh processes forked from a server that has imported the libraries (and nothing else), so a trial
     pays no import time and its memory is its own."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "transformers", "accelerate", "datasets", "trl", "alignment.trainer",
+    ctx.set_forkserver_preload(["torch", "transformers", "accelerate", "datasets", "trl", "alignment.training.trainer",
                                 "bench.trial", "bench.trl_side", "bench.generation"])
     return ctx
 

@@ -3,7 +3,7 @@
 A trial is a JSON-serialisable spec (see `bench.trainers.trial_spec`). Measured:
 
 * ``seconds``: wall time of the training call with the model already loaded and the rows already tokenized.
-  alignflow: `reference_logps` (DPO only) + `alignment.trainer.train` (which builds its Accelerator, optimiser
+  alignflow: `reference_logps` (DPO only) + `alignment.training.trainer.train` (which builds its Accelerator, optimiser
   and scheduler, and writes one checkpoint at the last step; that write is timed on its own as
   ``checkpoint_s`` and stays inside ``seconds``). TRL: `trainer.train()` (which writes the same kind of
   checkpoint at its last step, bench.trl_side, timed as ``checkpoint_s`` likewise), plus for
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from alignment.host_memory import large_blocks_mapped
+from alignment.kernels.host_memory import large_blocks_mapped
 from bench.generation import run_generation_trial
 from bench.pairs import pair_tokens, sft_rows
 from bench.probe import MemoryProbe, load_model, pin_threads
@@ -45,12 +45,12 @@ VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha
                                                "mkl-linear": {"onednn_linear": False},
                                                "onednn-linear": {"onednn_linear": True}, "padded-rows": {}}
 # runtime-plan fields the `alignflow+<variant>` trainers change on the plan their TrainingConfig gives
-# (alignment/runtime_plan.py): the plain LM head, transformers' RMSNorm / MLP modules, padded batches; for the
+# (alignment/kernels/runtime_plan.py): the plain LM head, transformers' RMSNorm / MLP modules, padded batches; for the
 # reference pass and the training steps alike
 VARIANT_PLANS: dict[str, dict[str, Any]] = {"full-logits": {"full_logits": True}, "plain-ops": {"fused_ops": False},
                                             "padded-rows": {"pack_rows": False}}
 # TRL's DPOTrainer default with the allocator setting alignflow's CPU training makes
-# (training.cpu_mmap_threshold_mib, alignment/host_memory.py), so that setting is not counted as alignflow's lead
+# (training.cpu_mmap_threshold_mib, alignment/kernels/host_memory.py), so that setting is not counted as alignflow's lead
 TRL_MMAP = "trl-mmap"
 
 
@@ -61,12 +61,12 @@ def load_rows(spec: dict[str, Any]) -> list[dict[str, list[int]]]:
 
 def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], pad_id: int,
                   probe: MemoryProbe, work: Path) -> dict[str, Any]:
-    import alignment.trainer as trainer_module
+    import alignment.training.trainer as trainer_module
     from alignment.config import OptimConfig, TrainingConfig
-    from alignment.logprobs import reference_logps
-    from alignment.models import prepare_for_training
-    from alignment.objectives import method_plan
-    from alignment.tracking import InMemoryLogger
+    from alignment.models.loading import prepare_for_training
+    from alignment.training.logprobs import reference_logps
+    from alignment.training.objectives import method_plan
+    from alignment.training.tracking import InMemoryLogger
 
     method, steps, batch = spec["method"], spec["steps"], spec["batch_size"]
     objective, collate = method_plan(method, pad_id=pad_id, beta=spec["beta"], loss_type="sigmoid",
@@ -112,7 +112,7 @@ def variant_plan(spec: dict[str, Any]) -> Any:
     trial's device, with the variant's VARIANT_PLANS fields replaced."""
     import dataclasses
 
-    from alignment.runtime_plan import plan_for
+    from alignment.kernels.runtime_plan import plan_for
 
     stage = "sft" if spec["method"] == "sft" else "preference"
     plan = plan_for(variant_training(spec["trainer"]), spec["device"], stage)
@@ -150,7 +150,7 @@ def run_trl(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], tok
 
 
 def mmap_threshold_mib(trainer: str, method: str) -> int | None:
-    """The allocator setting a trial runs under (alignment/host_memory.py): alignflow's training.cpu_mmap_threshold_mib
+    """The allocator setting a trial runs under (alignment/kernels/host_memory.py): alignflow's training.cpu_mmap_threshold_mib
     for the method's stage (its default, or its variant's), the same for TRL_MMAP, glibc's default for TRL's
     other configurations."""
     stage = "sft" if method == "sft" else "preference"
@@ -236,11 +236,11 @@ def alignflow_batch_losses(method: str, policy: torch.nn.Module, reference: torc
                            pairs: list[dict], pad_id: int, batch_size: int, batches: int, *, beta: float,
                            lam: float, orpo_nll_tokens: str = ORPO_NLL_TOKENS) -> list[dict[str, float]]:
     """alignflow's loss (its objective on its own collated batch) on consecutive batches of `pairs`; for ORPO
-    also its NLL term. Both models run the default runtime plan on CPU (alignment/runtime_plan.py)."""
+    also its NLL term. Both models run the default runtime plan on CPU (alignment/kernels/runtime_plan.py)."""
     from alignment.config import TrainingConfig
-    from alignment.logprobs import reference_logps
-    from alignment.objectives import method_plan
-    from alignment.runtime_plan import apply_plan, plan_for
+    from alignment.kernels.runtime_plan import apply_plan, plan_for
+    from alignment.training.logprobs import reference_logps
+    from alignment.training.objectives import method_plan
 
     plan = plan_for(TrainingConfig(), "cpu", "sft" if method == "sft" else "preference")
 

@@ -34,7 +34,7 @@ from transformers import TrainingArguments
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from alignment.tokenization import IGNORE_INDEX
+from alignment.data.tokenization import IGNORE_INDEX
 
 TRL_TRAINERS = {"sft": ("trl",), "dpo": ("trl", "trl-precompute"), "orpo": ("trl",)}
 # transformers 5.23 renamed gradient_checkpointing (TRL's default: True) to activation_checkpointing

@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from alignment.config import BenchmarkConfig
-from alignment.models import first_line
+from alignment.models.loading import first_line
 from evaluation.lm_eval_tasks import TASK_DIR
 from evaluation.lm_eval_tasks.alignflow_tasks import DATA_DIR, DATA_FILES, read_docs
 

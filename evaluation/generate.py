@@ -1,4 +1,4 @@
-"""Greedy answers from chat prompts, identical settings for policy and reference (alignment/generation.py:
+"""Greedy answers from chat prompts, identical settings for policy and reference (alignment/models/generation.py:
 length-sorted batches, KV cache, each row stopped at EOS)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from alignment.generation import generate
+from alignment.models.generation import generate
 
 
 def generate_responses(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict]],

@@ -22,12 +22,12 @@ import httpx
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from alignment import quicktask
 from alignment.config import JudgeConfig
-from alignment.instructions import verify
-from alignment.model_source import local_model_path
-from alignment.models import ModelLoadError, first_line
-from alignment.onpolicy import AssistantScorer, CorrectnessScorer, Scorer, VerifierScorer
+from alignment.instruct import quicktask
+from alignment.instruct.instructions import verify
+from alignment.models.loading import ModelLoadError, first_line
+from alignment.models.source import local_model_path
+from alignment.training.onpolicy import AssistantScorer, CorrectnessScorer, Scorer, VerifierScorer
 
 Verdict = Literal["win", "tie", "loss"]  # from the policy's side
 ERROR = "error"  # judge_pairs' verdict for a pair that could not be judged
@@ -80,10 +80,10 @@ def last_user_message(prompt: list[dict[str, str]]) -> str:
 class VerifierJudge:
     """The instruction task's judge, on correctness and compliance (not compliance alone, which a degenerate
     answer can satisfy): a degenerate answer (empty, the prompt echoed, a loop, too short to answer) loses to
-    any other; then a right answer to a checkable question (alignment/answers.py) beats a wrong one; then an
+    any other; then a right answer to a checkable question (alignment/instruct/answers.py) beats a wrong one; then an
     answer that follows every instruction of its prompt beats one that does not, and more partial credit (how
     close it came) beats less; equal scores are a tie. The same composition as the on-policy scorer
-    (alignment/onpolicy.py AssistantScorer), so it is not independent evidence by itself: the promotion gates
+    (alignment/training/onpolicy.py AssistantScorer), so it is not independent evidence by itself: the promotion gates
     add the checks the training signal did not write (generative benchmark, degeneration, KL)."""
 
     name = "verifier"
@@ -114,7 +114,7 @@ class VerifierJudge:
 
 
 class JudgeScorer:
-    """Any judge as an on-policy scorer (alignment/onpolicy.py): a judge that scores answers (the reward
+    """Any judge as an on-policy scorer (alignment/training/onpolicy.py): a judge that scores answers (the reward
     model) gives its scores; a pairwise one (the endpoint) gives each answer its wins over the prompt's other
     answers (a tie counts half; a pair it could not judge counts nothing)."""
 

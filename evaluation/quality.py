@@ -1,6 +1,6 @@
 """What a user sees in the held-out answers, measured for policy and reference alike: degeneration (empty,
-the prompt echoed, loops, too short to answer; alignment/degeneration.py), distinct word bigrams, length on
-prompts without a length instruction, correctness where a program can check the answer (alignment/answers.py)
+the prompt echoed, loops, too short to answer; alignment/instruct/degeneration.py), distinct word bigrams, length on
+prompts without a length instruction, correctness where a program can check the answer (alignment/instruct/answers.py)
 and instruction compliance *together with* answering.
 
 These are the checks the training reward did not write: a model that learned to satisfy the instruction
@@ -13,9 +13,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from alignment.degeneration import Assessment
-from alignment.instructions import parse_instructions, verify
-from alignment.onpolicy import assess_answer, is_correct
+from alignment.instruct.degeneration import Assessment
+from alignment.instruct.instructions import parse_instructions, verify
+from alignment.training.onpolicy import assess_answer, is_correct
 
 FLAGS = ("empty", "echo", "loop", "too_short")
 

@@ -10,14 +10,14 @@ import torch
 from pydantic import BaseModel
 
 from alignment.config import PipelineConfig
-from alignment.divergence import estimate_kl
-from alignment.instructions import strip_instructions
-from alignment.logprobs import collate_pairs, sequence_logps
-from alignment.models import load_causal_lm, load_tokenizer
-from alignment.onpolicy import last_user_text
+from alignment.instruct.instructions import strip_instructions
+from alignment.kernels.runtime_plan import apply_plan
+from alignment.models.loading import load_causal_lm, load_tokenizer
 from alignment.records import ModelRef, PreparedData
-from alignment.runtime_plan import apply_plan
 from alignment.stages import HELDOUT_PROMPTS, model_device, read_jsonl, reference_annotated_pairs, stage_plan
+from alignment.training.divergence import estimate_kl
+from alignment.training.logprobs import collate_pairs, sequence_logps
+from alignment.training.onpolicy import last_user_text
 from evaluation.benchmarks import eval_set_texts, run_benchmarks
 from evaluation.contamination import contamination
 from evaluation.generate import generate_responses
@@ -50,7 +50,7 @@ def prompt_text(messages: list[dict[str, str]]) -> str:
 
 
 def question_text(messages: list[dict[str, str]]) -> str:
-    """The prompt without instruction sentences of the instruction task (alignment/instructions.py): those few
+    """The prompt without instruction sentences of the instruction task (alignment/instruct/instructions.py): those few
     templates recur across splits by design, so contamination is measured on the questions."""
     return strip_instructions(prompt_text(messages))
 

@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     from alignment.config import ConfigError
     from alignment.data import DataError
-    from alignment.models import ModelLoadError
-    from alignment.tokenization import TemplateError
+    from alignment.data.tokenization import TemplateError
+    from alignment.models.loading import ModelLoadError
     from arena.store import ArenaError
     from flows.stack import StackError
     from storage.s3 import StorageError
@@ -376,9 +376,9 @@ def environment_restored() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with environment_restored():
-        # before any tensor exists: torch's CPU allocator reads this once (alignment/host_memory.py); the
+        # before any tensor exists: torch's CPU allocator reads this once (alignment/kernels/host_memory.py); the
         # processes a command starts (stack workers, their flow runs, the bench's trials) inherit it
-        from alignment.host_memory import request_huge_pages
+        from alignment.kernels.host_memory import request_huge_pages
 
         request_huge_pages()
         try:

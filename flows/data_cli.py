@@ -67,7 +67,7 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 def run_data_command(args: argparse.Namespace) -> int:
     """Run ``data inspect`` or ``data prepare``; user errors print ``error: ...`` and return 1 or 2."""
     from alignment.data import DataError
-    from alignment.tokenization import TemplateError
+    from alignment.data.tokenization import TemplateError
     from storage.s3 import StorageError
 
     _log_to_stderr()
@@ -83,8 +83,8 @@ def run_data_command(args: argparse.Namespace) -> int:
 
 
 def _model_load_error() -> type[BaseException]:
-    if "alignment.models" in sys.modules:  # only imported (with torch) when --model was given
-        return sys.modules["alignment.models"].ModelLoadError  # type: ignore[no-any-return]
+    if "alignment.models.loading" in sys.modules:  # only imported (with torch) when --model was given
+        return sys.modules["alignment.models.loading"].ModelLoadError  # type: ignore[no-any-return]
     return _Never
 
 
@@ -138,7 +138,7 @@ def _records(args: argparse.Namespace, report: Any) -> Iterator[dict[str, Any]]:
 def command_inspect(args: argparse.Namespace) -> int:
     """Stream the source once: counts, drops by reason with examples, lengths; nothing is written."""
     from alignment.data import DropReport
-    from alignment.data_report import LengthCollector, format_text
+    from alignment.data.report import LengthCollector, format_text
 
     report = DropReport()
     lengths = LengthCollector()
@@ -161,7 +161,7 @@ def command_inspect(args: argparse.Namespace) -> int:
 
 
 def _add_token_lengths(lengths: Any, batch: list[dict[str, Any]], tokenizer: Any) -> None:
-    from alignment.prepare import encode_pair_batch, encode_sft_batch
+    from alignment.data.prepare import encode_pair_batch, encode_sft_batch
 
     columns = {key: [r[key] for r in batch] for key in batch[0] if key in ("prompt", "chosen", "rejected",
                                                                          "messages")}
@@ -177,8 +177,8 @@ def _add_token_lengths(lengths: Any, batch: list[dict[str, Any]], tokenizer: Any
 
 def _load_tokenizer(name: str, trust_remote_code: bool) -> Any:
     """Any model source the pipeline accepts: hub id, folder, s3:// folder or GGUF file (converted once)."""
-    from alignment.model_source import local_model_path
-    from alignment.models import load_tokenizer
+    from alignment.models.loading import load_tokenizer
+    from alignment.models.source import local_model_path
 
     return load_tokenizer(local_model_path(name), trust_remote_code=trust_remote_code)
 
@@ -188,8 +188,8 @@ def _load_tokenizer(name: str, trust_remote_code: bool) -> Any:
 
 def command_prepare(args: argparse.Namespace) -> int:
     """Canonical sft.jsonl or train.jsonl + heldout.jsonl, the tokenized cache and report.json."""
-    from alignment.data_report import format_text
-    from alignment.prepare import PrepareOptions, prepare
+    from alignment.data.prepare import PrepareOptions, prepare
+    from alignment.data.report import format_text
 
     options = PrepareOptions(
         fmt="auto" if args.sft else args.format, sft_fmt=args.format if args.sft else "auto", policy=args.policy, min_score_gap=args.min_score_gap,

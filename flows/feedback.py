@@ -62,7 +62,7 @@ def round_dir(config: PipelineConfig, stamp: datetime | None = None) -> Path:
 
 
 def split_counts(rows: list[dict[str, Any]], config: PipelineConfig) -> tuple[int, int]:
-    """(train, held-out) pairs as prepare will split them (alignment/prepare.py: prompt hash salted by seed)."""
+    """(train, held-out) pairs as prepare will split them (alignment/data/prepare.py: prompt hash salted by seed)."""
     from alignment.data import is_heldout
 
     heldout = sum(is_heldout(r, config.data.heldout_fraction, str(config.run.seed)) for r in rows)

@@ -3,5 +3,5 @@ CUDA) in a process group of its own, call back while it runs, stop the whole gro
 tail of its stderr for the error message.
 
 The launcher knows nothing of training: the caller hands it the entry point (a module and its arguments)
-and a callback (alignment/distributed.py forwards the metrics rank 0 writes).
+and a callback (alignment/training/distributed.py forwards the metrics rank 0 writes).
 """

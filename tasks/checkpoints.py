@@ -1,7 +1,7 @@
 """Training checkpoints mirrored to S3, so a training stage killed on one machine (a GPU worker lost with its
 disk) resumes on another from where it stopped.
 
-The trainer (alignment/trainer.py) keeps writing its checkpoints locally under `<stage dir>/checkpoints`,
+The trainer (alignment/training/trainer.py) keeps writing its checkpoints locally under `<stage dir>/checkpoints`,
 each folder renamed into place once complete. Here a background thread watches that folder and publishes
 the newest complete checkpoint to `s3://<bucket>/stages/<stage>-<key>/checkpoints/step-N/` with the
 manifest written last (storage/folders.py), keeping the newest `KEEP_CHECKPOINTS` there too. Training never
@@ -27,7 +27,7 @@ from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
 from alignment.config import PipelineConfig
-from alignment.trainer import KEEP_CHECKPOINTS, latest_checkpoint
+from alignment.training.trainer import KEEP_CHECKPOINTS, latest_checkpoint
 from storage import folders
 from storage.s3 import make_client, parse_s3_uri
 

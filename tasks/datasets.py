@@ -16,7 +16,7 @@ from mlflow.entities import DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Array, ColSpec, DataType, Object, Property, Schema
 
-from alignment.prepare import describe_prepared
+from alignment.data.prepare import describe_prepared
 
 CONTEXTS = {"sft": "training", "train": "training", "heldout": "evaluation"}
 DIGEST_CHARS = 32

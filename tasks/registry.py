@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from alignment.config import PipelineConfig
-from alignment.models import load_causal_lm, load_tokenizer
+from alignment.models.loading import load_causal_lm, load_tokenizer
 from alignment.records import TrainOutput
 from arena.events import Emit, emit_safely, emit_to_prefect, gate_refused_event, registered_event
 from evaluation.gates import GateResult, all_passed, check_gates

@@ -286,7 +286,7 @@ def progress_reporter(title: str) -> Any:
 
 
 def log_training(run: Any, out: TrainOutput, name: str) -> None:
-    if out.runtime:  # the stage's runtime plan (alignment/runtime_plan.py), as the compute side derived it
+    if out.runtime:  # the stage's runtime plan (alignment/kernels/runtime_plan.py), as the compute side derived it
         run.log_params(out.runtime)
     run.log_metrics({"train_seconds": out.seconds, "train_tokens": float(out.tokens),
                      "resumed_from_step": float(out.resumed_from_step)})

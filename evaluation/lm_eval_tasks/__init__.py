@@ -1,5 +1,5 @@
 """The project's own lm-eval tasks: YAML configs beside their small jsonl data (generated from
-alignment/quicktask.py by `python -m evaluation.lm_eval_tasks.alignflow_tasks`), shipped with the package.
+alignment/instruct/quicktask.py by `python -m evaluation.lm_eval_tasks.alignflow_tasks`), shipped with the package.
 
 Pass this folder to `lm_eval.tasks.TaskManager(include_path=TASK_DIR)`; every data path resolves relative to
 the YAML files (see `alignflow_tasks.load_docs`), so nothing depends on the current directory.

@@ -1,5 +1,5 @@
 """Data and hooks of the project's lm-eval tasks, all built from the quickstart's 'animal facts' world
-(alignment/quicktask.py).
+(alignment/instruct/quicktask.py).
 
 Every task uses the quickstart's held-out prompts (those `quicktask.is_heldout` puts aside at the default
 `data.quicktask.heldout_fraction`), so with the default split no benchmark question is a training prompt
@@ -29,8 +29,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from alignment import quicktask
 from alignment.config import QuickTaskConfig
+from alignment.instruct import quicktask
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DATA_FILES = {

@@ -1,6 +1,6 @@
 """Data of the 'alignment tax' benchmark `alignflow_general_mc`: general knowledge and arithmetic that a small
 instruct model (SmolLM2-135M-Instruct) mostly knows and that neither the quickstart's animal facts nor the
-instruction-following task (alignment/instructions.py) teaches. A drop after preference training is a cost of
+instruction-following task (alignment/instruct/instructions.py) teaches. A drop after preference training is a cost of
 the alignment, not a lost lesson.
 
 Three kinds of 4-way multiple-choice questions, all with short answer strings (lm-eval scores the

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from alignment import quicktask
-from alignment.tiny_model import train_tokenizer
-from alignment.tokenization import encode_sft
+from alignment.data.tokenization import encode_sft
+from alignment.instruct import quicktask
+from alignment.models.tiny import train_tokenizer
 
 
 @pytest.fixture(autouse=True)

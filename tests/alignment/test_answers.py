@@ -1,13 +1,13 @@
-"""Questions with program-checkable answers (alignment/answers.py) and the degeneration flags
-(alignment/degeneration.py), with hand-checked cases."""
+"""Questions with program-checkable answers (alignment/instruct/answers.py) and the degeneration flags
+(alignment/instruct/degeneration.py), with hand-checked cases."""
 
 from __future__ import annotations
 
 import pytest
 
-from alignment.answers import BY_TEXT, CHECKABLE, correct, normalise, words_to_number
-from alignment.degeneration import assess, common_subsequence, distinct_n, is_loop, min_words_for
-from alignment.instructions import QUESTIONS, Instruction, parse_instructions
+from alignment.instruct.answers import BY_TEXT, CHECKABLE, correct, normalise, words_to_number
+from alignment.instruct.degeneration import assess, common_subsequence, distinct_n, is_loop, min_words_for
+from alignment.instruct.instructions import QUESTIONS, Instruction, parse_instructions
 
 
 @pytest.mark.parametrize(("phrase", "value"), [("seven", 7), ("fifty-six", 56), ("one hundred and six", 106),
@@ -128,7 +128,7 @@ def test_a_restatement_of_an_everyday_question_with_a_word_or_two_added_is_an_ec
                                                 ("three thousand and two", ["3002"])])
 def test_number_words_combine_only_by_english_grammar(phrase: str, digits: list[str]) -> None:
     """Found in review: "between five and six" was read as 11, the soccer team's answer."""
-    from alignment.answers import numbers_in_words
+    from alignment.instruct.answers import numbers_in_words
 
     assert numbers_in_words(phrase) == digits
     assert correct("How many players does a soccer team have on the field?", f"between {phrase}") is False

@@ -1,4 +1,4 @@
-"""alignflow's CPU attention (alignment/attention.py) and packed rows (alignment/logprobs.pack_rows): the same
+"""alignflow's CPU attention (alignment/kernels/attention.py) and packed rows (alignment/logprobs.pack_rows): the same
 outputs and gradients as transformers' SDPA on prefix-shared rows (dense non-causal mask), padding masks kept,
 generation unchanged, and packed batches scoring what padded ones score."""
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-import alignment.attention as attention
-from alignment.attention import NAME, SEGMENTS, takes_packed_rows, use_cpu_attention
-from alignment.lm_head import compiled
-from alignment.logprobs import collate_sft, collate_shared_pairs, pack_rows, sequence_logps
-from alignment.runtime_plan import RuntimePlan, apply_plan
+import alignment.kernels.attention as attention
+from alignment.kernels.attention import NAME, SEGMENTS, takes_packed_rows, use_cpu_attention
+from alignment.kernels.lm_head import compiled
+from alignment.kernels.runtime_plan import RuntimePlan, apply_plan
+from alignment.training.logprobs import collate_sft, collate_shared_pairs, pack_rows, sequence_logps
 
 
 def attention_plan(pack: bool) -> RuntimePlan:

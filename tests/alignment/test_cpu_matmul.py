@@ -1,7 +1,7 @@
-"""fp32 products through oneDNN on CPU (alignment/cpu_matmul.py): the same values and gradients as torch's
+"""fp32 products through oneDNN on CPU (alignment/kernels/cpu_matmul.py): the same values and gradients as torch's
 own linear up to float rounding (1e-5 relative to each tensor's largest entry), alone and through a Llama of
 SmolLM2-135M's width (tied embeddings, LoRA, activation checkpointing); torch's path wherever oneDNN does not
-apply; a model's linears switched and given back by its runtime plan (alignment/runtime_plan.py)."""
+apply; a model's linears switched and given back by its runtime plan (alignment/kernels/runtime_plan.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alignment import cpu_matmul
 from alignment.config import TrainingConfig
-from alignment.logprobs import collate_shared_pairs, sequence_logps
-from alignment.models import prepare_for_training
-from alignment.runtime_plan import apply_plan, plan_for
+from alignment.kernels import cpu_matmul
+from alignment.kernels.runtime_plan import apply_plan, plan_for
+from alignment.models.loading import prepare_for_training
+from alignment.training.logprobs import collate_shared_pairs, sequence_logps
 
 # These tests exercise oneDNN's path on any x86-64 CPU (training.onednn_linear unset, a plan has it off on Intel's
 # and on AVX2-only CPUs: pays_here); `linear` and `mm_nt` take it wherever it applies.

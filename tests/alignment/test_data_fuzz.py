@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from alignment import data
 from alignment.data import DataError, DataValidationError, DropReport, load_preferences, load_sft
-from alignment.prepare import PrepareOptions, prepare
+from alignment.data.prepare import PrepareOptions, prepare
 
 FUZZ = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from torch.testing import assert_close
 
-from alignment import distributed
 from alignment.config import ConfigError, PipelineConfig, load_config
-from alignment.distributed import build_command, forward_record, launch_training
-from alignment.models import fingerprint_model, load_causal_lm
+from alignment.data.tokenization import IGNORE_INDEX, encode_sft
+from alignment.models.loading import fingerprint_model, load_causal_lm
+from alignment.models.tiny import build_model
 from alignment.records import ModelRef, PreparedData
 from alignment.stages import prepare_data, read_jsonl, run_preference, run_sft
-from alignment.tiny_model import build_model
-from alignment.tokenization import IGNORE_INDEX, encode_sft
-from alignment.tracking import InMemoryLogger, JsonlMetricsLogger, read_new_records
+from alignment.training import distributed
+from alignment.training.distributed import build_command, forward_record, launch_training
+from alignment.training.tracking import InMemoryLogger, JsonlMetricsLogger, read_new_records
 
 SFT_STEPS, DPO_STEPS = 6, 3
 COMMON = ["run.torch_threads=1", "sft.optim.learning_rate=1e-3", "sft.optim.warmup_ratio=0.2",

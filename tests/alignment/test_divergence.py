@@ -1,4 +1,4 @@
-"""estimate_kl (alignment/divergence.py): zero for a model against itself (a copy, or LoRA's adapters off), the
+"""estimate_kl (alignment/training/divergence.py): zero for a model against itself (a copy, or LoRA's adapters off), the
 hand-computed value for a policy that always ends at once against a uniform reference, and the adapters-off
 reference equal to a loaded copy of the base model."""
 
@@ -13,8 +13,8 @@ from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignment.config import LoraSettings, TrainingConfig
-from alignment.divergence import estimate_kl
-from alignment.models import prepare_for_training
+from alignment.models.loading import prepare_for_training
+from alignment.training.divergence import estimate_kl
 from tests.alignment.test_trainer import make_model
 
 PROMPTS = [[{"role": "user", "content": text}] for text in

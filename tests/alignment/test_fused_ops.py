@@ -1,4 +1,4 @@
-"""The memory-lean RMSNorm and SwiGLU MLP (alignment/fused_ops.py): the same outputs (bitwise for a module,
+"""The memory-lean RMSNorm and SwiGLU MLP (alignment/kernels/fused_ops.py): the same outputs (bitwise for a module,
 within 1e-5 through a model) and gradients (within 1e-5, relative to each tensor's largest entry) as
 transformers' modules on SmolLM2-135M's shape (hidden 576, intermediate 1536, 9 heads / 3 KV heads), with
 LoRA and gradient checkpointing, fewer saved tensors (counted by hand), and modules they do not know left alone."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from alignment.fused_ops import (
+from alignment.kernels.fused_ops import (
     RMSNormFunction,
     SiLUMul,
     SwiGLUDown,
@@ -19,8 +19,8 @@ from alignment.fused_ops import (
     fused_rmsnorm_forward,
     use_fused_ops,
 )
-from alignment.logprobs import collate_shared_pairs, sequence_logps
-from alignment.runtime_plan import RuntimePlan, apply_plan
+from alignment.kernels.runtime_plan import RuntimePlan, apply_plan
+from alignment.training.logprobs import collate_shared_pairs, sequence_logps
 
 LEAN = RuntimePlan(fused_ops=True)  # the lean modules only: torch's products, padded rows
 
@@ -219,7 +219,7 @@ def test_autocast_runs_the_modules_own_forward() -> None:
 
 def test_lean_modules_off_gives_back_the_modules_own_forward() -> None:
     from alignment.config import TrainingConfig
-    from alignment.runtime_plan import plan_for
+    from alignment.kernels.runtime_plan import plan_for
 
     model = llama(layers=1)
     assert use_fused_ops(model) == 4  # two norms and the MLP of one layer, the final norm

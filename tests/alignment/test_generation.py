@@ -1,11 +1,11 @@
-"""Batched generation (alignment/generation.py): greedy answers token for token equal to `model.generate`'s,
+"""Batched generation (alignment/models/generation.py): greedy answers token for token equal to `model.generate`'s,
 one prompt at a time and as a padded batch, with rows finishing at different steps; seeded sampling."""
 
 from __future__ import annotations
 
 import torch
 
-from alignment.generation import decode, decodes_itself, generate, left_padded
+from alignment.models.generation import decode, decodes_itself, generate, left_padded
 
 
 def tiny_llama(vocab: int = 97) -> torch.nn.Module:
@@ -59,8 +59,8 @@ def test_greedy_decode_equals_model_generate_as_a_batch_and_one_at_a_time() -> N
 def test_generate_answers_equal_one_prompt_at_a_time(quick_tokenizer) -> None:
     """The chat-prompt entry point: length-sorted batches of 3, decoded by `decode`, give each prompt the
     answer `model.generate` gives it alone."""
-    from alignment.tiny_model import build_model
-    from alignment.tokenization import encode_texts, prompt_for_generation
+    from alignment.data.tokenization import encode_texts, prompt_for_generation
+    from alignment.models.tiny import build_model
 
     tok = quick_tokenizer
     model = build_model(tok, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
@@ -77,7 +77,7 @@ def test_generate_answers_equal_one_prompt_at_a_time(quick_tokenizer) -> None:
 
 
 def test_sampling_is_seeded_and_gives_num_samples_per_prompt(quick_tokenizer) -> None:
-    from alignment.tiny_model import build_model
+    from alignment.models.tiny import build_model
 
     tok = quick_tokenizer
     model = build_model(tok, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,

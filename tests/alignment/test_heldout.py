@@ -1,4 +1,4 @@
-"""Held-out evaluation during preference training (alignment/heldout.py, dpo/orpo.heldout_eval): the early
+"""Held-out evaluation during preference training (alignment/training/heldout.py, dpo/orpo.heldout_eval): the early
 stopping decision on hand-checked loss sequences, and DPO on the tiny model evaluated every step, stopped
 early, its best weights saved, a re-run resuming as finished."""
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from alignment.config import ConfigError, load_config
-from alignment.heldout import early_stop_decision, pair_metrics
-from alignment.models import load_causal_lm, load_tokenizer
-from alignment.objectives import method_plan
+from alignment.models.loading import load_causal_lm, load_tokenizer
 from alignment.stages import build_base_model, prepare_data, reference_annotated_pairs, run_preference
-from alignment.tracking import InMemoryLogger
+from alignment.training.heldout import early_stop_decision, pair_metrics
+from alignment.training.objectives import method_plan
+from alignment.training.tracking import InMemoryLogger
 
 NAN = math.nan
 

@@ -1,4 +1,4 @@
-"""CPU training's allocator settings (alignment/host_memory.py), checked through glibc's own counters: the
+"""CPU training's allocator settings (alignment/kernels/host_memory.py), checked through glibc's own counters: the
 number of memory-mapped blocks (mallinfo2's hblks) goes up by one for a 2 MiB tensor exactly when the mmap
 threshold is below 2 MiB."""
 
@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from alignment import host_memory
 from alignment.config import TrainingConfig
+from alignment.kernels import host_memory
 
 MIB = 1024 * 1024
 
@@ -23,7 +23,7 @@ glibc = pytest.mark.skipif(host_memory._libc() is None or not hasattr(host_memor
 # in a process that has freed large blocks before (this test session) the count would depend on its history.
 PROBE = """
 import ctypes, os, sys, torch
-from alignment import host_memory
+from alignment.kernels import host_memory
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks "
                                                  "fordblks keepcost").split()]
@@ -109,7 +109,7 @@ def test_request_huge_pages_sets_the_switch_unless_the_user_did() -> None:
 
 HUGE_PAGES_PROBE = """
 import os, sys
-from alignment import host_memory
+from alignment.kernels import host_memory
 print(host_memory.huge_pages_in_use())
 """
 

@@ -1,4 +1,4 @@
-"""Verifiable instructions (alignment/instructions.py): every checker on hand-written pass and fail cases, the
+"""Verifiable instructions (alignment/instruct/instructions.py): every checker on hand-written pass and fail cases, the
 degree's range and its agreement with the strict verdict, parsing every template back, and the task
 generator's split hygiene, determinism and balance."""
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignment import instructions
-from alignment.instructions import (
+from alignment.instruct import instructions
+from alignment.instruct.instructions import (
     KINDS,
     QUESTIONS,
     Instruction,
@@ -337,7 +337,7 @@ def test_generate_task_refuses_bad_settings(kwargs: dict, message: str) -> None:
 
 def test_strip_instructions_leaves_the_question() -> None:
     """Contamination is measured on questions: the templates recur in every split by design."""
-    from alignment.instructions import strip_instructions
+    from alignment.instruct.instructions import strip_instructions
 
     prompt = f"How do I keep basil fresh? {Instruction('bullets', 3).text()} {Instruction('keyword', 'water').text()}"
     assert strip_instructions(prompt) == "How do I keep basil fresh?"

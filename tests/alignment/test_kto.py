@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from alignment.logprobs import collate_pairs, sequence_logps
-from alignment.losses import kto_kl_reference, kto_loss
-from alignment.objectives import collate_kto, kl_completions, kto_reference_logps, make_kto_objective
-from alignment.tiny_model import build_model
-from alignment.tokenization import render
+from alignment.data.tokenization import render
+from alignment.models.tiny import build_model
+from alignment.training.logprobs import collate_pairs, sequence_logps
+from alignment.training.losses import kto_kl_reference, kto_loss
+from alignment.training.objectives import collate_kto, kl_completions, kto_reference_logps, make_kto_objective
 
 T = torch.tensor
 BETA, DESIRABLE_WEIGHT, UNDESIRABLE_WEIGHT = 0.1, 2.0, 0.5

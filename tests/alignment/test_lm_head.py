@@ -1,4 +1,4 @@
-"""The chunked LM head (alignment/lm_head.py): the same log-probs and gradients as the full logits, on a real
+"""The chunked LM head (alignment/kernels/lm_head.py): the same log-probs and gradients as the full logits, on a real
 Llama shape (SmolLM2-135M's hidden 576, vocabulary 49,152, 9 heads / 3 KV heads; 2 layers to stay fast), tied
 and untied, with LoRA and gradient checkpointing, and the plain path where the head does not apply."""
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from alignment.lm_head import ChunkedTokenLogps, chunked_token_logps, head_checked, linear_head
-from alignment.logprobs import collate_sft, collate_shared_pairs, sequence_logps
+from alignment.kernels.lm_head import ChunkedTokenLogps, chunked_token_logps, head_checked, linear_head
+from alignment.training.logprobs import collate_sft, collate_shared_pairs, sequence_logps
 
 VOCAB = 49152
 
@@ -150,7 +150,7 @@ def test_real_llama_shape_same_logps_and_gradients(tie: bool) -> None:
 @pytest.mark.slow
 def test_with_gradient_checkpointing() -> None:
     from alignment.config import TrainingConfig
-    from alignment.models import prepare_for_training
+    from alignment.models.loading import prepare_for_training
 
     model = prepare_for_training(smollm_shape(), TrainingConfig(gradient_checkpointing=True))
     assert_same_as_full_logits(model, batches()["shared"])
@@ -161,7 +161,7 @@ def test_with_lora_adapters() -> None:
     """peft's 'all-linear' leaves the head alone: the chunked head runs on the frozen (tied) weight and the
     adapters' gradients equal the full-logits path's."""
     from alignment.config import LoraSettings, TrainingConfig
-    from alignment.models import prepare_for_training
+    from alignment.models.loading import prepare_for_training
 
     model = prepare_for_training(smollm_shape(), TrainingConfig(lora=LoraSettings(r=4, alpha=8.0)))
     assert type(linear_head(model)) is torch.nn.Linear

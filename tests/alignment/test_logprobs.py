@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from alignment.logprobs import (
+from alignment.data.tokenization import IGNORE_INDEX as X
+from alignment.training.logprobs import (
     SequenceLogps,
     collate_pairs,
     collate_sft,
@@ -19,7 +20,6 @@ from alignment.logprobs import (
     reference_logps,
     sequence_logps,
 )
-from alignment.tokenization import IGNORE_INDEX as X
 
 T = torch.tensor
 LOG2 = math.log(2.0)
@@ -220,8 +220,8 @@ def test_orpo_nll_over_prompt_and_response() -> None:
     odds-ratio term as the response-only variant; with plainly collated batches it refuses clearly."""
     import pytest
 
-    from alignment.losses import sft_nll_loss
-    from alignment.objectives import method_plan
+    from alignment.training.losses import sft_nll_loss
+    from alignment.training.objectives import method_plan
 
     model = tiny_llama()
     rows = random_rows(((7, 3, 5), (2, 6, 1)))
@@ -246,7 +246,7 @@ def test_dpo_rpo_term_matches_hand_computation() -> None:
     beta = 1: -log sigma(-log 2) = log(1 + 2) = log 3; -log sigma(0) = log 2; DPO = (log 3 + log 2) / 2 = 0.8958797.
     NLL as TRL's rpo_alpha: token mean over all chosen tokens, 5 log 2 / 3 = 1.1552453 (the paper's per-pair
     length mean would be (2 log 2 + log 2) / 2 = 1.0397208). alpha = 0.5: 0.8958797 + 0.5776227 = 1.4735024."""
-    from alignment.objectives import method_plan
+    from alignment.training.objectives import method_plan
 
     rows = [{"prompt_ids": [0], "chosen_ids": [1, 2], "rejected_ids": [2],
              "ref_chosen_logps": -3 * LOG2, "ref_rejected_logps": -2 * LOG2},

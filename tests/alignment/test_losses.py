@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from alignment.losses import DPO_LOSSES, dpo_loss, kto_kl_reference, kto_loss, orpo_loss, sft_nll_loss
+from alignment.training.losses import (
+    DPO_LOSSES,
+    dpo_loss,
+    kto_kl_reference,
+    kto_loss,
+    orpo_loss,
+    sft_nll_loss,
+)
 
 T = torch.tensor
 # Two pairs. Pair 1: policy (-1, -3), reference (-2, -2) -> h = (-1 + 3) - (-2 + 2) = 2.

@@ -1,4 +1,4 @@
-"""The registry of training methods (alignment/objectives.py METHODS) and how the preference stage uses it to
+"""The registry of training methods (alignment/training/objectives.py METHODS) and how the preference stage uses it to
 choose its starting model and rows (alignment/stages.py)."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from alignment.config import PipelineConfig
-from alignment.objectives import METHODS, method_plan, method_spec, sft_objective
 from alignment.records import ModelRef, TrainOutput
 from alignment.stages import starting_model
+from alignment.training.objectives import METHODS, method_plan, method_spec, sft_objective
 
 
 def test_only_dpo_uses_a_reference_and_every_method_plans() -> None:

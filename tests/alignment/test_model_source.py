@@ -1,4 +1,4 @@
-"""GGUF files as a model source (alignment/model_source.py), on small GGUF files the tests write themselves
+"""GGUF files as a model source (alignment/models/source.py), on small GGUF files the tests write themselves
 with the `gguf` package (tests/ggufutil.py): conversion, its check and cache, the three spellings (path, s3://,
 pkg://) and each bad file as one line naming the file."""
 
@@ -15,12 +15,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alignment import model_source
 from alignment.config import PipelineConfig
-from alignment.model_source import GGUFError, local_model_path, resolve_gguf
+from alignment.models.loading import source as model_source
+from alignment.models.source import GGUFError, local_model_path, resolve_gguf
+from alignment.models.tiny import make_tiny_model
 from alignment.records import PreparedData
 from alignment.stages import build_base_model
-from alignment.tiny_model import make_tiny_model
 from tests.ggufutil import write_llama_gguf
 from tests.s3fixture import S3Server
 

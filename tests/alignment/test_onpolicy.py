@@ -1,4 +1,4 @@
-"""On-policy pairs (alignment/onpolicy.py), the batched generator (alignment/generation.py) and the stage that
+"""On-policy pairs (alignment/training/onpolicy.py), the batched generator (alignment/models/generation.py) and the stage that
 joins them (alignment/stages.onpolicy_pairs) on the tiny model."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from alignment.config import PipelineConfig
-from alignment.generation import ended_rows, generate, generated_lengths, sample_answers
-from alignment.instructions import Instruction
-from alignment.onpolicy import (
+from alignment.instruct.instructions import Instruction
+from alignment.models.generation import ended_rows, generate, generated_lengths, sample_answers
+from alignment.models.tiny import make_tiny_model
+from alignment.stages import HELDOUT_PROMPTS, onpolicy_pairs, read_jsonl, write_instruction_prompts
+from alignment.training.onpolicy import (
     DEGENERATE,
     VerifierScorer,
     best_over_worst,
@@ -21,8 +23,6 @@ from alignment.onpolicy import (
     score_answers,
     verifier_score,
 )
-from alignment.stages import HELDOUT_PROMPTS, onpolicy_pairs, read_jsonl, write_instruction_prompts
-from alignment.tiny_model import make_tiny_model
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -164,7 +164,7 @@ def test_ended_rows_are_the_rows_with_an_eos() -> None:
 
 def test_an_answer_is_finished_exactly_when_model_generate_emits_eos(tiny: tuple) -> None:
     """Each prompt alone through `model.generate` (4 new tokens): finished == EOS among its new tokens."""
-    from alignment.tokenization import encode_texts, prompt_for_generation
+    from alignment.data.tokenization import encode_texts, prompt_for_generation
 
     _, model, tok = tiny
     prompts = [user("What sound does a cow make?"), user("moo"), user("Answer in lowercase letters only.")]
@@ -181,7 +181,7 @@ def test_an_answer_is_finished_exactly_when_model_generate_emits_eos(tiny: tuple
 
 
 def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tiny: tuple, tmp_path: Path) -> None:
-    from alignment.models import fingerprint_model
+    from alignment.models.loading import fingerprint_model
     from alignment.records import ModelRef
 
     path, _, _ = tiny
@@ -220,7 +220,7 @@ def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tin
 
 
 def test_a_stage_whose_answers_are_all_cut_off_names_max_new_tokens(tiny: tuple, tmp_path: Path) -> None:
-    from alignment.models import fingerprint_model
+    from alignment.models.loading import fingerprint_model
     from alignment.records import ModelRef
 
     path, _, _ = tiny
@@ -325,7 +325,7 @@ def test_a_checkable_question_pairs_only_when_the_chosen_answer_is_right() -> No
 
 
 def test_case_repairs_rewrite_each_sample_in_the_asked_case() -> None:
-    from alignment.onpolicy import case_repairs
+    from alignment.training.onpolicy import case_repairs
 
     lower = f"{HOWTO} {Instruction('lowercase').text()}"
     assert case_repairs(lower, ["Put It In Water.", "already lower"]) == ["put it in water."]

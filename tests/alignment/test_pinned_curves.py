@@ -5,7 +5,7 @@ tests/invariant).
 Each curve is 8 optimizer steps from the same seeded model (lr 1e-3, 2 warm-up steps then cosine, batch 4,
 one thread); per step the trainer's logged loss and gradient norm (and, for DPO, the reward margin) must
 match the pinned values to atol = rtol = 1e-5. Float noise passes: the run is bitwise repeatable on one
-machine, and swapping the matmul kernel (torch's F.linear for alignment/cpu_matmul.py's oneDNN path) moves
+machine, and swapping the matmul kernel (torch's F.linear for alignment/kernels/cpu_matmul.py's oneDNN path) moves
 no value by more than 1 % of the tolerance. Any change of the maths fails: a learning rate 0.1 % off moves
 values by 2-19x the tolerance; 1 % off, beta 0.1 -> 0.11 or 3 warm-up steps instead of 2 by 20-5600x.
 
@@ -15,7 +15,7 @@ too: warm-up starts at lr 0, so the first step leaves the weights as they were.)
 
 The curves are CPU ones (skipped where CUDA is visible: the trainer would train there). When a change of
 the maths is intended, regenerate the file and say why in the commit. Both the reference pass and the training
-run the default runtime plan of a CPU stage (alignment/runtime_plan.py), as the pipeline's stages do. To regenerate:
+run the default runtime plan of a CPU stage (alignment/kernels/runtime_plan.py), as the pipeline's stages do. To regenerate:
 
     .venv/bin/python -m tests.alignment.test_pinned_curves
 """
@@ -34,16 +34,16 @@ import torch
 from torch.testing import assert_close
 from transformers import PreTrainedTokenizerFast
 
-from alignment import quicktask
 from alignment.config import OptimConfig, TrainingConfig
-from alignment.logprobs import collate_sft, reference_logps
-from alignment.objectives import method_plan, sft_objective
-from alignment.runtime_plan import plan_for
+from alignment.data.tokenization import encode_pairs, encode_sft
+from alignment.instruct import quicktask
+from alignment.kernels.runtime_plan import plan_for
+from alignment.models.tiny import build_model, train_tokenizer
 from alignment.stages import as_conversational
-from alignment.tiny_model import build_model, train_tokenizer
-from alignment.tokenization import encode_pairs, encode_sft
-from alignment.tracking import InMemoryLogger
-from alignment.trainer import train
+from alignment.training.logprobs import collate_sft, reference_logps
+from alignment.training.objectives import method_plan, sft_objective
+from alignment.training.tracking import InMemoryLogger
+from alignment.training.trainer import train
 
 PINNED = Path(__file__).parent / "data" / "pinned_curves.json"
 OPTIM = OptimConfig(learning_rate=1e-3, warmup_ratio=0.25, lr_scheduler="cosine", batch_size=4, max_steps=8,

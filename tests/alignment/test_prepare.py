@@ -1,5 +1,5 @@
-"""alignment.prepare: canonical files from every format, the tokenized cache (parity with
-alignment.tokenization, too_long under both policies, reuse), the report and the run-input description."""
+"""alignment.data.prepare: canonical files from every format, the tokenized cache (parity with
+alignment.data.tokenization, too_long under both policies, reuse), the report and the run-input description."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from alignment.data import DataError, DataValidationError
-from alignment.prepare import (
+from alignment.data.prepare import (
     PrepareOptions,
     describe_prepared,
     load_tokenized_rows,
@@ -19,7 +19,7 @@ from alignment.prepare import (
     tokenize_prepared,
     write_canonical,
 )
-from alignment.tokenization import encode_pairs, encode_sft
+from alignment.data.tokenization import encode_pairs, encode_sft
 
 USER = {"role": "user", "content": "What is 2 + 2?"}
 GOOD = {"role": "assistant", "content": "4"}

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from alignment import quicktask
-from alignment.quicktask import REFUSALS, generate, good_answer, is_heldout, parse_prompt, score_response
+from alignment.instruct import quicktask
+from alignment.instruct.quicktask import (
+    REFUSALS,
+    generate,
+    good_answer,
+    is_heldout,
+    parse_prompt,
+    score_response,
+)
 
 ARGS = {"heldout_fraction": 0.2, "good_fraction": 0.35, "refusal_fraction": 0.6}
 

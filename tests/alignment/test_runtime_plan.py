@@ -1,4 +1,4 @@
-"""The runtime plan (alignment/runtime_plan.py): derived from the training config and the device, recorded on the
+"""The runtime plan (alignment/kernels/runtime_plan.py): derived from the training config and the device, recorded on the
 model when applied, read (never acted on) by the log-prob path; the default plan scores what a plain model scores."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import torch
 from torch.testing import assert_close
 
 from alignment.config import TrainingConfig
-from alignment.cpu_matmul import pays_here, uses_onednn
-from alignment.logprobs import collate_sft, collate_shared_pairs, sequence_logps
-from alignment.runtime_plan import PLAIN, RuntimePlan, apply_plan, plan_for, plan_of
-from alignment.tiny_model import build_model
+from alignment.kernels.cpu_matmul import pays_here, uses_onednn
+from alignment.kernels.runtime_plan import PLAIN, RuntimePlan, apply_plan, plan_for, plan_of
+from alignment.models.tiny import build_model
+from alignment.training.logprobs import collate_sft, collate_shared_pairs, sequence_logps
 
 
 def tiny(tokenizer, kv_heads: int | None = None) -> torch.nn.Module:

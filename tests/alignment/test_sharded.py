@@ -1,4 +1,4 @@
-"""Sharded training (training.sharding=fsdp2, alignment/sharding.py) on CPU: 2 torchrun processes on gloo with
+"""Sharded training (training.sharding=fsdp2, alignment/training/sharding.py) on CPU: 2 torchrun processes on gloo with
 the policy sharded by FSDP2 against 1 unsharded process on the same global batches (batch 2 x 2 processes ==
 batch 4 x 1: `batch_indices` hands rank r the r-th half of the 1-process batch), per step; resume from a sharded
 (DCP) checkpoint after a simulated crash, at the same and at another number of processes (2 -> 1), and of an
@@ -14,7 +14,7 @@ import pytest
 from alignment.config import ConfigError, load_config
 from alignment.records import ModelRef, PreparedData, TrainOutput
 from alignment.stages import run_preference, run_sft
-from alignment.tracking import InMemoryLogger
+from alignment.training.tracking import InMemoryLogger
 from tests.alignment.test_distributed import COMMON, assert_same_weights, workspace  # noqa: F401 (fixture)
 
 LOSS_TOL = 1e-4

@@ -8,7 +8,7 @@ import pytest
 
 from alignment.config import load_config
 from alignment.data import DataError, DataValidationError
-from alignment.models import ModelLoadError, fingerprint_model
+from alignment.models.loading import ModelLoadError, fingerprint_model
 from alignment.stages import build_base_model, prepare_data, read_jsonl
 
 
@@ -54,7 +54,7 @@ def test_base_model_is_built_once_then_loaded_by_path(tmp_path: Path) -> None:
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
-    from alignment.models import load_tokenizer
+    from alignment.models.loading import load_tokenizer
 
     with pytest.raises(ModelLoadError, match="cannot load tokenizer"):
         load_tokenizer(str(tmp_path / "nowhere"))
@@ -64,8 +64,9 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
 def test_training_stages_run_under_their_cpu_settings(monkeypatch, stage: str) -> None:
     """run_sft / run_preference enter their runtime plan's mmap threshold (training.cpu_mmap_threshold_mib) before
     they load anything and leave it as it was; the plan's onednn_linear is training.onednn_linear, for the stage's
-    models only (alignment/runtime_plan.py: nothing process-wide)."""
-    from alignment import host_memory, stages
+    models only (alignment/kernels/runtime_plan.py: nothing process-wide)."""
+    from alignment import stages
+    from alignment.kernels import host_memory
 
     seen: dict[str, object] = {}
     thresholds: list[int] = []
@@ -91,7 +92,8 @@ def test_training_stages_run_under_their_cpu_settings(monkeypatch, stage: str) -
 def test_the_default_mmap_threshold_is_for_the_preference_stage(monkeypatch, stage: str, expected_mib: int | None) -> None:
     """training.cpu_mmap_threshold_mib="auto" (the default): DPO/ORPO train under a 1 MiB threshold, SFT under
     glibc's own (docs/performance.md measures both sides of the trade)."""
-    from alignment import host_memory, stages
+    from alignment import stages
+    from alignment.kernels import host_memory
 
     thresholds: list[int] = []
     seen: list[list[int]] = []

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from alignment.tokenization import (
+from alignment.data.tokenization import (
     IGNORE_INDEX,
     TemplateError,
     encode_conversation,

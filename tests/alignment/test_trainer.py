@@ -13,12 +13,12 @@ import torch
 from torch.testing import assert_close
 
 from alignment.config import OptimConfig
-from alignment.logprobs import collate_sft
-from alignment.objectives import StepOutput, sft_objective
-from alignment.tiny_model import build_model
-from alignment.tokenization import IGNORE_INDEX
-from alignment.tracking import InMemoryLogger
-from alignment.trainer import (
+from alignment.data.tokenization import IGNORE_INDEX
+from alignment.models.tiny import build_model
+from alignment.training.logprobs import collate_sft
+from alignment.training.objectives import StepOutput, sft_objective
+from alignment.training.tracking import InMemoryLogger
+from alignment.training.trainer import (
     NonFiniteLossError,
     TrainResult,
     batch_indices,
@@ -220,7 +220,7 @@ def test_cpu_memory_choices_train_to_the_same_weights(quick_tokenizer, sft_rows,
     """On CPU the trainer uses torch's fused AdamW, trims the heap after each step and, with activation
     checkpointing, zeroes gradients in place instead of freeing them: the same weights as foreach AdamW with
     freed gradients (to float rounding), over 8 steps."""
-    import alignment.trainer as trainer
+    import alignment.training.trainer as trainer
 
     assert trainer.adamw_implementation(torch.device("cpu")) == {"fused": True}
     assert trainer.adamw_implementation(torch.device("meta")) == {}

@@ -1,4 +1,4 @@
-"""training.lora, training.gradient_checkpointing (alignment.models.prepare_for_training / plain_model): LoRA
+"""training.lora, training.gradient_checkpointing (alignment.models.loading.prepare_for_training / plain_model): LoRA
 trains only its adapters, resumes after a kill like full training, and is saved merged as a plain model;
 activation checkpointing changes memory, never the loss or the gradients."""
 
@@ -12,12 +12,12 @@ import torch
 from torch.testing import assert_close
 
 from alignment.config import LoraSettings, TrainingConfig, load_config
-from alignment.logprobs import collate_sft
-from alignment.models import load_causal_lm, plain_model, prepare_for_training
-from alignment.objectives import method_plan, sft_objective
+from alignment.models.loading import load_causal_lm, plain_model, prepare_for_training
 from alignment.stages import build_base_model, prepare_data, reference_annotated_pairs, run_sft
-from alignment.tracking import InMemoryLogger
-from alignment.trainer import train
+from alignment.training.logprobs import collate_sft
+from alignment.training.objectives import method_plan, sft_objective
+from alignment.training.tracking import InMemoryLogger
+from alignment.training.trainer import train
 from tests.alignment.test_trainer import OPTIM, FailingObjective, SimulatedKill, make_model
 
 LORA = TrainingConfig(lora=LoraSettings(r=4, alpha=8.0))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from alignment import quicktask
+from alignment.instruct import quicktask
+from alignment.models.tiny import make_tiny_model
 from alignment.records import ModelRef, TrainOutput
-from alignment.tiny_model import make_tiny_model
 from evaluation.gates import GateResult
 from tasks.registry import log_policy, register_version
 from tasks.tracking import RunContext
@@ -29,7 +29,7 @@ def tiny(path: Path, seed: int, answers: list[str] | None = None, steps: int = 6
     """A tiny Llama fitted in a few seconds to answer the HELDOUT questions with `answers` (greedy)."""
     import torch
 
-    from alignment.models import load_causal_lm, load_tokenizer
+    from alignment.models.loading import load_causal_lm, load_tokenizer
 
     make_tiny_model(path, quicktask.corpus(), vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
                     intermediate_size=64, max_position_embeddings=256, seed=seed)
@@ -55,7 +55,7 @@ def tiny(path: Path, seed: int, answers: list[str] | None = None, steps: int = 6
 def register_tiny(tracking_uri: str, root: Path, name: str, seed: int, champion: bool) -> str:
     """One registered version (champion when `champion`), trained nowhere: a tiny model with seed `seed`, its
     reference another tiny model. Returns the version."""
-    from alignment.models import load_causal_lm, load_tokenizer
+    from alignment.models.loading import load_causal_lm, load_tokenizer
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("arena-test")

@@ -60,7 +60,7 @@ def test_streamed_answer_is_the_greedy_chat_answer(registry) -> None:
     messages = [{"role": "user", "content": "What sound does a cow make?"}]
     pieces = list(stream_answer(model, tok, messages, Sampling(max_new_tokens=12), threading.Event()))
     assert len(pieces) > 1  # streamed, not in one piece
-    from alignment.generation import generate
+    from alignment.models.generation import generate
 
     [[expected]] = generate(model, tok, [messages], max_new_tokens=12, batch_size=1)
     assert "".join(pieces).strip() == expected == "The cow says moo."

@@ -14,8 +14,8 @@ from tests.bench import require_trl
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from alignment import quicktask
-    from alignment.tiny_model import train_tokenizer
+    from alignment.instruct import quicktask
+    from alignment.models.tiny import train_tokenizer
 
     return train_tokenizer(quicktask.corpus(), 1024)
 
@@ -35,7 +35,7 @@ def test_hh_like_pairs_have_hh_lengths_within_max_length(tokenizer) -> None:
 
 
 def test_quickstart_pairs_and_sft_rows(tokenizer) -> None:
-    from alignment.tokenization import IGNORE_INDEX
+    from alignment.data.tokenization import IGNORE_INDEX
     from bench.pairs import build_pairs, sft_rows
 
     pairs = build_pairs("quickstart", tokenizer, 5, seed=0, max_length=128)
@@ -166,8 +166,8 @@ def test_smoke_run_with_a_model_folder_generation_and_full_logits(tmp_path: Path
     """--model takes a model folder (as the pipeline's model sources); gen times generation; the full-logits
     variant (the LM head at every position) trains to the same loss as the chunked head."""
     require_trl()
-    from alignment import quicktask
-    from alignment.tiny_model import build_model, train_tokenizer
+    from alignment.instruct import quicktask
+    from alignment.models.tiny import build_model, train_tokenizer
     from flows import cli
 
     tok = train_tokenizer(quicktask.corpus(), 1024)

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import torch
 
-from alignment import quicktask
 from alignment.config import BenchmarkConfig, QuickTaskConfig
-from alignment.logprobs import collate_sft
-from alignment.objectives import sft_objective
-from alignment.tiny_model import build_model, train_tokenizer
-from alignment.tokenization import encode_sft
+from alignment.data.tokenization import encode_sft
+from alignment.instruct import quicktask
+from alignment.models.tiny import build_model, train_tokenizer
+from alignment.training.logprobs import collate_sft
+from alignment.training.objectives import sft_objective
 from evaluation import benchmarks
 from evaluation.benchmarks import (
     LOCAL_TASKS,

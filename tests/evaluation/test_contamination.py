@@ -50,7 +50,7 @@ def test_instruction_templates_shared_by_every_split_are_not_contamination(tmp_p
     import json
 
     from alignment.config import PipelineConfig
-    from alignment.instructions import Instruction
+    from alignment.instruct.instructions import Instruction
     from alignment.records import PreparedData
     from evaluation.stages import contamination_report
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from alignment import instructions, quicktask
+from alignment.instruct import instructions, quicktask
 from evaluation.contamination import contamination
 from evaluation.lm_eval_tasks import TASK_DIR, general_knowledge
 from evaluation.lm_eval_tasks.alignflow_tasks import DATA_DIR, read_docs, to_jsonl

@@ -24,7 +24,7 @@ from alignment.stages import (
     run_sft,
     write_quickstart_files,
 )
-from alignment.tracking import NullLogger
+from alignment.training.tracking import NullLogger
 from evaluation.gates import all_passed
 from evaluation.stages import compare_with_reference
 from tasks.registry import promotion_gates

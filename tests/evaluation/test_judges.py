@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
 from alignment.config import JudgeConfig
-from alignment.models import ModelLoadError
+from alignment.models.loading import ModelLoadError
 from evaluation.judges import (
     EndpointJudge,
     JudgeError,
@@ -488,7 +488,7 @@ def test_verifier_judge_correct_beats_compliant_and_degenerate_loses() -> None:
     passes (0 + 1): win. 'The answer is fifty six' is right but has 5 words (degree 3/5: 4 + 0.5 * 0.6 / 1.5)
     and still beats the wrong answer that passes. A loop ('56 56 56 56') is degenerate and loses to a wrong
     answer; two right passing answers tie."""
-    from alignment.instructions import Instruction
+    from alignment.instruct.instructions import Instruction
     from evaluation.judges import VerifierJudge
 
     prompt = [{"role": "user", "content": f"What is 7 times 8? {Instruction('word_limit', 3).text()}"}]
@@ -501,7 +501,7 @@ def test_verifier_judge_correct_beats_compliant_and_degenerate_loses() -> None:
 
 
 def test_verifier_pass_rates_per_prompt_and_kind() -> None:
-    from alignment.instructions import Instruction
+    from alignment.instruct.instructions import Instruction
     from evaluation.judges import VerifierJudge
 
     lower, commas = Instruction("lowercase", None).text(), Instruction("no_commas", None).text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignment.instructions import Instruction
+from alignment.instruct.instructions import Instruction
 from evaluation.quality import answer_quality, compare_quality, quality_metrics
 
 HOWTO = "How do I keep basil fresh?"

@@ -99,8 +99,8 @@ def test_inspect_reports_format_counts_and_lengths(tmp_path: Path, capsys: pytes
 def test_prepare_with_a_model_writes_tokenized_cache_and_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from alignment import quicktask
-    from alignment.tiny_model import train_tokenizer
+    from alignment.instruct import quicktask
+    from alignment.models.tiny import train_tokenizer
 
     model_dir = tmp_path / "tok"
     train_tokenizer(quicktask.corpus(), 1024).save_pretrained(model_dir)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment.generation import generate
-from alignment.models import load_causal_lm, load_tokenizer
+from alignment.models.generation import generate
+from alignment.models.loading import load_causal_lm, load_tokenizer
 from flows.stack import free_ports
 from tests.arena.registry_util import register_tiny
 

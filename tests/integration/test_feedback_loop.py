@@ -109,8 +109,8 @@ def test_a_feedback_round_trains_the_champion_on_the_votes_and_keeps_the_human_g
     -> gates -> a new version; with the human gate on, `champion` stays on the version it trained from."""
     from mlflow import MlflowClient
 
-    from alignment import quicktask
     from alignment.config import load_config
+    from alignment.instruct import quicktask
     from flows.feedback import feedback_round
     from tests.arena.registry_util import register_tiny
     from tests.integration.test_pipeline import NO_QUALITY_GATES, SMALL

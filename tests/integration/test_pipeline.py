@@ -145,13 +145,13 @@ def test_non_finite_loss_stops_keeps_the_last_checkpoint_and_registers_nothing(
     naming the step, the step-4 checkpoint stays, the DPO run is FAILED, no model version is created and no
     summary is written. Without the fault, the same command resumes from that checkpoint and completes."""
     import alignment.stages as stages
-    from alignment.objectives import StepOutput
-    from alignment.trainer import NonFiniteLossError
+    from alignment.training.objectives import StepOutput
+    from alignment.training.trainer import NonFiniteLossError
 
     real_plan = stages.method_plan
     calls = {"dpo": 0}
 
-    def faulty_plan(method: str, **kwargs):  # noqa: ANN202 - wraps alignment.objectives.method_plan
+    def faulty_plan(method: str, **kwargs):  # noqa: ANN202 - wraps alignment.training.objectives.method_plan
         objective, collate = real_plan(method, **kwargs)
         if method != "dpo":
             return objective, collate

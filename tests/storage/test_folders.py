@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from alignment.config import load_config
-from alignment.models import fingerprint_model, load_causal_lm
+from alignment.models.loading import fingerprint_model, load_causal_lm
 from alignment.stages import build_base_model, prepare_data
 from storage import folders
 from tests.s3fixture import S3Server

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from alignment.config import load_config
-from alignment.trainer import latest_checkpoint
+from alignment.training.trainer import latest_checkpoint
 from storage import folders
 from tasks.checkpoints import CheckpointMirror, mirrored_checkpoints, remote_steps, restore, s3_checkpoints_on
 from tests.s3fixture import S3Server

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from alignment.prepare import PrepareOptions, prepare
+from alignment.data.prepare import PrepareOptions, prepare
 from tasks.datasets import describe_inputs, log_dataset_inputs
 
 

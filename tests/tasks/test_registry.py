@@ -13,11 +13,11 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from alignment import quicktask
 from alignment.config import load_config
-from alignment.models import load_causal_lm
+from alignment.instruct import quicktask
+from alignment.models.loading import load_causal_lm
+from alignment.models.tiny import make_tiny_model
 from alignment.records import ModelRef, TrainOutput
-from alignment.tiny_model import make_tiny_model
 from tasks.background import background_tracking
 from tasks.registry import start_policy_logging
 from tasks.tracking import RunContext

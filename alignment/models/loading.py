@@ -79,7 +79,7 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_d
 def prepare_for_training(model: torch.nn.Module, training: TrainingConfig) -> torch.nn.Module:
     """Apply `training`'s model settings (alignment.config.TrainingConfig): activation checkpointing, LoRA
     adapters (peft; the base weights frozen), torch.compile. Returns the module to train. How its modules run
-    here (lean_modules, onednn_linear) is the runtime plan's, applied by the trainer (alignment/runtime_plan.py)."""
+    here (lean_modules, onednn_linear) is the runtime plan's, applied by the trainer (alignment/kernels/runtime_plan.py)."""
     if training.gradient_checkpointing:
         # Non-reentrant checkpointing: gradients reach adapters even where the inputs need none (frozen base).
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from alignment.generation import decode, decodes_itself, generated_lengths, left_padded
-from alignment.logprobs import collate_sft, sequence_logps
-from alignment.runtime_plan import RuntimePlan, apply_plan
-from alignment.tokenization import IGNORE_INDEX, encode_texts, prompt_for_generation
+from alignment.data.tokenization import IGNORE_INDEX, encode_texts, prompt_for_generation
+from alignment.kernels.runtime_plan import RuntimePlan, apply_plan
+from alignment.models.generation import decode, decodes_itself, generated_lengths, left_padded
+from alignment.training.logprobs import collate_sft, sequence_logps
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def estimate_kl(policy: torch.nn.Module, reference: torch.nn.Module | None, toke
     `reference` is a causal LM with the policy's tokenizer, or None with `disable_adapter=True` for a peft
     policy (the reference is the policy with its adapters off). Both run in eval mode; the policy's training
     mode is restored. The same seed gives the same answers for the same policy. With `plan`, both models are set
-    up as it says (alignment/runtime_plan.py) once the answers are sampled, for the scoring passes."""
+    up as it says (alignment/kernels/runtime_plan.py) once the answers are sampled, for the scoring passes."""
     if disable_adapter == (reference is not None):
         raise ValueError("estimate_kl needs a reference model or disable_adapter=True, not both")
     if disable_adapter and not hasattr(policy, "disable_adapter"):

@@ -13,7 +13,7 @@ never choose such an answer, and evaluation counts them for policy and reference
   or more, fewer than half of its word 3-grams distinct;
 - too short: fewer than `min_words` words of its own once what an instruction asks for is taken out (the
   required first word, the required final phrase, the JSON wrapper's key, bullet markers). An answer to a
-  question with a checkable answer (alignment/answers.py) may be one word ("56"), an everyday how-to question
+  question with a checkable answer (alignment/instruct/answers.py) may be one word ("56"), an everyday how-to question
   of the instruction task needs MIN_OPEN_WORDS; `min_words_for` decides by the question.
 
 `distinct_n` is the share of distinct word n-grams (Li et al. 2016, arXiv 1510.03055), reported beside the
@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from alignment.instructions import EVERYDAY, Instruction, parse_instructions, strip_instructions
+from alignment.instruct.instructions import EVERYDAY, Instruction, parse_instructions, strip_instructions
 
 WORDS = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 MIN_OPEN_WORDS = 6  # an everyday question answered in fewer of its own words has not been answered

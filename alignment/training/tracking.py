@@ -34,7 +34,7 @@ class JsonlMetricsLogger:
 
     Lines: `{"kind": "metrics", "step": s, "metrics": {...}}` from `log_metrics`, and
     `{"kind": "progress", "step": s, "total": t}` from `log_progress` (an `on_log` callback). The parent of a
-    multi-process training run forwards them to its own logger (alignment/distributed.py)."""
+    multi-process training run forwards them to its own logger (alignment/training/distributed.py)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -2,21 +2,21 @@
 
 The plan's fields (docs/performance.md, "The runtime plan"):
 
-* `fused_ops`: the memory-lean RMSNorm / SwiGLU MLP (alignment/fused_ops.py) instead of transformers' modules
+* `fused_ops`: the memory-lean RMSNorm / SwiGLU MLP (alignment/kernels/fused_ops.py) instead of transformers' modules
   (training.lean_modules).
-* `onednn_linear`: fp32 products on CPU through oneDNN (alignment/cpu_matmul.py): the model's nn.Linear modules,
+* `onednn_linear`: fp32 products on CPU through oneDNN (alignment/kernels/cpu_matmul.py): the model's nn.Linear modules,
   its chunked LM head and lean MLP (training.onednn_linear; unset, `cpu_matmul.pays_here()`). Off on accelerators.
-* `cpu_attention`: alignflow's SDPA with grouped heads on CPU (alignment/attention.py). Off on accelerators.
+* `cpu_attention`: alignflow's SDPA with grouped heads on CPU (alignment/kernels/attention.py). Off on accelerators.
 * `pack_rows`: batches through the model as one row without padding, where the model runs the CPU attention
-  (alignment/logprobs.py `pack_rows`).
-* `full_logits`: the LM head at every position (the plain path) instead of the chunked head (alignment/lm_head.py).
+  (alignment/training/logprobs.py `pack_rows`).
+* `full_logits`: the LM head at every position (the plain path) instead of the chunked head (alignment/kernels/lm_head.py).
 * `mmap_threshold_mib`: the allocator setting the stage runs under on CPU (training.cpu_mmap_threshold_mib,
-  alignment/host_memory.py), None for glibc's default and on accelerators.
+  alignment/kernels/host_memory.py), None for glibc's default and on accelerators.
 
 `plan_for` derives the plan from the training config and the device; `apply_plan` switches a model's modules as
 the plan says (or gives them back where it says off) and records the plan on the module holding the weights
 (`unwrap`, below DDP and torch.compile wrappers) as the attribute `_alignflow_plan`: an attribute rather than a
-weak map, so that the plan goes with the module through wrappers and copies. Computing (alignment/logprobs.py
+weak map, so that the plan goes with the module through wrappers and copies. Computing (alignment/training/logprobs.py
 `token_logprobs`) only reads it (`plan_of`); a model with no plan runs `PLAIN`: transformers' own modules,
 torch's products, padded rows, so library users and tests that never apply a plan get the same values, slower.
 
@@ -32,12 +32,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from alignment.attention import NAME as CPU_ATTENTION
-from alignment.attention import use_cpu_attention
 from alignment.config import TrainingConfig
-from alignment.cpu_matmul import keep_torch_linears, use_onednn_linears, wanted
-from alignment.fused_ops import keep_plain_modules, use_fused_ops
-from alignment.lm_head import compiled, unwrap
+from alignment.kernels.attention import NAME as CPU_ATTENTION
+from alignment.kernels.attention import use_cpu_attention
+from alignment.kernels.cpu_matmul import keep_torch_linears, use_onednn_linears, wanted
+from alignment.kernels.fused_ops import keep_plain_modules, use_fused_ops
+from alignment.kernels.lm_head import compiled, unwrap
 
 ATTRIBUTE = "_alignflow_plan"  # set on the unwrapped model by `apply_plan`
 

@@ -11,9 +11,9 @@ different order, so results agree to float rounding (~1e-6 relative), not bit fo
 `linear` is F.linear with that forward and a backward of two more oneDNN products; `mm_nt` is a @ b.T.
 They fall back to torch's own ops where oneDNN does not apply: not CPU, not fp32, autocast on, inside
 torch.compile (which traces torch's ops), torch without oneDNN or with `torch.backends.mkldnn` disabled, a
-CPU other than x86-64. Which model uses them is the model's runtime plan (alignment/runtime_plan.py,
+CPU other than x86-64. Which model uses them is the model's runtime plan (alignment/kernels/runtime_plan.py,
 `onednn_linear`), applied once per model: `use_onednn_linears` switches its nn.Linear modules to `linear`; the
-chunked LM head (alignment/lm_head.py) passes the plan's setting to `mm_nt`, the lean MLP (alignment/fused_ops.py)
+chunked LM head (alignment/kernels/lm_head.py) passes the plan's setting to `mm_nt`, the lean MLP (alignment/kernels/fused_ops.py)
 that of its down_proj (`uses_onednn`). There is no process-wide switch. Left unset, training.onednn_linear is `pays_here()`: on for x86-64 CPUs with AVX-512
 that are not Intel's. On an Intel Xeon with AVX-512 (family 6, model 207) MKL runs its own AVX-512 kernels and
 was the faster of the two at these shapes, and on an AMD EPYC with AVX2 only (family 25, model 1) both libraries
@@ -56,7 +56,7 @@ def _strided(t: torch.Tensor) -> torch.Tensor:
     contiguous copy. oneDNN takes the weight-side operand through its strides, so `dy @ W` copies no `W.T`;
     torch's op still makes its first operand contiguous itself (`dy.T` in `dy.T @ x`).
     A copy costs more than its memory traffic during training: on CPU each new block of a MiB or more is fresh
-    pages from the OS (alignment/host_memory.py), zeroed by the kernel on first touch."""
+    pages from the OS (alignment/kernels/host_memory.py), zeroed by the kernel on first touch."""
     return t if t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous()) else t.contiguous()
 
 
@@ -150,7 +150,7 @@ def onednn_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def use_onednn_linears(model: nn.Module) -> int:
     """Switch every plain nn.Linear of `model` (LoRA's base and adapter layers included; hooks still run) to
     `linear`; returns how many (0 where torch has no oneDNN). Idempotent. Called by the runtime plan
-    (alignment/runtime_plan.py `apply_plan`), never while computing."""
+    (alignment/kernels/runtime_plan.py `apply_plan`), never while computing."""
     if _LINEAR is None:
         return 0
     switched = 0

@@ -1,5 +1,5 @@
 """Questions whose answer a program can check: short facts, arithmetic and unit conversions, written here,
-offline. They join the everyday questions of the instruction task (alignment/instructions.py), so an on-policy
+offline. They join the everyday questions of the instruction task (alignment/instruct/instructions.py), so an on-policy
 sample to "What is 7 times 8? Answer in at most 10 words." is judged on the instruction *and* on the answer:
 "56." follows both, "Okay." follows only the instruction and must rank below an answer that is right.
 

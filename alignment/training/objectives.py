@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignment.logprobs import collate_sft, collate_shared_pairs, sequence_logps
-from alignment.losses import dpo_loss, kto_kl_reference, kto_loss, orpo_loss, sft_nll_loss
+from alignment.training.logprobs import collate_sft, collate_shared_pairs, sequence_logps
+from alignment.training.losses import dpo_loss, kto_kl_reference, kto_loss, orpo_loss, sft_nll_loss
 
 
 @dataclass(frozen=True)

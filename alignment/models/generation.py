@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from alignment.tokenization import encode_texts, prompt_for_generation
+from alignment.data.tokenization import encode_texts, prompt_for_generation
 
 
 @dataclass

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
-from alignment.cpu_matmul import mm_nt
+from alignment.kernels.cpu_matmul import mm_nt
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (positions x vocabulary): 32 MiB in fp32
 # unwrapped model -> whether its head reproduced its own logits (`final_hidden_states`): kept beside the model, not
@@ -46,7 +46,7 @@ class ChunkedTokenLogps(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
                 target: torch.Tensor, chunk: int, onednn: bool = False) -> torch.Tensor:
         # hidden (M, H), weight (V, H), bias (V,) or None, target (M,) -> (M,) log-probs, fp32 (or fp64);
-        # onednn: the products through oneDNN (alignment/cpu_matmul.py), as the model's runtime plan says
+        # onednn: the products through oneDNN (alignment/kernels/cpu_matmul.py), as the model's runtime plan says
         rows, acc = hidden.shape[0], torch.promote_types(weight.dtype, torch.float32)  # fp32 at least
         out = torch.empty(rows, dtype=acc, device=hidden.device)
         lse = torch.empty(rows, dtype=acc, device=hidden.device)
@@ -88,7 +88,7 @@ class ChunkedTokenLogps(torch.autograd.Function):
 def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                         target: torch.Tensor, chunk: int | None = None, onednn: bool = False) -> torch.Tensor:
     """(M,) log p(target_i | hidden_i) through the linear head (weight (V, H), bias (V,) or None); `onednn`: its
-    products through oneDNN where they apply (alignment/cpu_matmul.py)."""
+    products through oneDNN where they apply (alignment/kernels/cpu_matmul.py)."""
     chunk = chunk or max(1, CHUNK_ELEMENTS // weight.shape[0])
     return ChunkedTokenLogps.apply(hidden, weight, bias, target, chunk, onednn)
 
@@ -104,7 +104,7 @@ def unwrap(model: nn.Module) -> nn.Module | None:
         elif hasattr(model, "_fsdp_wrapped_module") or type(model).__name__ in ("DeepSpeedEngine",
                                                                               "FullyShardedDataParallel"):
             return None
-        elif isinstance(model, FSDPModule):  # FSDP2 (alignment/sharding.py): DTensor weights outside forward
+        elif isinstance(model, FSDPModule):  # FSDP2 (alignment/training/sharding.py): DTensor weights outside forward
             return None
         else:
             return model

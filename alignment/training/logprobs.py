@@ -13,10 +13,10 @@ log p(response token | prefix), chosen rows first, then rejected:
   once per pair: for HH-RLHF-like pairs (prompt ~200 tokens, responses ~120) that is ~30 % fewer tokens.
 
 Either layout (and an SFT batch) is collated right-padded; where the model's runtime plan packs rows and the model
-runs alignflow's CPU attention (alignment/attention.py), `token_logprobs` hands it the rows packed into one row
+runs alignflow's CPU attention (alignment/kernels/attention.py), `token_logprobs` hands it the rows packed into one row
 without the padding (`pack_rows`), so the linear layers see only real tokens (docs/performance.md, "Padding-free
 rows"). Computing log-probs never changes a model: the plan was applied when the stage set the model up
-(alignment/runtime_plan.py); here it is only read.
+(alignment/kernels/runtime_plan.py); here it is only read.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from alignment.attention import SEGMENTS, takes_packed_rows
-from alignment.lm_head import chunked_token_logps, compiled, final_hidden_states, linear_head, unwrap
-from alignment.runtime_plan import RuntimePlan, apply_plan, plan_of
-from alignment.tokenization import IGNORE_INDEX
+from alignment.data.tokenization import IGNORE_INDEX
+from alignment.kernels.attention import SEGMENTS, takes_packed_rows
+from alignment.kernels.lm_head import chunked_token_logps, compiled, final_hidden_states, linear_head, unwrap
+from alignment.kernels.runtime_plan import RuntimePlan, apply_plan, plan_of
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, fu
     A prefix-shared batch (it has `pred_index`) gives 2B rows: B chosen, then B rejected.
 
     The LM head runs only at the predicting positions, in chunks recomputed in the backward pass
-    (alignment/lm_head.py), wherever the model allows it; `full_logits` (or the model's runtime plan's) forces
+    (alignment/kernels/lm_head.py), wherever the model allows it; `full_logits` (or the model's runtime plan's) forces
     the plain path (the full (N, T, V) logits), which gives the same values."""
     if "pred_index" in batch:
         return shared_sequence_logps(model, batch, full_logits=full_logits)
@@ -170,7 +170,7 @@ def shared_sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]
 def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], pred_index: torch.Tensor,
                    target: torch.Tensor, full_logits: bool = False) -> torch.Tensor:
     """(M,) fp32 log p(target_i | prefix) read at flat positions `pred_index` (b * T + t) of the batch. Reads the
-    model's runtime plan (alignment/runtime_plan.py; `PLAIN` where none was applied) and changes nothing: where
+    model's runtime plan (alignment/kernels/runtime_plan.py; `PLAIN` where none was applied) and changes nothing: where
     the plan packs rows and the model runs alignflow's CPU attention, the rows go through the model packed into
     one row without padding (`pack_rows`); the values are those of the padded batch, to float rounding."""
     plan = plan_of(model)
@@ -194,7 +194,7 @@ def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], pred_
 
 
 def pack_rows(batch: dict[str, torch.Tensor]) -> tuple[dict, torch.Tensor] | None:
-    """The batch's rows as one row without padding, for alignflow's CPU attention (alignment/attention.py).
+    """The batch's rows as one row without padding, for alignflow's CPU attention (alignment/kernels/attention.py).
 
     A batch is right-padded: an SFT batch has a (B, T) attention mask, a prefix-shared one `row_lengths` and its
     (B, 1, T, T) mask. Returns the model's inputs — input_ids and position_ids (1, N), N the batch's real tokens,
@@ -240,7 +240,7 @@ def count_tokens(batch: dict[str, torch.Tensor]) -> int:
 def reference_logps(model: torch.nn.Module, rows: list[dict], pad_id: int, batch_size: int,
                     device: torch.device | str = "cpu", plan: RuntimePlan | None = None) -> tuple[list[float], list[float]]:
     """Summed log-probs of chosen and rejected responses under a frozen reference model, for every row; with
-    `plan`, the model is first set up as it says (alignment/runtime_plan.py), else it runs as it is.
+    `plan`, the model is first set up as it says (alignment/kernels/runtime_plan.py), else it runs as it is.
 
     Computed once before preference training and stored with the prepared data, so the reference model is
     not resident while the policy trains."""

@@ -1,6 +1,6 @@
 """Held-out evaluation while a preference method trains, and early stopping on it (`HeldoutEvalConfig`).
 
-Every `every` optimizer steps the trainer (alignment/trainer.py) calls a `HeldoutEvaluator` with the model
+Every `every` optimizer steps the trainer (alignment/training/trainer.py) calls a `HeldoutEvaluator` with the model
 being trained. It logs, at that step:
 
 - eval/loss: the method's own objective (DPO with its rpo term, ORPO) on up to max_pairs held-out pairs;
@@ -10,7 +10,7 @@ being trained. It logs, at that step:
   ratio). Held-out chosen and rejected log-probs that both fall while the margin grows are the sign of
   over-optimisation (Rafailov et al., arXiv 2406.02900);
 - eval/kl: the Monte Carlo estimate of the sequence-level KL(policy || reference) on kl_prompts held-out
-  prompts (alignment/divergence.py), the reference being the starting model.
+  prompts (alignment/training/divergence.py), the reference being the starting model.
 
 Early stopping (`early_stop_decision`, pure): stop once eval/loss has not fallen below the best so far by more
 than min_delta for `patience` evaluations. The best evaluation's trainable weights (LoRA's adapters, or every
@@ -32,9 +32,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignment.config import HeldoutEvalConfig
-from alignment.divergence import estimate_kl, eval_mode
-from alignment.lm_head import unwrap
-from alignment.objectives import Objective
+from alignment.kernels.lm_head import unwrap
+from alignment.training.divergence import estimate_kl, eval_mode
+from alignment.training.objectives import Objective
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -62,7 +62,7 @@ def early_stop_decision(losses: list[float], *, patience: int | None, min_delta:
 
 
 class HeldoutEvaluator:
-    """The trainer's periodic evaluation (alignment.trainer.Evaluator) for DPO and ORPO."""
+    """The trainer's periodic evaluation (alignment.training.trainer.Evaluator) for DPO and ORPO."""
 
     def __init__(self, cfg: HeldoutEvalConfig, *, rows: list[dict], objective: Objective, collate: Collate,
                  tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict]], reference: torch.nn.Module | None, seed: int,

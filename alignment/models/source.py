@@ -32,7 +32,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-from alignment.models import ModelLoadError, first_line
+from alignment.models.loading import ModelLoadError, first_line
 from storage.checksums import file_sha256
 from storage.s3 import default_cache_dir, fetch, fetch_folder, is_s3_uri
 

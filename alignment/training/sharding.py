@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from alignment.models import plain_model, save_model
+from alignment.models.loading import plain_model, save_model
 
 if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler

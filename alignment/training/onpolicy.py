@@ -7,7 +7,7 @@ one the model really gives, so the loss moves probability away from its actual m
 
 Scoring must not be met without answering (reward hacking: Gao et al. 2023, arXiv 2210.10760). `AssistantScorer`
 composes scorers in priority order (by default correctness, then the instruction checker) and puts every
-degenerate answer (alignment/degeneration.py: empty, the prompt echoed, a loop, too short to answer) below all
+degenerate answer (alignment/instruct/degeneration.py: empty, the prompt echoed, a loop, too short to answer) below all
 others, so a degenerate answer is never chosen. Per prompt: the chosen answer is the best-scoring one (the first
 among equals: no bonus for brevity), the rejected the worst-scoring one; a prompt whose answers all score within
 `min_gap` of each other yields no pair and is counted as dropped. Nothing here loads a model or knows about
@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from alignment.answers import correct
 from alignment.data import Message, read_jsonl
-from alignment.degeneration import Assessment, assess, min_words_for
-from alignment.instructions import parse_instructions, strip_instructions, verify
+from alignment.instruct.answers import correct
+from alignment.instruct.degeneration import Assessment, assess, min_words_for
+from alignment.instruct.instructions import parse_instructions, strip_instructions, verify
 
 DEGENERATE = -1.0  # AssistantScorer's score of a degenerate answer: below every other
 
@@ -39,7 +39,7 @@ class Scorer(Protocol):
 
 
 class VerifierScorer:
-    """The instruction checker (alignment/instructions.py): 1 for an answer that follows every instruction of
+    """The instruction checker (alignment/instruct/instructions.py): 1 for an answer that follows every instruction of
     its prompt, plus half its partial credit (how close it came), so even among failing answers the closer
     one ranks higher. In [0, 1.5]."""
 
@@ -50,7 +50,7 @@ class VerifierScorer:
 
 
 class CorrectnessScorer:
-    """1.0 for a right answer to a question a program can check (alignment/answers.py), 0.0 for a wrong one;
+    """1.0 for a right answer to a question a program can check (alignment/instruct/answers.py), 0.0 for a wrong one;
     1.0 for a question with no checkable answer (whether it was answered at all is the degeneration check's
     part). In [0, 1]."""
 

@@ -17,11 +17,11 @@ the weight; the linears after it keep the output). The body's activations are mo
 
 Forward values are computed with the same operations as transformers' modules (bitwise equal); gradients agree
 to rounding (tests/alignment/test_fused_ops.py, at SmolLM2's shape). `use_fused_ops` (called by the runtime plan,
-alignment/runtime_plan.py, where its fused_ops is on) switches the modules of
+alignment/kernels/runtime_plan.py, where its fused_ops is on) switches the modules of
 known classes (their forward is the same source as LlamaRMSNorm's / LlamaMLP's, and the MLP's activation is
 SiLU: nn.SiLU or transformers' SiLUActivation) by setting their instance's `forward`; everything else keeps its own. Under autocast, or for inputs
 whose dtype differs from the weights', the patched forward calls the module's own. Not saved with the model.
-SwiGLUDown's products go through oneDNN (alignment/cpu_matmul.py) where the MLP's down_proj was switched to it.
+SwiGLUDown's products go through oneDNN (alignment/kernels/cpu_matmul.py) where the MLP's down_proj was switched to it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignment.cpu_matmul import mm_nt, uses_onednn
+from alignment.kernels.cpu_matmul import mm_nt, uses_onednn
 
 # classes whose forward is, source for source, transformers' LlamaRMSNorm / LlamaMLP (transformers 5.23)
 NORM_CLASSES = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "SmolLM3RMSNorm")

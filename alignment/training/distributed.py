@@ -23,10 +23,10 @@ import torch
 from accelerate import Accelerator
 
 from alignment.config import PipelineConfig, TrainingConfig
-from alignment.models import plain_model
+from alignment.models.loading import plain_model
 from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
-from alignment.sharding import is_sharded, save_sharded_model
-from alignment.tracking import MetricsLogger, read_new_records
+from alignment.training.sharding import is_sharded, save_sharded_model
+from alignment.training.tracking import MetricsLogger, read_new_records
 from launcher.processes import distributed_command, run_group, tail
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def make_accelerator(training: TrainingConfig) -> Accelerator:
 def save_trained_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
     """Save the trained model as a Hugging Face directory from the main process only, once every process is
     done: the full state dict is gathered through the accelerator (collective under FSDP/DeepSpeed), the
-    model unwrapped (LoRA adapters merged, alignment.models.plain_model), written to a temporary folder and
+    model unwrapped (LoRA adapters merged, alignment.models.loading.plain_model), written to a temporary folder and
     renamed."""
     accelerator.wait_for_everyone()
     if is_sharded(model):  # FSDP2 (training.sharding): full state dict gathered to rank 0's CPU

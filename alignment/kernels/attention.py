@@ -1,6 +1,6 @@
 """Attention on CPU: SDPA with grouped-query heads inside the kernel, and rows packed without padding.
 
-The prefix-shared layout (alignment/logprobs.py) needs a mask that is not causal (rejected tokens never see
+The prefix-shared layout (alignment/training/logprobs.py) needs a mask that is not causal (rejected tokens never see
 the chosen ones), so it is passed as a dense (B, 1, T, T) mask. Options measured at SmolLM2-135M's shape
 (9 query / 3 key-value heads, head dim 64; 4 HH-like pairs, T = 322; one layer's attention, forward +
 backward, 1 thread; README "Attention without a dense mask"):
@@ -14,11 +14,11 @@ backward, 1 thread; README "Attention without a dense mask"):
 * SDPA with `enable_gqa=True` (no copies; the CPU kernel takes the mask): 224 ms, identical outputs.
 
 So on CPU the models that use transformers' "sdpa" attention are switched to `cpu_sdpa_forward` (by their runtime
-plan, alignment/runtime_plan.py, where its cpu_attention is on), which is the last option for masked multi-token
+plan, alignment/kernels/runtime_plan.py, where its cpu_attention is on), which is the last option for masked multi-token
 attention with grouped heads and transformers' own SDPA for everything else (decoding steps, CUDA, paged caches,
 position biases). On a GPU the dense mask stays until FlexAttention is measured there.
 
-Padding-free rows (varlen by hand). Where the runtime plan's pack_rows is on, `alignment.logprobs` packs the rows
+Padding-free rows (varlen by hand). Where the runtime plan's pack_rows is on, `alignment.training.logprobs` packs the rows
 of a batch into one row without padding and passes their boundaries as `SEGMENTS` (offsets, and each row's own
 mask or None for causal); this function then runs one SDPA call per row on its slice of the packed queries, keys
 and values. Every row's attention is
@@ -83,7 +83,7 @@ def packed_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
 
 def use_cpu_attention(model: torch.nn.Module) -> bool:
-    """Switch a model (the module holding the config, see alignment.lm_head.unwrap) that runs transformers'
+    """Switch a model (the module holding the config, see alignment.kernels.lm_head.unwrap) that runs transformers'
     "sdpa" attention on CPU to `cpu_sdpa_forward`; others are left alone. Returns whether the model runs it.
     Not saved with the model."""
     global _registered

@@ -40,8 +40,8 @@ from alignment.data import (
     iter_preferences,
     iter_sft,
 )
-from alignment.data_report import LengthCollector, plot_lengths, summarise
-from alignment.tokenization import encode_conversation, encode_texts, split_response
+from alignment.data.report import LengthCollector, plot_lengths, summarise
+from alignment.data.tokenization import encode_conversation, encode_texts, split_response
 from storage.checksums import file_sha256
 
 if TYPE_CHECKING:

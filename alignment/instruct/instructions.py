@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alignment.answers import CHECKABLE
+from alignment.instruct.answers import CHECKABLE
 
 KINDS: tuple[str, ...] = ("word_limit", "keyword", "lowercase", "uppercase", "first_word", "end_phrase",
                           "no_commas", "bullets", "json")
@@ -312,7 +312,7 @@ class Question:
     id: str  # stable slug
     text: str  # one short question
     keywords: tuple[str, ...]  # 2-3 topical words a good answer would naturally use (none in the question)
-    answers: tuple[str, ...] = ()  # accepted answers where a program can check them (alignment/answers.py)
+    answers: tuple[str, ...] = ()  # accepted answers where a program can check them (alignment/instruct/answers.py)
 
 
 def _q(qid: str, text: str, keywords: str) -> Question:

@@ -3,7 +3,7 @@
 Data order is a pure function of (seed, epoch), so a run resumes from a checkpoint at the exact batch it
 stopped at without replaying the loader. Checkpoints hold model, optimizer, scheduler and RNG states
 (`Accelerator.save_state`; a model sharded with FSDP2 writes model and optimizer through
-torch.distributed.checkpoint and the scheduler, no RNG states: alignment/sharding.py) plus `trainer_state.json`; a checkpoint folder becomes visible only once complete
+torch.distributed.checkpoint and the scheduler, no RNG states: alignment/training/sharding.py) plus `trainer_state.json`; a checkpoint folder becomes visible only once complete
 (written under a temporary name, then renamed). Either format resumes in either kind of run.
 
 An optional `Evaluator` runs every `every` optimizer steps (and at the last one) on the main process; its metrics
@@ -28,14 +28,14 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from alignment import sharding
 from alignment.config import OptimConfig
-from alignment.host_memory import release_free_memory
-from alignment.lm_head import unwrap
-from alignment.logprobs import count_tokens
-from alignment.objectives import Objective
-from alignment.runtime_plan import RuntimePlan, apply_plan
-from alignment.tracking import MetricsLogger
+from alignment.kernels.host_memory import release_free_memory
+from alignment.kernels.lm_head import unwrap
+from alignment.kernels.runtime_plan import RuntimePlan, apply_plan
+from alignment.training import sharding
+from alignment.training.logprobs import count_tokens
+from alignment.training.objectives import Objective
+from alignment.training.tracking import MetricsLogger
 
 Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
 KEEP_CHECKPOINTS = 2
@@ -58,7 +58,7 @@ class TrainResult:
 
 
 class Evaluator(Protocol):
-    """Periodic evaluation during training (alignment/heldout.py): called after every `every`-th optimizer step
+    """Periodic evaluation during training (alignment/training/heldout.py): called after every `every`-th optimizer step
     and the last, with the model as prepared by accelerate; returns metrics to log and whether to stop."""
 
     every: int
@@ -80,7 +80,7 @@ class _Loop:
     micro_per_epoch: int
     lengths: list[int] | None = None  # row lengths, when batches are grouped by length
     keep_grads: bool = False  # zero the gradients in place between steps instead of freeing them
-    sharded: bool = False  # FSDP2 (alignment/sharding.py): DCP checkpoints, the model not prepared by accelerate
+    sharded: bool = False  # FSDP2 (alignment/training/sharding.py): DCP checkpoints, the model not prepared by accelerate
     order_cache: dict = field(default_factory=dict)
 
 
@@ -154,7 +154,7 @@ def train(model: torch.nn.Module, rows: list[dict], *, objective: Objective, col
           evaluator: Evaluator | None = None, plan: RuntimePlan | None = None) -> TrainResult:
     """Train `model` on `rows` with `objective`; checkpoints under output_dir/checkpoints. Resumes from the
     newest complete checkpoint there. Raises NonFiniteLossError on a NaN/inf loss or gradient norm. With
-    `plan`, the model is set up as it says (alignment/runtime_plan.py) once accelerate has prepared it, before
+    `plan`, the model is set up as it says (alignment/kernels/runtime_plan.py) once accelerate has prepared it, before
     the first step; without, it runs as it is."""
     if not rows:
         raise ValueError("no training rows")
