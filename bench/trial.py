@@ -169,7 +169,7 @@ def variant_training(trainer: str) -> Any:
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one trainer on one data set (spec from `bench.trainers.trial_spec`); returns the measurements.
     The allocator setting (the method's stage's) covers the whole trial, from loading the model on, as the
-    pipeline's training stages (alignment/stages.py training_scope) run under it from theirs; an alignflow trial's
+    pipeline's training stages (alignment/stages/runtime.py training_scope) run under it from theirs; an alignflow trial's
     model runs its variant's runtime plan (`variant_plan`), TRL's trainers transformers' modules and torch's linears."""
     with large_blocks_mapped(mmap_threshold_mib(spec["trainer"], spec["method"]), torch.device(spec["device"])):
         return _run_trial(spec)

@@ -10,11 +10,12 @@ import torch
 from pydantic import BaseModel
 
 from alignment.config import PipelineConfig
+from alignment.data import read_jsonl
 from alignment.instruct.instructions import strip_instructions
 from alignment.kernels.runtime_plan import apply_plan
 from alignment.models.loading import load_causal_lm, load_tokenizer
 from alignment.records import ModelRef, PreparedData
-from alignment.stages import HELDOUT_PROMPTS, model_device, read_jsonl, reference_annotated_pairs, stage_plan
+from alignment.stages import HELDOUT_PROMPTS, model_device, reference_annotated_pairs, stage_plan
 from alignment.training.divergence import estimate_kl
 from alignment.training.logprobs import collate_pairs, sequence_logps
 from alignment.training.onpolicy import last_user_text

@@ -154,7 +154,7 @@ class MethodSettings:
 @dataclass(frozen=True)
 class Method:
     """A training method: its objective and batch collation, and whether its rows carry the starting model's
-    log-probs (a reference: DPO's are computed once before training, alignment/stages.py)."""
+    log-probs (a reference: DPO's are computed once before training, alignment/stages/reference.py)."""
 
     name: str
     uses_reference: bool

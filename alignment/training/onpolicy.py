@@ -11,7 +11,7 @@ degenerate answer (alignment/instruct/degeneration.py: empty, the prompt echoed,
 others, so a degenerate answer is never chosen. Per prompt: the chosen answer is the best-scoring one (the first
 among equals: no bonus for brevity), the rejected the worst-scoring one; a prompt whose answers all score within
 `min_gap` of each other yields no pair and is counted as dropped. Nothing here loads a model or knows about
-tracking: the stage function (alignment/stages.py) hands in the answers and the scorer.
+tracking: the stage function (alignment/stages/data.py) hands in the answers and the scorer.
 """
 
 from __future__ import annotations

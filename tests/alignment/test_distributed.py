@@ -15,11 +15,12 @@ import pytest
 from torch.testing import assert_close
 
 from alignment.config import ConfigError, PipelineConfig, load_config
+from alignment.data import read_jsonl
 from alignment.data.tokenization import IGNORE_INDEX, encode_sft
 from alignment.models.loading import fingerprint_model, load_causal_lm
 from alignment.models.tiny import build_model
 from alignment.records import ModelRef, PreparedData
-from alignment.stages import prepare_data, read_jsonl, run_preference, run_sft
+from alignment.stages import prepare_data, run_preference, run_sft
 from alignment.training import distributed
 from alignment.training.distributed import build_command, forward_record, launch_training
 from alignment.training.tracking import InMemoryLogger, JsonlMetricsLogger, read_new_records

@@ -1,5 +1,5 @@
 """The registry of training methods (alignment/training/objectives.py METHODS) and how the preference stage uses it to
-choose its starting model and rows (alignment/stages.py)."""
+choose its starting model and rows (alignment/stages/training.py)."""
 
 from __future__ import annotations
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from alignment.config import PipelineConfig
+from alignment.data import read_jsonl
 from alignment.instruct.instructions import Instruction
 from alignment.models.generation import ended_rows, generate, generated_lengths, sample_answers
 from alignment.models.tiny import make_tiny_model
-from alignment.stages import HELDOUT_PROMPTS, onpolicy_pairs, read_jsonl, write_instruction_prompts
+from alignment.stages import HELDOUT_PROMPTS, onpolicy_pairs, write_instruction_prompts
 from alignment.training.onpolicy import (
     DEGENERATE,
     VerifierScorer,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from alignment.config import load_config
-from alignment.data import DataError, DataValidationError
+from alignment.data import DataError, DataValidationError, read_jsonl
 from alignment.models.loading import ModelLoadError, fingerprint_model
-from alignment.stages import build_base_model, prepare_data, read_jsonl
+from alignment.stages import build_base_model, prepare_data
 
 
 def test_quickstart_strings_and_messages_give_the_same_canonical_data(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_training_stages_run_under_their_cpu_settings(monkeypatch, stage: str) -
     thresholds: list[int] = []
     monkeypatch.delenv(host_memory.ENV_OVERRIDE, raising=False)
     monkeypatch.setattr(host_memory, "set_mmap_threshold", lambda n: thresholds.append(n) or True)
-    monkeypatch.setattr(stages, "_sft_here" if stage == "sft" else "_preference_here",
+    monkeypatch.setattr(stages.training, "_sft_here" if stage == "sft" else "_preference_here",
                         lambda *args: seen.update(thresholds=list(thresholds)))
     cfg = load_config(None, ["training.onednn_linear=false", "training.cpu_mmap_threshold_mib=3"])
     if stage == "sft":
@@ -99,7 +99,7 @@ def test_the_default_mmap_threshold_is_for_the_preference_stage(monkeypatch, sta
     seen: list[list[int]] = []
     monkeypatch.delenv(host_memory.ENV_OVERRIDE, raising=False)
     monkeypatch.setattr(host_memory, "set_mmap_threshold", lambda n: thresholds.append(n) or True)
-    monkeypatch.setattr(stages, "_sft_here" if stage == "sft" else "_preference_here",
+    monkeypatch.setattr(stages.training, "_sft_here" if stage == "sft" else "_preference_here",
                         lambda *args: seen.append(list(thresholds)))
     cfg = load_config(None, [])
     if stage == "sft":

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from alignment.config import load_config
+from alignment.data import read_jsonl
 from alignment.stages import (
     build_base_model,
     prepare_data,
-    read_jsonl,
     run_preference,
     run_sft,
     write_quickstart_files,

@@ -144,7 +144,7 @@ def test_non_finite_loss_stops_keeps_the_last_checkpoint_and_registers_nothing(
     """A NaN injected into the DPO loss at step 7 (of 10, checkpoints every 4): the run fails with an error
     naming the step, the step-4 checkpoint stays, the DPO run is FAILED, no model version is created and no
     summary is written. Without the fault, the same command resumes from that checkpoint and completes."""
-    import alignment.stages as stages
+    import alignment.stages.training as stages  # where the preference stage looks method_plan up
     from alignment.training.objectives import StepOutput
     from alignment.training.trainer import NonFiniteLossError
 

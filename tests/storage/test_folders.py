@@ -66,8 +66,8 @@ def test_reference_logps_are_computed_once_and_shared_through_s3(s3_env: S3Serve
     cfg = load_config(None, ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64",
                              "model.tiny.num_layers=1", "model.tiny.num_heads=2", f"run.seed={uuid.uuid4().int % 1000}"])
     calls = []
-    real = stages.reference_logps
-    monkeypatch.setattr(stages, "reference_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = stages.reference.reference_logps
+    monkeypatch.setattr(stages.reference, "reference_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     def annotated(folder: Path) -> list[dict]:
         prepared = prepare_data(cfg, folder / "data")
