@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignment.config import PipelineConfig
-from alignment.models.loading import source as model_source
+from alignment.models import source as model_source
 from alignment.models.source import GGUFError, local_model_path, resolve_gguf
 from alignment.models.tiny import make_tiny_model
 from alignment.records import PreparedData
