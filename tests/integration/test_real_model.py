@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SLICE = [
     "data.instructions.max_train_prompts=6", "data.instructions.max_heldout_prompts=4",
+    # 12 new tokens cut off nearly every answer: a slice checks the plumbing, so cut-off answers may be chosen here
     "onpolicy.samples_per_prompt=3", "onpolicy.max_new_tokens=12", "onpolicy.temperature=1.2",
+    "onpolicy.choose_unfinished=true",
     "dpo.optim.max_steps=2", "dpo.optim.batch_size=2", "eval.max_new_tokens=12", "eval.benchmarks.limit=8",
     "run.torch_threads=1",
 ]
@@ -59,5 +61,7 @@ def test_real_model_pipeline_on_a_slice(prefect_api, tmp_path: Path, capsys: pyt
     assert base.data.metrics["gguf/logits_max_abs_diff"] <= 1e-5
     onpolicy = client.get_run(summary["stage_runs"]["onpolicy"])
     m = onpolicy.data.metrics
-    assert m["onpolicy/train/pairs"] + m["onpolicy/train/dropped_no_gap"] == 6, m
+    assert (m["onpolicy/train/pairs"] + m["onpolicy/train/dropped_no_gap"] + m["onpolicy/train/dropped_wrong_chosen"]
+            + m["onpolicy/train/dropped_unfinished"]) == 6, m
+    assert m["onpolicy/train/dropped_unfinished"] == 0 and 0.0 <= m["onpolicy/train/unfinished_rate"] <= 1.0, m
     assert m["onpolicy/tokens_per_sec"] > 0 and "onpolicy/train/pass_rate" in m, m
