@@ -44,13 +44,13 @@ def grid_points(grid: Sequence[str]) -> list[dict[str, str]]:
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def point_name(point: dict[str, str], overrides: Sequence[str] = ()) -> str:
-    """The point's folder under <output-dir>/frontier: its full keys and values, and a digest of the --set
-    overrides when there are any, so that two frontiers run into one output folder (dpo.optim.learning_rate and
-    orpo.optim.learning_rate, or one grid under two --set) never share a point's folder."""
+def point_name(point: dict[str, str], overrides: Sequence[str] = (), config: str = "") -> str:
+    """The point's folder under <output-dir>/frontier: its full keys and values, and a digest of the preset (its
+    text) and the --set overrides, so that two frontiers run into one output folder (dpo.optim.learning_rate and
+    orpo.optim.learning_rate, one grid under two --set, or two presets) never share a point's folder."""
     name = "_".join(f"{k}-{v}" for k, v in point.items()) or "preset"
-    if overrides:
-        name += "+" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
+    if overrides or config:
+        name += "+" + hashlib.sha256("\n".join([config, *overrides]).encode()).hexdigest()[:8]
     return name
 
 
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.output_dir).resolve()
     rows = []
     for point in grid_points(args.grid):
-        name = point_name(point, args.overrides)
+        name = point_name(point, args.overrides, Path(args.config).read_text())
         summary_dir = out / "frontier" / name
         seconds = None
         if not args.table_only:

@@ -24,6 +24,7 @@ def test_grid_is_the_product_of_the_axes() -> None:
     with_set = frontier.point_name(points[1], ["preference.method=orpo"])
     assert with_set.startswith("dpo.beta-0.1_dpo.rpo_alpha-1+") and with_set != frontier.point_name(
         points[1], ["preference.method=dpo"])
+    assert frontier.point_name(points[1], config="a: 1") != frontier.point_name(points[1], config="a: 2")
     assert frontier.grid_points([]) == [{}]
     with pytest.raises(SystemExit, match="KEY=V1,V2"):
         frontier.grid_points(["dpo.beta"])

@@ -15,6 +15,7 @@ gives the same answers. `sample_answers` also says whether each answer ended (EO
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -70,6 +71,7 @@ def sample_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, p
     answers: list[list[Answer]] = [[] for _ in prompts]
     generator_seed = seed
     own_loop = decodes_itself(model)
+    end_ids = turn_end_ids(model, tokenizer)
     for start in range(0, len(order), per_batch):
         chunk = order[start:start + per_batch]
         input_ids, attention = left_padded([ids[i] for i in chunk], pad_id)
@@ -93,7 +95,7 @@ def sample_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, p
         stats.batches += 1
         stats.sequences += new.shape[0]
         stats.new_tokens += int(generated_lengths(new, tokenizer.eos_token_id, pad_id).sum())
-        ended = ended_rows(new, tokenizer.eos_token_id)
+        ended = ended_rows(new, end_ids)
         for row, prompt_index in enumerate(index for index in chunk for _ in range(num_samples)):
             answers[prompt_index].append(Answer(tokenizer.decode(new[row], skip_special_tokens=True).strip(),
                                                 bool(ended[row])))
@@ -202,12 +204,22 @@ def left_padded(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return input_ids, attention
 
 
-def ended_rows(new: torch.Tensor, eos_id: int | None) -> torch.Tensor:
-    """(B,) bool: the row emitted EOS (padding after EOS is the pad id, which may equal EOS: still ended); a row
-    that filled all its new tokens without one was cut off. No EOS id: every row counts as ended."""
-    if eos_id is None:
+def ended_rows(new: torch.Tensor, eos_ids: int | Iterable[int] | None) -> torch.Tensor:
+    """(B,) bool: the row emitted one of `eos_ids` (padding after EOS is the pad id, which may equal EOS: still
+    ended); a row that filled all its new tokens without one was cut off. No EOS id: every row counts as ended."""
+    ids = [eos_ids] if isinstance(eos_ids, int) else [i for i in (eos_ids or ()) if i is not None]
+    if not ids:
         return torch.ones(new.shape[0], dtype=torch.bool)
-    return (new == eos_id).any(dim=1)
+    return torch.isin(new, torch.tensor(ids, dtype=new.dtype)).any(dim=1)
+
+
+def turn_end_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids that end a turn: the tokenizer's EOS and the generation config's (some chat models end a turn with
+    another token, listed there: Gemma's <end_of_turn>, Phi-3's <|end|>)."""
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    return [i for i in dict.fromkeys(ids) if isinstance(i, int)]
 
 
 def generated_lengths(new: torch.Tensor, eos_id: int | None, pad_id: int | None) -> torch.Tensor:

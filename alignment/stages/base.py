@@ -38,6 +38,3 @@ def build_base_model(cfg: PipelineConfig, prepared: PreparedData, out_dir: Path)
                            intermediate_size=t.intermediate_size,
                            max_position_embeddings=t.max_position_embeddings, seed=cfg.run.seed)
     return ModelRef(path=str(path), fingerprint=fingerprint_model(str(path)))
-
-
-# ---- training --------------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef,
             num_samples=o.samples_per_prompt, do_sample=True, temperature=o.temperature, top_p=o.top_p,
             seed=cfg.run.seed * 1000 + offset, stats=stats)
         answers = [[a.text for a in row] for row in sampled_answers]
-        finished = [[a.finished or o.choose_unfinished for a in row] for row in sampled_answers]
+        finished = [[a.finished for a in row] for row in sampled_answers]
         sampled = [len(a) for a in answers]
         if o.repair_case and split == "train":  # program-cased rewrites of the samples join the candidates
             for p, texts, ended in zip(prompts, answers, finished, strict=True):
@@ -123,7 +123,8 @@ def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef,
                     ended.extend([done] * len(repaired))
         scores = score_answers(scorer, prompts, answers)
         rows, samples, report = make_pairs(prompts, answers, scores, min_gap=o.min_score_gap, sampled=sampled,
-                                           require_correct_chosen=o.require_correct_chosen, finished=finished)
+                                           require_correct_chosen=o.require_correct_chosen, finished=finished,
+                                           choose_unfinished=o.choose_unfinished)
         log.info("onpolicy %s: %d prompts x %d samples (%d cut off at %d tokens) -> %d pairs (dropped: %d all "
                  "answers scored alike, %d only a cut-off answer to choose, %d chosen answer wrong); %.1f generated "
                  "tokens/s so far", split, report.prompts, o.samples_per_prompt, report.unfinished, o.max_new_tokens,

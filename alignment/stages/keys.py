@@ -17,6 +17,3 @@ def stage_key(*parts: Any) -> str:
     """Content key of a stage: its config section, its inputs' fingerprints and the code version."""
     blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-# ---- data ------------------------------------------------------------------------------------------------

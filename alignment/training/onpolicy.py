@@ -253,13 +253,13 @@ def case_repairs(prompt_text: str, answers: Sequence[str]) -> list[str]:
 def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]], scores: Sequence[Sequence[float]],
                *, min_gap: float = 0.0, sampled: Sequence[int] | None = None,
                require_correct_chosen: bool = False, finished: Sequence[Sequence[bool]] | None = None,
-               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], PairReport]:
+               choose_unfinished: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]], PairReport]:
     """(pair rows in the standard conversational format, one sample record per answer, the report).
     `sampled[i]`: how many of prompt i's answers the model sampled; those after are program repairs
     (`case_repairs`), scored and pairable but not counted as samples. Unset: all were sampled.
-    `finished[i][k]`: whether answer k ended within the token limit; a cut-off one is never chosen
-    (`best_over_worst`), and a prompt whose pair would need one is counted as dropped_unfinished. Unset: all
-    ended.
+    `finished[i][k]`: whether answer k ended within the token limit (recorded and counted as `unfinished`); a
+    cut-off one is never chosen (`best_over_worst`) unless `choose_unfinished`, and a prompt whose pair would
+    need one is counted as dropped_unfinished. Unset: all ended.
     `require_correct_chosen`: a question with a checkable answer yields no pair unless the chosen answer is right
     (counted as dropped_wrong_chosen): DPO would otherwise prefer a compliant wrong answer, and RPO's NLL term
     would train on it."""
@@ -284,12 +284,15 @@ def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]
             report.degenerate += int(flags.degenerate)
             report.checkable += int(right is not None)
             report.correct += int(bool(right))
-        picked = best_over_worst(prompt_answers, prompt_scores, min_gap, ended)
+        picked = best_over_worst(prompt_answers, prompt_scores, min_gap, None if choose_unfinished else ended)
         if picked is None:
-            if best_over_worst(prompt_answers, prompt_scores, min_gap) is not None:
-                report.dropped_unfinished += 1
-            else:
+            unrestricted = best_over_worst(prompt_answers, prompt_scores, min_gap)
+            if unrestricted is None:
                 report.dropped_no_gap += 1
+            elif require_correct_chosen and is_correct(text, prompt_answers[unrestricted[0]]) is False:
+                report.dropped_wrong_chosen += 1  # the cut-off answer that would have been chosen is wrong anyway
+            else:
+                report.dropped_unfinished += 1
             continue
         chosen, rejected = picked
         if require_correct_chosen and is_correct(text, prompt_answers[chosen]) is False:

@@ -92,6 +92,19 @@ def test_make_pairs_counts_cut_off_answers_and_the_prompts_they_drop() -> None:
     assert [s["finished"] for s in samples] == [False, True, True, True, False]
     assert report.metrics("train")["onpolicy/train/unfinished_rate"] == pytest.approx(2 / 5)
     assert make_pairs(prompts, answers, scores)[2].pairs == 2  # unset: every answer counts as ended
+    allowed = make_pairs(prompts, answers, scores, finished=finished, choose_unfinished=True)
+    assert (allowed[2].pairs, allowed[2].unfinished, allowed[2].dropped_unfinished) == (2, 2, 0)
+    assert [s["finished"] for s in allowed[1]] == [False, True, True, True, False]
+
+
+def test_a_prompt_whose_cut_off_best_answer_is_wrong_counts_as_wrong_chosen() -> None:
+    """'What is 7 times 8?': the best-scored answer is cut off but wrong (54), the rest score alike: without the
+    cut-off rule the pair would still be refused for its wrong chosen answer, so that is the reason counted."""
+    prompts = [user("What is 7 times 8?")]
+    answers = [["It is 54 and", "I like cats.", "Dogs are nice."]]
+    scores = [[2.0, 0.0, 0.0]]
+    report = make_pairs(prompts, answers, scores, finished=[[False, True, True]], require_correct_chosen=True)[2]
+    assert (report.pairs, report.dropped_wrong_chosen, report.dropped_unfinished) == (0, 1, 0)
 
 
 def test_verifier_score_is_pass_plus_half_the_partial_credit() -> None:
@@ -159,8 +172,20 @@ def test_generated_lengths_count_up_to_the_first_eos() -> None:
 def test_ended_rows_are_the_rows_with_an_eos() -> None:
     """[5, 2(eos), 0, 0] ended; [5, 6, 7, 8] cut off; [2, 2, 2, 2] (EOS then EOS as padding) ended."""
     new = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 2, 2, 2]])
-    assert ended_rows(new, eos_id=2).tolist() == [True, False, True]
-    assert ended_rows(new, eos_id=None).tolist() == [True, True, True]
+    assert ended_rows(new, 2).tolist() == [True, False, True]
+    assert ended_rows(new, None).tolist() == [True, True, True]
+    assert ended_rows(new, [7, 9]).tolist() == [False, True, False]  # another turn-end id: row 2 ended at 7
+
+
+def test_turn_end_ids_join_the_tokenizers_eos_and_the_generation_configs() -> None:
+    from types import SimpleNamespace
+
+    from alignment.models.generation import turn_end_ids
+
+    tok = SimpleNamespace(eos_token_id=2)
+    assert turn_end_ids(SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[2, 107])), tok) == [2, 107]
+    assert turn_end_ids(SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=5)), tok) == [2, 5]
+    assert turn_end_ids(SimpleNamespace(), tok) == [2]
 
 
 def test_an_answer_is_finished_exactly_when_model_generate_emits_eos(tiny: tuple) -> None:
@@ -215,8 +240,9 @@ def test_onpolicy_stage_writes_prepared_pairs_and_keeps_every_heldout_prompt(tin
     samples = read_jsonl(tmp_path / "onpolicy" / "samples-train.jsonl")
     assert len(samples) == 24
     assert {"prompt", "answer", "score", "passed", "correct", "flags", "finished", "repaired"} <= set(samples[0])
-    chosen = {(s["prompt"], s["answer"]) for s in samples if s["finished"]}
-    assert all((r["prompt"][-1]["content"], r["chosen"][0]["content"]) in chosen for r in train)
+    # cut-off answers may be chosen here (choose_unfinished), and are still recorded and counted as cut off
+    assert metrics["onpolicy/train/unfinished_rate"] == sum(not s["finished"] for s in samples) / 24
+    assert metrics["onpolicy/train/dropped_unfinished"] == 0
     assert 0.0 <= metrics["onpolicy/train/degenerate_rate"] <= 1.0
 
 
