@@ -399,6 +399,16 @@ class LoraSettings(_Section):
                     "the output head).")
 
 
+class NodePlacement(_Section):
+    """One node of a multi-node training stage: its rank and where the head node (rank 0) listens. The training
+    flow sets it on each node (flows/training.py); a user leaves `training.node` unset."""
+
+    rank: int = Field(0, ge=0, le=63, description="This node's rank (0: the head, whose rank-0 process writes "
+                                                    "the outputs and the MLflow records).")
+    endpoint: str = Field(..., pattern=r"^[^\s:]+:[0-9]{1,5}$",
+                          description="host:port of the head node's rendezvous.")
+
+
 class TrainingConfig(_Section):
     """How the training stages (SFT, DPO, ORPO) are launched: in-process, or one process per device, and
     what the trained model is made of (full weights or LoRA adapters; activation checkpointing; compile)."""
@@ -407,6 +417,26 @@ class TrainingConfig(_Section):
         1, ge=1, le=64,
         description="Training processes (data parallel, global batch = optim.batch_size x num_processes). "
                     "> 1: `accelerate launch` on CUDA, `torchrun` (gloo) on CPU.")
+    num_nodes: int = Field(
+        1, ge=1, le=64,
+        description="Machines (nodes) that train together, each running num_processes processes: world size = "
+                    "num_nodes x num_processes. > 1 needs training.pool: the stage starts one flow run of "
+                    "alignment-training/<pool> per node, which meet at the endpoint the head node (rank 0) "
+                    "publishes in S3 (torchrun's static rendezvous on CPU, accelerate's multi-machine launch on "
+                    "CUDA); run.output_dir must be a folder every node shares. docs/cluster.md.")
+    node_timeout_s: float = Field(
+        300.0, gt=0, le=86400, json_schema_extra=SAME_OUTPUT,
+        description="Seconds a training process waits for the others (the rendezvous, each collective) and a "
+                    "node for the head's endpoint before failing: when a node dies, the others stop within "
+                    "about this long.")
+    node_retries: int = Field(
+        1, ge=0, le=10, json_schema_extra=SAME_OUTPUT,
+        description="With num_nodes > 1: how many times a stage whose node failed (lost, killed, timed out) is "
+                    "started again on new flow runs; each attempt resumes from the newest checkpoint.")
+    node: NodePlacement | None = Field(
+        None, json_schema_extra=SAME_OUTPUT,
+        description="Set by the training flow on each node of a multi-node stage (its rank, the head's "
+                    "endpoint); leave unset.")
     accelerate_config: str | None = Field(
         None, description="accelerate config YAML for multi-GPU runs (e.g. infra/accelerate/ddp.yaml or "
                           "fsdp.yaml); used on CUDA only. Unset: plain DDP.")
@@ -422,7 +452,7 @@ class TrainingConfig(_Section):
                             "process holds 1/num_processes of the weights, gradients and optimizer state. CPU "
                             "(gloo) and CUDA (NCCL); full fine-tuning or LoRA. Checkpoints are sharded "
                             "(torch.distributed.checkpoint) and resume at another number of processes. Needs "
-                            "num_processes > 1; not with compile, fp16 or an accelerate_config. none: every "
+                            "num_nodes x num_processes > 1; not with compile, fp16 or an accelerate_config. none: every "
                             "process holds the whole model (DDP).")
     lora: LoraSettings | None = Field(
         None, description="Train LoRA adapters instead of every weight (unset: full fine-tuning). Single "
@@ -472,13 +502,27 @@ class TrainingConfig(_Section):
     def _sharding_supported(self) -> TrainingConfig:
         if self.sharding == "none":
             return self
-        refused = {"num_processes > 1": self.num_processes > 1, "compile=false": not self.compile,
+        refused = {"num_nodes x num_processes > 1": self.world_size > 1, "compile=false": not self.compile,
                    "mixed_precision no or bf16": self.mixed_precision != "fp16",
                    "no accelerate_config (it shards by itself)": self.accelerate_config is None}
         missing = [need for need, ok in refused.items() if not ok]
         if missing:
             raise ValueError(f"sharding={self.sharding} needs {', '.join(missing)}")
         return self
+
+    @model_validator(mode="after")
+    def _nodes_run_on_a_pool(self) -> TrainingConfig:
+        if self.num_nodes > 1 and self.pool is None and self.node is None:
+            raise ValueError(f"num_nodes={self.num_nodes} needs training.pool: each node is a flow run of "
+                             "alignment-training/<pool> on that work pool (docs/cluster.md)")
+        if self.node is not None and self.node.rank >= self.num_nodes:
+            raise ValueError(f"node.rank={self.node.rank} is not a rank of num_nodes={self.num_nodes}")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all nodes."""
+        return self.num_nodes * self.num_processes
 
     def mmap_threshold_mib(self, stage: Literal["sft", "preference"]) -> int | None:
         """cpu_mmap_threshold_mib for one training stage, "auto" resolved (1 MiB for preference, none for SFT)."""
@@ -520,9 +564,10 @@ class PipelineConfig(_Section):
     @model_validator(mode="after")
     def _heldout_eval_single_process(self) -> PipelineConfig:
         method = self.preference.method
-        if getattr(self, method).heldout_eval.every is not None and self.training.num_processes > 1:
+        if getattr(self, method).heldout_eval.every is not None and self.training.world_size > 1:
             raise ValueError(f"{method}.heldout_eval runs in one process only: unset {method}.heldout_eval.every "
-                             f"or set training.num_processes=1 (got {self.training.num_processes})")
+                             f"or set training.num_processes=1 and training.num_nodes=1 (got "
+                             f"{self.training.num_processes} x {self.training.num_nodes})")
         return self
 
 

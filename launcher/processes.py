@@ -9,23 +9,56 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 POLL_SECONDS = 0.5
 STDERR_TAIL_CHARS = 4000
 
 
+@dataclass(frozen=True)
+class Nodes:
+    """Several machines training together: how many, this one's rank, and the head node's (rank 0's)
+    `host:port`, where the others meet it; `timeout_s` bounds the wait for the rendezvous."""
+
+    count: int
+    rank: int
+    endpoint: str
+    timeout_s: int = 300
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> str:
+        return self.endpoint.rsplit(":", 1)[1]
+
+
 def distributed_command(entry: Sequence[str], *, num_processes: int, cuda: bool, mixed_precision: str = "no",
-                        accelerate_config: str | None = None) -> list[str]:
+                        accelerate_config: str | None = None, nodes: Nodes | None = None) -> list[str]:
     """The command that runs `python ENTRY...` in `num_processes` processes: `torchrun` on CPU (gloo;
     accelerate's own multi-CPU mode wants MPI), `accelerate launch` on CUDA (DDP, or FSDP/DeepSpeed through
-    an accelerate config file, whose process count the arguments override)."""
+    an accelerate config file, whose process and machine counts the arguments override).
+
+    With `nodes`, this machine is node `nodes.rank` of `nodes.count`, each running `num_processes`: torchrun's
+    static rendezvous at the head's endpoint (ranks follow node ranks, so global rank 0 is on the head node,
+    where the caller reads its outputs; c10d's dynamic rendezvous would order nodes by address and process id),
+    or accelerate's multi-machine launch with the head as main process."""
     if not cuda:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                "--nproc_per_node", str(num_processes), *entry]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
-           "--main_process_port", str(free_port())]
+        if nodes is None:
+            where = ["--standalone", "--nnodes", "1"]
+        else:
+            where = ["--nnodes", str(nodes.count), "--node_rank", str(nodes.rank), "--master_addr", nodes.host,
+                     "--master_port", nodes.port, "--rdzv_conf", f"timeout={nodes.timeout_s}"]
+        return [sys.executable, "-m", "torch.distributed.run", *where, "--nproc_per_node", str(num_processes),
+                *entry]
+    machines = ["--num_machines", "1", "--main_process_port", str(free_port())] if nodes is None else [
+        "--num_machines", str(nodes.count), "--machine_rank", str(nodes.rank), "--main_process_ip", nodes.host,
+        "--main_process_port", nodes.port]
+    total = num_processes * (nodes.count if nodes else 1)  # accelerate counts processes over all machines
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(total), *machines,
+           "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
     if accelerate_config:
         if not Path(accelerate_config).is_file():
             raise FileNotFoundError(f"training.accelerate_config: no such file {accelerate_config}")

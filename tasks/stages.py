@@ -15,11 +15,13 @@ from pydantic import BaseModel
 from alignment import stages
 from alignment.config import PipelineConfig, TrainingConfig, output_neutral_fields
 from alignment.records import ModelRef, PreparedData, TrainOutput
+from alignment.training.distributed import join_training
 from evaluation.judges import make_scorer
 from evaluation.plots import plot_curves, plot_reward_margins
 from storage import folders
 from tasks.checkpoints import mirrored_checkpoints
 from tasks.datasets import log_dataset_inputs
+from tasks.nodes import run_on_nodes
 from tasks.results import result_storage
 from tasks.timing import compute, orchestration
 from tasks.tracking import RunContext, stage_run
@@ -132,6 +134,18 @@ def onpolicy(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: T
     return run_cached(onpolicy_task, "onpolicy", key, ctx, cfg, prepared, model).record
 
 
+def join_stage(cfg: PipelineConfig, stage: str, prepared: PreparedData, base: ModelRef, sft: TrainOutput | None,
+               ctx: RunContext) -> None:
+    """On a node of rank > 0 of a multi-node stage: run this node's processes of the head's training in the
+    stage folder the head uses (same content key, shared run.output_dir); the head records and caches it."""
+    name = "sft" if stage == "sft" else cfg.preference.method
+    key = stage_keys(cfg, prepared, base, sft)[name]
+    out_dir = Path(ctx.output_dir) / f"{name}-{key}"
+    if (out_dir / COMPLETE).is_file():
+        return  # the head reuses the finished stage without starting its processes
+    join_training(stage, cfg, prepared=prepared, base=base, sft=sft, out_dir=out_dir)
+
+
 def s3_stage_uri(local: str | Path) -> str:
     """Where a stage folder's part lives in S3: s3://<bucket>/stages/<stage>-<key>/<part>."""
     path = Path(local)
@@ -171,10 +185,13 @@ def run_remote(cfg: PipelineConfig, stage: str, key: str, ctx: RunContext, *, pr
         }
         name = f"alignment-training/{cfg.training.pool}"
         get_run_logger().info("%s: running on work pool %r through deployment %s", stage, cfg.training.pool, name)
-        flow_run = run_deployment(name, parameters=params, timeout=None)
-        if not flow_run.state or not flow_run.state.is_completed():
-            raise RuntimeError(f"{stage} on pool {cfg.training.pool!r} ended {flow_run.state!r} "
-                               f"(flow run {flow_run.id}); see the worker's log")
+        if cfg.training.num_nodes > 1:
+            run_on_nodes(cfg, stage, name, params, key)
+        else:
+            flow_run = run_deployment(name, parameters=params, timeout=None)
+            if not flow_run.state or not flow_run.state.is_completed():
+                raise RuntimeError(f"{stage} on pool {cfg.training.pool!r} ended {flow_run.state!r} "
+                                   f"(flow run {flow_run.id}); see the worker's log")
         found = folders.get_json(result_uri)
         if found is None:
             raise RuntimeError(f"{stage}: the training flow finished but wrote no result at {result_uri}")

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir: Path, logger: MetricsLogger,
             on_log: ProgressCallback | None = None, accelerator: Accelerator | None = None) -> TrainOutput:
     """Supervised fine-tuning with the chat template, loss on assistant tokens only. With
-    training.num_processes > 1 (and no accelerator given) it runs in that many processes (alignment/training/distributed.py)."""
-    if cfg.training.num_processes > 1 and accelerator is None:
+    training.num_processes or training.num_nodes > 1 (and no accelerator given) it runs in that many processes
+    (alignment/training/distributed.py)."""
+    if cfg.training.world_size > 1 and accelerator is None:
         return launch_training("sft", cfg, prepared=prepared, base=base, out_dir=out_dir, logger=logger,
                                on_log=on_log)
     with training_scope(cfg, "sft"):
@@ -59,8 +60,8 @@ def run_preference(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, 
                    accelerator: Accelerator | None = None) -> TrainOutput:
     """DPO from the SFT model (or, with SFT off, the base model — an instruct model, say) against that model's
     precomputed log-probs, or ORPO (no reference) from base or SFT.
-    With training.num_processes > 1 (and no accelerator given) it runs in that many processes."""
-    if cfg.training.num_processes > 1 and accelerator is None:
+    With several training processes (and no accelerator given) it runs in them."""
+    if cfg.training.world_size > 1 and accelerator is None:
         return launch_training("preference", cfg, prepared=prepared, base=base, sft=sft, out_dir=out_dir,
                                logger=logger, on_log=on_log)
     with training_scope(cfg, "preference"):

@@ -204,3 +204,26 @@ def test_jsonl_logger_lines_are_read_back_whole_and_forwarded(tmp_path) -> None:
         last = forward_record(record, logger, lambda s, t, m: seen.append((s, t, dict(m))), last)
     assert logger.records == [(1, {"loss": 1.5}), (2, {"loss": 1.25})]
     assert seen == [(1, 4, {"loss": 1.5})]
+
+
+def test_commands_of_a_node_of_several() -> None:
+    """Node r of N: torchrun's static rendezvous at the head's endpoint (ranks follow node ranks, so global
+    rank 0 is the head's first process), accelerate's multi-machine launch on CUDA with the total count."""
+    from launcher.processes import Nodes, distributed_command
+
+    node = Nodes(count=2, rank=1, endpoint="10.0.0.5:29400", timeout_s=60)
+    cpu = distributed_command(["-m", "alignment.worker", "sft", "spec.json"], num_processes=4, cuda=False, nodes=node)
+    assert "--standalone" not in cpu and "--rdzv_backend" not in cpu
+    flags = dict(zip(cpu[3:-4:2], cpu[4:-4:2], strict=True))
+    assert flags == {"--nnodes": "2", "--node_rank": "1", "--master_addr": "10.0.0.5", "--master_port": "29400",
+                     "--rdzv_conf": "timeout=60", "--nproc_per_node": "4"}
+    gpu = distributed_command(["-m", "alignment.worker", "sft", "spec.json"], num_processes=4, cuda=True, nodes=node)
+    assert gpu[gpu.index("--num_processes") + 1] == "8"  # accelerate counts every machine's processes
+    assert [gpu[gpu.index(f) + 1] for f in ("--num_machines", "--machine_rank", "--main_process_ip",
+                                            "--main_process_port")] == ["2", "1", "10.0.0.5", "29400"]
+    cfg = load_config(None, ["training.num_nodes=2", "training.pool=nodes", "training.num_processes=3",
+                             "training.node_timeout_s=45"])
+    cfg.training.node = {"rank": 0, "endpoint": "127.0.0.1:29500"}  # what the training flow sets on the head
+    cmd = build_command("sft", cfg, Path("spec.json"), cuda=False)
+    assert cmd[cmd.index("--node_rank") + 1] == "0" and cmd[cmd.index("--rdzv_conf") + 1] == "timeout=45"
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "3"

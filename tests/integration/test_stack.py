@@ -325,6 +325,81 @@ def test_service_outage_mid_run_is_ridden_out(stack: Stack, tmp_path: Path, serv
     assert client.get_run(summary["stage_runs"]["dpo"]).info.status == "FINISHED"
 
 
+NODES = ["training.pool=nodes", "training.num_nodes=2", "training.num_processes=1", "training.sharding=fsdp2",
+         "training.node_timeout_s=60", "dpo.optim.max_steps=60", "dpo.optim.save_every=10"]
+
+
+def start_node_workers(stack: Stack, logs: Path) -> list[subprocess.Popen]:
+    """Two process workers of the `nodes` pool, one flow run at a time each (a node each), their address the
+    loopback one; the first creates the pool."""
+    env = {**os.environ, **stack.client_env(), "PREFECT_HOME": str(stack.dir / "prefect"),
+           "ALIGNFLOW_NODE_ADDRESS": "127.0.0.1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    workers = []
+    for name in ("node-a", "node-b"):
+        with (logs / f"worker-{name}.log").open("w") as log:
+            workers.append(subprocess.Popen([prefect, "worker", "start", "--pool", "nodes", "--type", "process",
+                                             "--name", name, "--limit", "1"], stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, start_new_session=True))
+        deadline = time.monotonic() + 90
+        while not stack.worker_online("nodes") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert stack.worker_online("nodes"), (logs / f"worker-{name}.log").read_text()[-2000:]
+    deployed = subprocess.run([sys.executable, "-c", "from flows.deploy import deploy_training; "
+                               "print(deploy_training(pool='nodes'))"], capture_output=True, text=True, env=env,
+                              timeout=120)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    return workers
+
+
+def test_two_nodes_through_prefect_lose_one_and_retry_to_the_same_result(stack: Stack, tmp_path: Path) -> None:
+    """SFT and DPO on 2 nodes x 1 process (FSDP2), each node a flow run of alignment-training/nodes taken by
+    its own worker; node 1's training processes are killed (SIGKILL) once DPO wrote a checkpoint: the stage's
+    attempt fails naming node 1, the other node stops, the retry resumes from the sharded checkpoint, and the
+    run ends with the metrics of the same training in 2 processes of one machine, with one registered
+    version."""
+    env = {**os.environ, **stack.client_env()}
+    reference_out = tmp_path / "two-processes"
+    ref = subprocess.run(alignflow_run(stack, reference_out, *[o for o in NODES if not o.startswith(
+        ("training.pool", "training.num_nodes"))], "training.num_processes=2", "promotion.model_name=it-two-procs"),
+        capture_output=True, text=True, env=env, timeout=600)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    reference = json.loads((reference_out / "summary.json").read_text())
+
+    workers = start_node_workers(stack, tmp_path)
+    out = tmp_path / "nodes"
+    try:
+        log_path = tmp_path / "nodes.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(alignflow_run(stack, out, *NODES, "promotion.model_name=it-nodes"), stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            kill_at = 10 * random.randint(2, 4)
+            deadline = time.monotonic() + 400
+            while time.monotonic() < deadline and proc.poll() is None:
+                if any(out.glob(f"dpo-*/checkpoints/step-{kill_at:07d}")):
+                    break
+                time.sleep(0.1)
+            assert proc.poll() is None, f"the run ended before DPO saved step {kill_at}:\n" + log_path.read_text()[-3000:]
+            victims = [p for p in psutil.process_iter(["cmdline"])
+                       if any("launch/node-1/spec.json" in part for part in (p.info["cmdline"] or []))]
+            assert victims, "no training process of node 1"
+            for victim in victims:
+                victim.kill()
+            code = proc.wait(timeout=500)
+        text = log_path.read_text()
+        assert code == 0, text[-4000:]
+        assert "dpo on 2 nodes failed: node 1 (flow run" in text, text[-4000:]
+        assert "on node 1 of 2 failed" in text and "retrying the stage on 2 new flow runs" in text
+    finally:
+        for worker in workers:
+            stop_group(worker.pid)
+    summary = json.loads((out / "summary.json").read_text())
+    client = MlflowClient(stack.urls["mlflow"])
+    assert client.get_run(summary["stage_runs"]["dpo"]).data.metrics["resumed_from_step"] >= kill_at
+    assert_same_result(reference, summary, client, "it-nodes")
+    assert (out / next(out.glob("dpo-*")).name / "launch" / "node-1" / "spec.json").is_file()
+
+
 def test_down_stops_every_process_group_and_keeps_data(stack: Stack, run_summary: dict) -> None:
     """Runs last in this module: `down` ends every process group it started; data stays without --wipe."""
     groups = [info["pgid"] for info in stack.read_state()["services"].values()]
