@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--feedback-pool", help="work pool of the feedback round (default: --pool)")
     deploy.add_argument("--feedback-min-pairs", type=int, default=8, metavar="N",
                         help="a round with fewer preference pairs from the votes is skipped (default 8)")
+    deploy.add_argument("--write-k8s", metavar="DIR",
+                        help="only write what a Kubernetes cluster needs for multi-node training stages "
+                             "(training.num_nodes > 1) into DIR: the work pool's base job template (one Job per "
+                             "node) and the shared run folder's claim; contacts no server (docs/cluster.md)")
+    deploy.add_argument("--k8s-storage-class", help="with --write-k8s: the claim's ReadWriteMany storage class")
     deploy.add_argument("--arena-db", help="the arena's database the round exports (SQLAlchemy URL or SQLite "
                                            "file; default $ALIGNFLOW_ARENA_DB or <stack dir>/arena/arena.db)")
     promote = sub.add_parser("promote", parents=[config, stack_dir],
@@ -241,6 +247,14 @@ def command_stack(args: argparse.Namespace) -> int:
 def command_deploy(args: argparse.Namespace) -> int:
     from alignment.config import load_config
 
+    if args.write_k8s:
+        from flows.k8s import write_cluster_files
+
+        for path in write_cluster_files(Path(args.write_k8s), storage_class=args.k8s_storage_class):
+            print(f"wrote {path}")
+        print("next: kubectl apply -f the claim; prefect work-pool create <pool> --type kubernetes "
+              "--base-job-template <the template>; point run.output_dir under the mount (docs/cluster.md)")
+        return 0
     cfg = load_config(args.config, args.overrides)
     args.no_stack = False
     use_local_stack(args)

@@ -90,8 +90,9 @@ def test_rendered_manifest_requests_gpus(template: dict) -> None:
     manifest = config["job_manifest"]
     assert manifest["apiVersion"] == "batch/v1" and manifest["kind"] == "Job"
     pod = manifest["spec"]["template"]["spec"]
-    # what the Kubernetes worker's validators require of a job manifest
-    assert (pod["parallelism"], pod["completions"], pod["restartPolicy"]) == (1, 1, "Never")
+    # one pod per flow run; where the batch/v1 schema has these (Prefect's default template puts the first two
+    # in the pod spec, where Kubernetes ignores them)
+    assert (manifest["spec"]["parallelism"], manifest["spec"]["completions"], pod["restartPolicy"]) == (1, 1, "Never")
     container = pod["containers"][0]
     assert container["name"] == "prefect-job"
     assert container["image"] == template["variables"]["properties"]["image"]["default"]
@@ -116,3 +117,59 @@ def test_readme_has_the_create_command() -> None:
     readme = (ROOT / "infra" / "k8s" / "README.md").read_text()
     assert ("prefect work-pool create gpu --type kubernetes "
             "--base-job-template infra/k8s/gpu-work-pool-base-job-template.json") in readme
+
+
+# ---- multi-node training stages (flows/k8s.py, `alignflow deploy --write-k8s DIR`) ----------------------------
+
+K8S_VERSION = "1.33.0"  # the manifests are checked against this Kubernetes version's schemas (kubernetes-validate)
+
+
+def test_the_gpu_template_renders_a_valid_job(template: dict) -> None:
+    import kubernetes_validate
+
+    job = render(template, name="run-1", labels={"prefect.io/flow-run-id": "1"},
+                 command=["prefect", "flow-run", "execute"], env=[{"name": "A", "value": "1"}])["job_manifest"]
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    job["spec"]["template"]["spec"]["parallelism"] = 1  # where Prefect's default template has it
+    with pytest.raises(kubernetes_validate.ValidationError, match="parallelism"):
+        kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+def test_write_k8s_writes_valid_manifests_for_training_nodes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import kubernetes_validate
+
+    out = tmp_path / "k8s"
+    alignflow = str(Path(sys.executable).parent / "alignflow")
+    proc = subprocess.run([alignflow, "deploy", "--write-k8s", str(out), "--k8s-storage-class", "nfs-client"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    nodes = json.loads((out / "training-nodes-work-pool-base-job-template.json").read_text())
+    claim = json.loads((out / "shared-runs-pvc.json").read_text())
+    kubernetes_validate.validate(claim, K8S_VERSION, strict=True)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["spec"]["storageClassName"] == "nfs-client"
+    schema = nodes["variables"]
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    used = {name for value in nodes["job_configuration"].values() for name in find_placeholders(json.dumps(value))}
+    assert used <= set(schema["properties"])
+    for rank in range(2):  # one Job per node: the flow run of node `rank`
+        config = render(nodes, name=f"train-node-{rank}", labels={"prefect.io/flow-run-id": str(rank)},
+                        command=["prefect", "flow-run", "execute"], env=[{"name": "PREFECT_API_URL", "value": "http://p"}])
+        job = config["job_manifest"]
+        kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+        pod = job["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+        address = [e for e in container["env"] if e["name"] == "ALIGNFLOW_NODE_ADDRESS"]
+        assert address == [{"name": "ALIGNFLOW_NODE_ADDRESS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+        assert {"name": "runs", "mountPath": "/shared"} in container["volumeMounts"]
+        assert {"name": "runs", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}} in pod["volumes"]
+        anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+        assert anti["topologyKey"] == "kubernetes.io/hostname"
+        assert "{{" not in json.dumps(config)
+    broken = copy.deepcopy(job)
+    broken["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = {"count": 8}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
