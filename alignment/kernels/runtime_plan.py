@@ -26,7 +26,7 @@ and runs plain; a compiled model keeps torch's own linears whatever the plan (to
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -87,15 +87,18 @@ def apply_plan(model: nn.Module, plan: RuntimePlan) -> nn.Module:
         use_fused_ops(inner)
     else:
         keep_plain_modules(inner)
-    if plan.onednn_linear and not compiled(model):  # compile traces torch's own linears
+    onednn = plan.onednn_linear and not compiled(model)  # compile traces torch's own linears
+    if onednn:
         use_onednn_linears(inner)
     else:
         keep_torch_linears(inner)
+    attention = False
     if plan.cpu_attention:
-        use_cpu_attention(inner)  # a model not on CPU or not on transformers' "sdpa" is left as it is
+        attention = use_cpu_attention(inner)  # a model not on CPU or not on transformers' "sdpa" is left as it is
     elif getattr(getattr(inner, "config", None), "_attn_implementation", None) == CPU_ATTENTION:
         inner.set_attn_implementation("sdpa")
-    object.__setattr__(inner, ATTRIBUTE, plan)
+    # what took effect, which `plan_of` reads and the stages record: a switch the model could not take is off
+    object.__setattr__(inner, ATTRIBUTE, replace(plan, onednn_linear=onednn, cpu_attention=attention))
     return model
 
 

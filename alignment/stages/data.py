@@ -13,7 +13,7 @@ from alignment.config import PipelineConfig
 from alignment.data import write_jsonl
 from alignment.data.prepare import PrepareOptions, prepare
 from alignment.instruct import instructions, quicktask
-from alignment.models.generation import GenerationStats, sample_answers
+from alignment.models.generation import Answer, GenerationStats, sample_answers
 from alignment.models.loading import load_causal_lm, load_tokenizer
 from alignment.records import ModelRef, PreparedData
 from alignment.stages.keys import stage_key
@@ -112,15 +112,14 @@ def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef,
             lm, tok, prompts, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
             num_samples=o.samples_per_prompt, do_sample=True, temperature=o.temperature, top_p=o.top_p,
             seed=cfg.run.seed * 1000 + offset, stats=stats)
-        answers = [[a.text for a in row] for row in sampled_answers]
-        finished = [[a.finished for a in row] for row in sampled_answers]
-        sampled = [len(a) for a in answers]
+        candidates = [list(row) for row in sampled_answers]
+        sampled = [len(row) for row in candidates]
         if o.repair_case and split == "train":  # program-cased rewrites of the samples join the candidates
-            for p, texts, ended in zip(prompts, answers, finished, strict=True):
-                for text, done in list(zip(texts, ended, strict=True)):
-                    repaired = case_repairs(last_user_text(p), [text])
-                    texts.extend(repaired)
-                    ended.extend([done] * len(repaired))
+            for p, row in zip(prompts, candidates, strict=True):
+                row.extend(Answer(text, a.finished) for a in list(row)
+                           for text in case_repairs(last_user_text(p), [a.text]))
+        answers = [[a.text for a in row] for row in candidates]
+        finished = [[a.finished for a in row] for row in candidates]
         scores = score_answers(scorer, prompts, answers)
         rows, samples, report = make_pairs(prompts, answers, scores, min_gap=o.min_score_gap, sampled=sampled,
                                            require_correct_chosen=o.require_correct_chosen, finished=finished,

@@ -3,6 +3,7 @@ process or in several (alignment/training/distributed.py), with the stage's runt
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from alignment.config import PipelineConfig
-from alignment.kernels.runtime_plan import apply_plan
+from alignment.kernels.runtime_plan import RuntimePlan, apply_plan, plan_of
 from alignment.models.loading import fingerprint_model, load_causal_lm, load_tokenizer, prepare_for_training
 from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
 from alignment.stages.reference import reference_annotated_pairs, tokenized_rows
@@ -152,4 +153,10 @@ def fit_and_save(model: torch.nn.Module, tok: PreTrainedTokenizerBase, rows: lis
     return TrainOutput(model=ModelRef(path=str(model_dir), fingerprint=fingerprint),
                        method=method, steps=result.steps, resumed_from_step=result.resumed_from_step,
                        final_metrics=final_metrics, seconds=result.seconds, tokens=result.tokens,
-                       runtime=plan.params())
+                       runtime=applied_plan(trained, plan).params())
+
+
+def applied_plan(model: torch.nn.Module, planned: RuntimePlan) -> RuntimePlan:
+    """What of the stage's plan its model ran with (`plan_of`: a switch the model could not take is off; a
+    sharded model runs plain), with the stage's allocator setting, which is not the model's."""
+    return dataclasses.replace(plan_of(model), mmap_threshold_mib=planned.mmap_threshold_mib)

@@ -137,6 +137,24 @@ def test_another_plan_switches_back(quick_tokenizer) -> None:
     wrapped = torch.nn.DataParallel(model)
     assert plan_of(wrapped) is plan_of(model)
     apply_plan(wrapped, PLAIN)
-    assert plan_of(model) is PLAIN
+    assert plan_of(model) == PLAIN
     assert not any("forward" in vars(m) for m in model.modules())
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_the_recorded_plan_is_what_took_effect(quick_tokenizer) -> None:
+    """A switch the model cannot take is recorded off (and so logged off by the stage): CPU attention on a model
+    running transformers' eager attention; the stage's allocator setting is kept beside the model's plan."""
+    from alignment.stages.training import applied_plan
+
+    model = tiny(quick_tokenizer)
+    model.set_attn_implementation("eager")
+    planned = plan_for(TrainingConfig(), "cpu", "preference")
+    assert planned.cpu_attention
+    apply_plan(model, planned)
+    assert not plan_of(model).cpu_attention and model.config._attn_implementation == "eager"
+    logged = applied_plan(model, planned).params()
+    assert logged["runtime/cpu_attention"] == "false" and logged["runtime/mmap_threshold_mib"] == "1"
+    assert logged["runtime/fused_ops"] == "true"
+    sdpa = apply_plan(tiny(quick_tokenizer), planned)
+    assert plan_of(sdpa) == planned  # on a CPU "sdpa" model every switch takes
