@@ -326,6 +326,19 @@ class OnPolicyConfig(_Section):
         True, description="A question whose answer a program checks (alignment/instruct/answers.py) yields a pair only when "
                           "the chosen answer is right: otherwise DPO prefers a compliant wrong answer and RPO's NLL "
                           "term trains on it. Counted as onpolicy/<split>/dropped_wrong_chosen.")
+    rounds: int = Field(
+        1, ge=1, le=10,
+        description="Iterated on-policy rounds (iterative DPO): round r samples from round r-1's policy, pairs "
+                    "its answers, and trains from that policy, which is also DPO's reference for the round. The "
+                    "rounds stop early when a round's policy does not raise the held-out criterion (of its "
+                    "held-out samples, the share that pass their instruction less the share that are degenerate, "
+                    "measured when the next round samples from it) by more than round_min_gain over the model "
+                    "the round started from; that round is then dropped. The kept policy is evaluated against "
+                    "the original model under every gate. Each round is an MLflow child run (round-<r>).")
+    round_min_gain: float = Field(
+        0.0, ge=-1.0, le=1.0,
+        description="The least rise of the held-out criterion that keeps a round (rounds > 1); negative: keep "
+                    "rounds that lose up to that much (-1: never stop early).")
     choose_unfinished: bool = Field(
         False, description="Let an answer cut off at max_new_tokens (it never ended its turn) be the chosen one. "
                            "Off: the chat template closes every chosen answer with the end of turn, so training "
@@ -559,6 +572,13 @@ class PipelineConfig(_Section):
                                  "answers until the onpolicy stage samples them)")
             if self.sft.enabled:
                 raise ValueError("data.source=instructions has no SFT data: set sft.enabled=false")
+        return self
+
+    @model_validator(mode="after")
+    def _rounds_sample_on_policy(self) -> PipelineConfig:
+        if self.onpolicy.rounds > 1 and not self.onpolicy.enabled:
+            raise ValueError(f"onpolicy.rounds={self.onpolicy.rounds} needs onpolicy.enabled=true (each round samples "
+                             "from the previous round's policy)")
         return self
 
     @model_validator(mode="after")

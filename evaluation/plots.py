@@ -225,3 +225,25 @@ def plot_method_comparison(rows: list[dict], path: Path) -> Path | None:
                 label.set_fontweight("bold")
         ax.grid(axis="y", alpha=0.3)
     return save(fig, path)
+
+
+def plot_rounds(rows: list[dict], path: Path) -> Path | None:
+    """Iterated on-policy rounds: the held-out criterion and its parts (pass rate, degenerate rate) of the model
+    each round started from and of its policy; a dropped round is drawn hollow."""
+    measured = [r for r in rows if r.get("start_score") is not None]
+    if not measured:
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    xs = [r["round"] for r in measured]
+    ax.plot(xs, [r["start_score"] for r in measured], "o--", color=REFERENCE, label="model the round started from")
+    ends = [(r["round"], r["end_score"], r["kept"]) for r in rows if r.get("end_score") is not None]
+    for x, y, kept in ends:
+        ax.plot([x], [y], "o", color=POLICY, markerfacecolor=POLICY if kept else "white")
+    if ends:
+        ax.plot([x for x, _, _ in ends], [y for _, y, _ in ends], "-", color=POLICY, label="its policy")
+    ax.set_xticks(xs)
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out pass rate - degenerate rate")
+    ax.set_title("on-policy rounds (hollow: dropped)", fontsize=9)
+    ax.legend(fontsize=7)
+    return save(fig, path)

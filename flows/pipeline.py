@@ -19,6 +19,7 @@ from tasks.evaluation import (
 )
 from tasks.locks import output_dir_lock
 from tasks.registry import promotion_gates, register_task, start_policy_logging
+from tasks.rounds import Round, heldout_score, iterate_rounds
 from tasks.stages import build_base, onpolicy, prepare, train_preference, train_sft
 from tasks.summary import add_to_summary, publish_summary, write_summary
 from tasks.timing import step, timed_run
@@ -45,11 +46,16 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             base = build_base(config, prepared, ctx)
         with step("sft"):
             sft = train_sft(config, prepared, base, ctx) if config.sft.enabled else None
+        source, rounds = prepared, None
         if config.onpolicy.enabled:
             with step("onpolicy"):  # from here on, the data is the model's own answers, scored and paired
                 prepared = onpolicy(config, prepared, base, sft, ctx)
         with step(config.preference.method):
             policy = train_preference(config, prepared, base, sft, ctx)
+        if config.onpolicy.rounds > 1:  # later rounds sample from and train the previous round's policy
+            first = Round(1, prepared, policy, start_score=heldout_score(prepared))
+            kept, rounds = iterate_rounds(config, source, base, first, ctx)
+            prepared, policy = kept.pairs, kept.policy
         with step("register"):  # the policy's model logging starts now, on the tracking thread
             pending = start_policy_logging(config, policy, ctx)
         reference = sft.model if sft else base
@@ -74,6 +80,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             "pass_rates": {k.removeprefix("compare/"): v for k, v in comparison.metrics.items()
                            if k.startswith("compare/pass_rate")} or None,
             "quality": quality_summary(comparison.metrics),
+            "rounds": [r.row() for r in rounds] if rounds else None,
         }
         with step("summary"):
             path = write_summary(ctx, stage_run_ids(ctx), trained, {**heldout.metrics, **comparison.metrics},

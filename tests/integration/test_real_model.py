@@ -23,6 +23,8 @@ SLICE = [
     "onpolicy.choose_unfinished=true",
     "dpo.optim.max_steps=2", "dpo.optim.batch_size=2", "eval.max_new_tokens=12", "eval.benchmarks.limit=8",
     "run.torch_threads=1",
+    # two on-policy rounds, the second kept whatever the criterion says (a 4-prompt criterion is noise)
+    "onpolicy.rounds=2", "onpolicy.round_min_gain=-1",
 ]
 
 
@@ -59,6 +61,13 @@ def test_real_model_pipeline_on_a_slice(prefect_api, tmp_path: Path, capsys: pyt
     assert "Q4_1" in base.data.tags["alignflow.gguf.quantization"], base.data.tags
     assert base.data.metrics["gguf/parameters"] == 134_515_008
     assert base.data.metrics["gguf/logits_max_abs_diff"] <= 1e-5
+    rounds = summary["rounds"]
+    assert [(r["round"], r["kept"]) for r in rounds] == [(1, True), (2, True)], rounds
+    assert rounds[1]["start_score"] == rounds[0]["end_score"] is not None  # round 2's sampling measured policy 1
+    assert rounds[1]["model"] != rounds[0]["model"] and Path(rounds[1]["model"]).is_dir()
+    for number in (1, 2):
+        run = client.get_run(summary["stage_runs"][f"round-{number}"])
+        assert run.data.metrics["round/pairs"] == rounds[number - 1]["pairs"] and run.data.tags["alignflow.round_kept"] == "true"
     onpolicy = client.get_run(summary["stage_runs"]["onpolicy"])
     m = onpolicy.data.metrics
     assert (m["onpolicy/train/pairs"] + m["onpolicy/train/dropped_no_gap"] + m["onpolicy/train/dropped_wrong_chosen"]

@@ -1,0 +1,104 @@
+"""Iterated on-policy rounds (`onpolicy.rounds`; iterative DPO, Xiong et al. 2024, arXiv 2312.11456): round r
+samples from round r-1's policy, pairs its answers and trains from that policy, which is also DPO's reference
+for the round (ORPO starts from it too, whatever `orpo.init` says for round 1).
+
+The criterion is measured for free: each round's on-policy stage samples the held-out prompts from the model
+the round starts from and scores every sample, so round r+1's sampling measures round r's policy. A round
+whose policy does not raise it by more than `onpolicy.round_min_gain` is dropped and the rounds stop; the
+last kept round's policy goes on to the evaluation against the original model and every gate. Round 1 is
+always kept (the gates judge it, as without rounds). Every stage of a round is an ordinary cached stage (the
+keys hold the starting model's fingerprint); each round is also an MLflow child run `round-<r>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import get_run_logger
+
+from alignment.config import PipelineConfig
+from alignment.records import ModelRef, PreparedData, TrainOutput
+from evaluation.plots import plot_rounds
+from tasks.stages import onpolicy, train_preference
+from tasks.timing import step
+from tasks.tracking import RunContext, stage_run
+
+
+@dataclass
+class Round:
+    number: int
+    pairs: PreparedData  # sampled from the model the round started from
+    policy: TrainOutput
+    start_score: float | None  # the criterion of the model the round started from
+    end_score: float | None = None  # of its policy (measured by the next round's sampling)
+    kept: bool = True
+
+    def row(self) -> dict:
+        return {"round": self.number, "start_score": self.start_score, "end_score": self.end_score,
+                "kept": self.kept, "pairs": self.pairs.counts.get("train", 0),
+                "final_loss": self.policy.final_metrics.get("loss"), "model": self.policy.model.path}
+
+
+def heldout_score(pairs: PreparedData) -> float | None:
+    """Of the held-out samples the on-policy stage scored: the share that pass their instruction less the share
+    that are degenerate (empty, the prompt echoed, a loop, too short); None without instruction checks."""
+    split = pairs.report.get("onpolicy", {}).get("splits", {}).get("heldout") or {}
+    seen, samples = sum(split.get("seen", {}).values()), split.get("samples", 0)
+    if not seen or not samples:
+        return None
+    return sum(split.get("passed", {}).values()) / seen - split.get("degenerate", 0) / samples
+
+
+def later_round_config(config: PipelineConfig) -> PipelineConfig:
+    """Rounds after the first start from the previous round's policy, for every method."""
+    return config.model_copy(update={"orpo": config.orpo.model_copy(update={"init": "sft"})})
+
+
+def iterate_rounds(config: PipelineConfig, source: PreparedData, base: ModelRef, first: Round,
+                   ctx: RunContext) -> tuple[Round, list[Round]]:
+    """Rounds 2..onpolicy.rounds after `first`; returns the last kept round and every round."""
+    log = get_run_logger()
+    rounds, cfg = [first], later_round_config(config)
+    for number in range(2, config.onpolicy.rounds + 1):
+        previous = rounds[-1]
+        with step("onpolicy"):
+            pairs = onpolicy(cfg, source, base, previous.policy, ctx)
+        previous.end_score = heldout_score(pairs)
+        if stops_here(previous, config.onpolicy.round_min_gain):
+            previous.kept = previous.number == 1
+            log.info("rounds: round %d's policy scored %s against %s at its start: stopping after round %d",
+                     previous.number, previous.end_score, previous.start_score, number - 1)
+            break
+        with step(config.preference.method):
+            policy = train_preference(cfg, pairs, base, previous.policy, ctx)
+        rounds.append(Round(number, pairs, policy, start_score=previous.end_score))
+        log.info("rounds: round %d trained from round %d's policy on %d pairs", number, number - 1,
+                 pairs.counts.get("train", 0))
+    record_rounds(rounds, ctx)
+    return [r for r in rounds if r.kept][-1], rounds
+
+
+def stops_here(last: Round, min_gain: float) -> bool:
+    """True when `last`'s policy did not raise the criterion by more than `min_gain` (both measured)."""
+    if last.start_score is None or last.end_score is None:
+        return False
+    return last.end_score <= last.start_score + min_gain
+
+
+def record_rounds(rounds: list[Round], ctx: RunContext) -> None:
+    """One MLflow child run per round (its criterion at start and end, pairs, final loss, kept), the plot on
+    the last."""
+    for r in rounds:
+        with stage_run(ctx, f"round-{r.number}", {"round": r.number, "round.start_model": r.pairs.fingerprint},
+                       tags={"alignflow.round": str(r.number), "alignflow.round_kept": str(r.kept).lower()}) as run:
+            metrics = {"round/pairs": float(r.pairs.counts.get("train", 0)),
+                       "round/final_loss": r.policy.final_metrics.get("loss", float("nan"))}
+            metrics.update({f"round/{name}": value for name, value in
+                            (("start_score", r.start_score), ("end_score", r.end_score)) if value is not None})
+            run.log_metrics(metrics)
+            if r is rounds[-1]:
+                plot = plot_rounds([x.row() for x in rounds], Path(ctx.output_dir) / "rounds" / "rounds.png")
+                if plot is not None:
+                    run.log_artifact(plot, "plots")
+
