@@ -189,8 +189,10 @@ class SFTConfig(_Section):
 
 
 class PreferenceConfig(_Section):
-    method: Literal["dpo", "orpo"] = Field(
-        "dpo", description="dpo: from the SFT model against its log-probs; orpo: one stage, no reference model.")
+    method: Literal["dpo", "orpo", "kto"] = Field(
+        "dpo", description="dpo: from the SFT model against its log-probs; orpo: one stage, no reference model; "
+                           "kto: from the SFT model against its log-probs, on each pair's answers as unpaired "
+                           "desirable and undesirable examples.")
 
 
 class HeldoutEvalConfig(_Section):
@@ -238,6 +240,19 @@ class ORPOConfig(_Section):
                                 "conditional SFT loss), or the prompt's tokens too (TRL's ORPOTrainer).")
     init: Literal["base", "sft"] = Field("base", description="Start from the base or the SFT model.")
     optim: OptimConfig = OptimConfig(learning_rate=3e-3, epochs=16.0, batch_size=16)
+    heldout_eval: HeldoutEvalConfig = HeldoutEvalConfig()
+
+
+class KTOConfig(_Section):
+    """KTO (Ethayarajh et al., arXiv 2402.01306): each preference pair's chosen answer is a desirable example and
+    its rejected answer an undesirable one (alignment/training/objectives.py `unpair`), trained with Eq. 8's
+    loss against the starting model's log-probs, computed once like DPO's."""
+
+    beta: float = Field(0.1, gt=0.0, le=100.0, description="beta of Eq. 8 (the implied reward's scale).")
+    desirable_weight: float = Field(1.0, gt=0.0, le=100.0, description="lambda_D: weight of desirable examples.")
+    undesirable_weight: float = Field(1.0, gt=0.0, le=100.0,
+                                      description="lambda_U: weight of undesirable examples.")
+    optim: OptimConfig = OptimConfig(learning_rate=5e-5, epochs=4.0, batch_size=16)
     heldout_eval: HeldoutEvalConfig = HeldoutEvalConfig()
 
 
@@ -558,6 +573,7 @@ class PipelineConfig(_Section):
     preference: PreferenceConfig = PreferenceConfig()
     dpo: DPOConfig = DPOConfig()
     orpo: ORPOConfig = ORPOConfig()
+    kto: KTOConfig = KTOConfig()
     eval: EvalConfig = EvalConfig()
     promotion: PromotionConfig = PromotionConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -572,6 +588,13 @@ class PipelineConfig(_Section):
                                  "answers until the onpolicy stage samples them)")
             if self.sft.enabled:
                 raise ValueError("data.source=instructions has no SFT data: set sft.enabled=false")
+        return self
+
+    @model_validator(mode="after")
+    def _kto_in_one_process(self) -> PipelineConfig:
+        if self.preference.method == "kto" and self.training.world_size > 1:
+            raise ValueError("preference.method=kto trains in one process (its KL reference point would be "
+                             "averaged per process): set training.num_processes=1 and training.num_nodes=1")
         return self
 
     @model_validator(mode="after")

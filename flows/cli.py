@@ -167,8 +167,8 @@ def command_compare(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods or set(methods) - {"dpo", "orpo"}:
-        raise ConfigError(f"--methods: choose from dpo, orpo (comma-separated), got {args.methods!r}")
+    if not methods or set(methods) - {"dpo", "orpo", "kto"}:
+        raise ConfigError(f"--methods: choose from dpo, orpo, kto (comma-separated), got {args.methods!r}")
     try:
         betas = [float(b) for b in args.betas.split(",")] if args.betas else None
     except ValueError:

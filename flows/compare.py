@@ -42,7 +42,7 @@ def build_variants(config: PipelineConfig, methods: list[str], dpo_betas: list[f
 
 @flow(name="compare-methods", log_prints=True)
 def compare_methods(config: PipelineConfig = PipelineConfig(),  # noqa: B008
-                    methods: list[Literal["dpo", "orpo"]] = ["dpo", "orpo"],  # noqa: B006
+                    methods: list[Literal["dpo", "orpo", "kto"]] = ["dpo", "orpo"],  # noqa: B006
                     dpo_betas: list[float] | None = None, register_best: bool = False) -> dict[str, Any]:
     """Train and evaluate each variant; return the report's path, the best variant and one row per variant."""
     logger = get_run_logger()

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 
 from alignment.config import PipelineConfig
@@ -29,14 +30,17 @@ def tokenized_rows(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef,
 
 
 def reference_annotated_pairs(cfg: PipelineConfig, prepared: PreparedData, reference: ModelRef,
-                              split: str) -> list[dict]:
+                              split: str, rows_from_pairs: Callable[[list[dict]], list[dict]] | None = None) -> list[dict]:
     """Tokenized pairs with the reference model's summed log-probs of chosen and rejected.
 
     Computed once per (token ids scored, reference model) and kept beside the prepared data and, when the
     run has S3 (storage/s3.py), at `s3://<bucket>/reference-logps/<split>-<key>.json`, so a beta sweep, a
     second method or a later run (another output folder, another worker) does not pay for the reference
-    again; the reference model is freed before the policy trains."""
+    again; the reference model is freed before the policy trains. `rows_from_pairs` (a method's rows, e.g.
+    KTO's `unpair`) turns the pairs into rows of the same layout before they are scored."""
     rows = tokenized_rows(cfg, prepared, reference, split)
+    if rows_from_pairs is not None:
+        rows = rows_from_pairs(rows)
     key = stage_key(scored_ids_digest(rows), reference.fingerprint)
     cache = Path(prepared.dir) / "reference" / f"{split}-{key}.json"
     shared = shared_uri(f"reference-logps/{split}-{key}.json")  # None without S3

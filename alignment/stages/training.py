@@ -79,10 +79,12 @@ def _preference_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef
     optim = getattr(cfg, method).optim
     tok = load_tokenizer(init.path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_causal_lm(init.path, trust_remote_code=cfg.model.trust_remote_code)
-    objective, collate = method_plan(method, pad_id=tok.pad_token_id, beta=cfg.dpo.beta,
+    beta = cfg.kto.beta if method == "kto" else cfg.dpo.beta
+    objective, collate = method_plan(method, pad_id=tok.pad_token_id, beta=beta,
                                      loss_type=cfg.dpo.loss_type, label_smoothing=cfg.dpo.label_smoothing,
                                      rpo_alpha=cfg.dpo.rpo_alpha, lam=cfg.orpo.lam,
-                                     orpo_nll_tokens=cfg.orpo.nll_tokens)
+                                     orpo_nll_tokens=cfg.orpo.nll_tokens, desirable_weight=cfg.kto.desirable_weight,
+                                     undesirable_weight=cfg.kto.undesirable_weight)
     make_evaluator = None
     if getattr(cfg, method).heldout_eval.every is not None:
         make_evaluator = functools.partial(heldout_evaluator, cfg, prepared, init, objective, collate, tok,
@@ -102,9 +104,11 @@ def starting_model(cfg: PipelineConfig, base: ModelRef, sft: TrainOutput | None)
 def training_rows(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, split: str) -> list[dict]:
     """A split's tokenized pairs for the configured method, with the starting model's log-probs where the method
     uses a reference (alignment/training/objectives.py METHODS)."""
-    if method_spec(cfg.preference.method).uses_reference:
-        return reference_annotated_pairs(cfg, prepared, init, split)
-    return tokenized_rows(cfg, prepared, init, split)
+    method = method_spec(cfg.preference.method)
+    if method.uses_reference:
+        return reference_annotated_pairs(cfg, prepared, init, split, method.rows)
+    rows = tokenized_rows(cfg, prepared, init, split)
+    return method.rows(rows) if method.rows is not None else rows
 
 
 def heldout_evaluator(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, objective: Objective,

@@ -136,6 +136,41 @@ def kto_reference_logps(model: torch.nn.Module, rows: list[dict], pad_id: int,
     return matched, mismatched
 
 
+def unpair(rows: list[dict]) -> list[dict]:
+    """KTO's examples from tokenized preference pairs (as TRL's `unpair_preference_dataset`): each pair gives
+    its chosen answer as a desirable example and its rejected answer as an undesirable one, both with the pair's
+    prompt, in the order d_0, u_0, d_1, u_1, ...
+
+    Each example also carries the mismatched completion of its KL term, fixed here rather than by the batch
+    (TRL rotates within each batch, `kl_completions`, which ties the reference pass to one batching and forbids
+    shuffling): the same kind of answer of the next pair (the last pair's, of the first), so another prompt's
+    answer whenever pairs do not share prompts. z0 is still the batch mean over its examples' mismatched pairs
+    (`kto_kl_reference`). Rows keep the pair layout — `chosen_ids` the example's own completion, `rejected_ids`
+    the mismatched one, `label` True for desirable — so the reference pass, packing and collation of pairs
+    serve KTO unchanged (`_kto_plan`)."""
+    if len(rows) < 2:
+        raise ValueError(f"KTO needs at least 2 pairs (each example's KL term uses another pair's answer), got "
+                         f"{len(rows)}")
+    out = []
+    for i, row in enumerate(rows):
+        following = rows[(i + 1) % len(rows)]
+        for key, desirable in (("chosen_ids", True), ("rejected_ids", False)):
+            out.append({"prompt_ids": row["prompt_ids"], "chosen_ids": row[key], "rejected_ids": following[key],
+                        "label": desirable})
+    return out
+
+
+def collate_unpaired(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """`unpair`'s rows -> a prefix-shared batch of (own, mismatched) completions, with `desirable` (B,) and the
+    reference log-probs the pair layout carries renamed for `make_kto_objective` (`ref_logps`, `ref_kl_logps`)."""
+    batch = collate_shared_pairs(rows, pad_id)
+    batch["desirable"] = torch.tensor([bool(row["label"]) for row in rows], dtype=torch.bool)
+    if "ref_chosen_logps" in batch:
+        batch["ref_logps"] = batch.pop("ref_chosen_logps")
+        batch["ref_kl_logps"] = batch.pop("ref_rejected_logps")
+    return batch
+
+
 Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
 
 
@@ -149,16 +184,20 @@ class MethodSettings:
     rpo_alpha: float = 0.0
     lam: float = 0.5
     orpo_nll_tokens: str = "response"
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
 
 
 @dataclass(frozen=True)
 class Method:
-    """A training method: its objective and batch collation, and whether its rows carry the starting model's
-    log-probs (a reference: DPO's are computed once before training, alignment/stages/reference.py)."""
+    """A training method: its objective and batch collation, whether its rows carry the starting model's
+    log-probs (a reference: DPO's and KTO's are computed once before training, alignment/stages/reference.py),
+    and how its rows are made from the tokenized pairs (None: the pairs themselves)."""
 
     name: str
     uses_reference: bool
     plan: Callable[[int, MethodSettings], tuple[Objective, Collate]]
+    rows: Callable[[list[dict]], list[dict]] | None = None
 
 
 def _sft_plan(pad_id: int, _: MethodSettings) -> tuple[Objective, Collate]:
@@ -177,11 +216,18 @@ def _orpo_plan(pad_id: int, s: MethodSettings) -> tuple[Objective, Collate]:
     return objective, lambda rows: collate_shared_pairs(rows, pad_id, score_prompt=score_prompt)
 
 
+def _kto_plan(pad_id: int, s: MethodSettings) -> tuple[Objective, Collate]:
+    objective = make_kto_objective(beta=s.beta, desirable_weight=s.desirable_weight,
+                                   undesirable_weight=s.undesirable_weight)
+    return objective, lambda rows: collate_unpaired(rows, pad_id)
+
+
 # the registry the pipeline's stages and the benchmark (bench/) dispatch on: a new method is one entry here
 METHODS: dict[str, Method] = {
     "sft": Method("sft", uses_reference=False, plan=_sft_plan),
     "dpo": Method("dpo", uses_reference=True, plan=_dpo_plan),
     "orpo": Method("orpo", uses_reference=False, plan=_orpo_plan),
+    "kto": Method("kto", uses_reference=True, plan=_kto_plan, rows=unpair),
 }
 
 
@@ -194,9 +240,11 @@ def method_spec(method: str) -> Method:
 
 def method_plan(method: str, *, pad_id: int, beta: float = 0.1, loss_type: str = "sigmoid",
                 label_smoothing: float = 0.0, rpo_alpha: float = 0.0, lam: float = 0.5,
-                orpo_nll_tokens: str = "response") -> tuple[Objective, Collate]:
+                orpo_nll_tokens: str = "response", desirable_weight: float = 1.0,
+                undesirable_weight: float = 1.0) -> tuple[Objective, Collate]:
     """The objective and the batch collation of one training method (a key of `METHODS`): what the
     pipeline's stages and the benchmark (bench/) both train with."""
     settings = MethodSettings(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
-                              rpo_alpha=rpo_alpha, lam=lam, orpo_nll_tokens=orpo_nll_tokens)
+                              rpo_alpha=rpo_alpha, lam=lam, orpo_nll_tokens=orpo_nll_tokens,
+                              desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
     return method_spec(method).plan(pad_id, settings)

@@ -179,3 +179,56 @@ def test_kto_objective_at_the_reference(quick_tokenizer, tiny) -> None:
     grads = [p.grad for p in tiny.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert sum(g.abs().sum() for g in grads) > 0
+
+
+# ---- KTO as a pipeline method: pairs unpaired, the mismatched completion fixed per example ----------------------
+
+
+def test_unpair_makes_a_desirable_and_an_undesirable_example_per_pair() -> None:
+    from alignment.training.objectives import unpair
+
+    pairs = [{"prompt_ids": [1], "chosen_ids": [10], "rejected_ids": [20]},
+             {"prompt_ids": [2], "chosen_ids": [11], "rejected_ids": [21]},
+             {"prompt_ids": [3], "chosen_ids": [12], "rejected_ids": [22]}]
+    rows = unpair(pairs)
+    # own completion as chosen_ids, the next pair's same kind of answer (wrapping) as the KL completion
+    assert [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], r["label"]) for r in rows] == [
+        ([1], [10], [11], True), ([1], [20], [21], False),
+        ([2], [11], [12], True), ([2], [21], [22], False),
+        ([3], [12], [10], True), ([3], [22], [20], False)]
+    with pytest.raises(ValueError, match="KTO needs at least 2 pairs"):
+        unpair(pairs[:1])
+
+
+def test_the_pipeline_kto_objective_is_eq8_on_the_unpaired_rows(quick_tokenizer, tiny) -> None:
+    """The KTO method's plan (`method_plan("kto")`) on `unpair`'s rows with reference log-probs attached: the loss
+    equals Eq. 8 computed by hand from the policy's and reference's summed log-probs of each example's own and
+    mismatched completion, each scored as a plain concatenation."""
+    from alignment.training.objectives import method_plan, unpair
+
+    pad = quick_tokenizer.pad_token_id
+    src = unpaired_rows(quick_tokenizer)
+    pairs = [{"prompt_ids": src[i]["prompt_ids"], "chosen_ids": src[i]["completion_ids"],
+              "rejected_ids": src[i + 1]["completion_ids"]} for i in (0, 2)]
+    rows = unpair(pairs)
+    ref_own, ref_kl = [-5.0, -7.5, -6.0, -9.0], [-8.0, -8.5, -7.0, -6.5]
+    annotated = [dict(r, ref_chosen_logps=a, ref_rejected_logps=b) for r, a, b in zip(rows, ref_own, ref_kl, strict=True)]
+    objective, collate = method_plan("kto", pad_id=pad, beta=BETA, desirable_weight=DESIRABLE_WEIGHT,
+                                     undesirable_weight=UNDESIRABLE_WEIGHT)
+    tiny.eval()
+    with torch.no_grad():
+        out = objective(tiny, collate(annotated))
+
+        def summed(prompt: list[int], completion: list[int]) -> float:
+            batch = collate_pairs([{"prompt_ids": prompt, "chosen_ids": completion, "rejected_ids": completion}], pad)
+            return sequence_logps(tiny, batch).split()[0].sum.item()
+
+        own = torch.tensor([summed(r["prompt_ids"], r["chosen_ids"]) for r in rows])
+        kl = torch.tensor([summed(r["prompt_ids"], r["rejected_ids"]) for r in rows])
+    z0 = max(0.0, (kl - torch.tensor(ref_kl)).mean().item())
+    r = own - torch.tensor(ref_own)
+    desirable = torch.tensor([True, False, True, False])
+    by_hand = torch.where(desirable, DESIRABLE_WEIGHT * (1 - torch.sigmoid(BETA * (r - z0))),
+                          UNDESIRABLE_WEIGHT * (1 - torch.sigmoid(BETA * (z0 - r)))).mean()
+    assert_close(out.loss, by_hand, atol=1e-5, rtol=0)
+    assert_close(out.metrics["kl"], torch.tensor(z0), atol=1e-5, rtol=0)

@@ -11,8 +11,9 @@ from alignment.stages import starting_model
 from alignment.training.objectives import METHODS, method_plan, method_spec, sft_objective
 
 
-def test_only_dpo_uses_a_reference_and_every_method_plans() -> None:
-    assert {name: m.uses_reference for name, m in METHODS.items()} == {"sft": False, "dpo": True, "orpo": False}
+def test_dpo_and_kto_use_a_reference_and_every_method_plans() -> None:
+    assert {name: m.uses_reference for name, m in METHODS.items()} == {"sft": False, "dpo": True, "orpo": False,
+                                                                       "kto": True}
     assert method_plan("sft", pad_id=0)[0] is sft_objective
     for name in METHODS:
         objective, collate = method_plan(name, pad_id=0)
@@ -20,8 +21,8 @@ def test_only_dpo_uses_a_reference_and_every_method_plans() -> None:
 
 
 def test_an_unknown_method_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown method 'kto' \(known: sft, dpo, orpo\)"):
-        method_spec("kto")
+    with pytest.raises(ValueError, match=r"unknown method 'simpo' \(known: sft, dpo, orpo, kto\)"):
+        method_spec("simpo")
 
 
 @pytest.mark.parametrize(("method", "orpo_init", "with_sft", "expected"), [
@@ -30,6 +31,7 @@ def test_an_unknown_method_names_the_known_ones() -> None:
     ("orpo", "base", True, "base"),  # ORPO's own init setting
     ("orpo", "sft", True, "sft"),
     ("orpo", "sft", False, "base"),
+    ("kto", "base", True, "sft"),    # KTO, like DPO, starts from and is held to the SFT model
 ])
 def test_the_starting_model_follows_the_method_and_its_init(method: str, orpo_init: str, with_sft: bool,
                                                              expected: str) -> None:
@@ -38,3 +40,11 @@ def test_the_starting_model_follows_the_method_and_its_init(method: str, orpo_in
     sft = TrainOutput(model=ModelRef(path="sft", fingerprint="s"), method="sft", steps=1, resumed_from_step=0,
                       final_metrics={}, seconds=0.0, tokens=0) if with_sft else None
     assert starting_model(cfg, base, sft).path == expected
+
+
+def test_kto_is_refused_in_several_processes() -> None:
+    from alignment.config import ConfigError, load_config
+
+    assert load_config(None, ["preference.method=kto", "kto.beta=0.2"]).kto.beta == 0.2
+    with pytest.raises(ConfigError, match="preference.method=kto trains in one process"):
+        load_config(None, ["preference.method=kto", "training.num_processes=2"])
