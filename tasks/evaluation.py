@@ -175,7 +175,8 @@ def report_images(ctx: RunContext, trained: dict[str, TrainOutput]) -> dict[str,
                 images[title] = folder / name
     run_dir = Path(ctx.output_dir) / "evaluation" / ctx.parent_run_id
     for title, name in (("Win / tie / loss", "verdicts.png"), ("Length-controlled view", "length_view.png"),
-                        ("Benchmarks: policy vs reference", "benchmark_deltas.png")):
+                        ("Benchmarks: policy vs reference", "benchmark_deltas.png"),
+                        ("On-policy rounds: the held-out criterion", "rounds.png")):
         if (run_dir / name).is_file():
             images[title] = run_dir / name
     return images

@@ -98,7 +98,8 @@ def record_rounds(rounds: list[Round], ctx: RunContext) -> None:
                             (("start_score", r.start_score), ("end_score", r.end_score)) if value is not None})
             run.log_metrics(metrics)
             if r is rounds[-1]:
-                plot = plot_rounds([x.row() for x in rounds], Path(ctx.output_dir) / "rounds" / "rounds.png")
+                plot = plot_rounds([x.row() for x in rounds],
+                                   Path(ctx.output_dir) / "evaluation" / ctx.parent_run_id / "rounds.png")
                 if plot is not None:
                     run.log_artifact(plot, "plots")
 

@@ -68,6 +68,7 @@ def test_real_model_pipeline_on_a_slice(prefect_api, tmp_path: Path, capsys: pyt
     for number in (1, 2):
         run = client.get_run(summary["stage_runs"][f"round-{number}"])
         assert run.data.metrics["round/pairs"] == rounds[number - 1]["pairs"] and run.data.tags["alignflow.round_kept"] == "true"
+    assert "On-policy rounds" in Path(summary["report"]).read_text()  # the rounds' plot is in the report
     onpolicy = client.get_run(summary["stage_runs"]["onpolicy"])
     m = onpolicy.data.metrics
     assert (m["onpolicy/train/pairs"] + m["onpolicy/train/dropped_no_gap"] + m["onpolicy/train/dropped_wrong_chosen"]
