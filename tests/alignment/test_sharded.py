@@ -108,7 +108,7 @@ def test_sharded_dpo_and_lora_match_one_process(workspace) -> None:  # noqa: F81
 def test_sharding_needs_several_processes_and_refuses_what_it_does_not_support() -> None:
     assert load_config(None, SHARDED).training.sharding == "fsdp2"
     assert load_config(None, [*SHARDED, "training.lora.r=8", "training.mixed_precision=bf16"])
-    for extra, need in [(["training.num_processes=1"], "num_processes > 1"),
+    for extra, need in [(["training.num_processes=1"], r"num_nodes x num_processes > 1"),
                         (["training.compile=true"], "compile=false"),
                         (["training.mixed_precision=fp16"], "mixed_precision no or bf16"),
                         (["training.accelerate_config=infra/accelerate/fsdp.yaml"], "no accelerate_config")]:
