@@ -44,8 +44,9 @@ TRAINERS: dict[str, tuple[str, ...]] = {"sft": ("alignflow", "trl"), "dpo": ("al
 # "mkl-linear": torch's own fp32 products (MKL) instead of oneDNN's, training.onednn_linear=false; "onednn-linear":
 # oneDNN's whatever the CPU, training.onednn_linear=true -- left unset, the CPU decides: cpu_matmul.pays_here;
 # "padded-rows": every batch through the model padded, as before rows were packed (alignment/logprobs.pack_rows))
+# "ddp2" / "fsdp2": 2 processes (bench/launched.py), the policy replicated or sharded; memory per process
 VARIANTS = ("lora", "checkpointing", "compile", "full-logits", "plain-ops", "glibc-malloc", "mmap-1mib", "mkl-linear",
-            "onednn-linear", "padded-rows")
+            "onednn-linear", "padded-rows", "ddp2", "fsdp2")
 # with --model, DPO is also measured against TRL's default under the allocator setting alignflow's CPU training
 # makes (bench.trial.TRL_MMAP), and the targets are judged against the best of TRL's configurations
 MODEL_EXTRA_TRAINERS: dict[str, tuple[str, ...]] = {"dpo": ("trl-mmap",)}
@@ -371,15 +372,17 @@ def trial_context(options: BenchOptions) -> multiprocessing.context.BaseContext:
     pays no import time and its memory is its own."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "transformers", "accelerate", "datasets", "trl", "alignment.training.trainer",
-                                "bench.trial", "bench.trl_side", "bench.generation"])
+                                "bench.trial", "bench.launched", "bench.trl_side", "bench.generation"])
     return ctx
 
 
 def run_in_process(ctx: multiprocessing.context.BaseContext, spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    from bench.launched import LAUNCHED, launched_entry
     from bench.trial import trial_entry
 
     result_path = work / f"result-{time.monotonic_ns()}.json"
-    process = ctx.Process(target=trial_entry, args=(spec, str(result_path)))
+    launched = spec["kind"] == "train" and spec["trainer"].partition("+")[2] in LAUNCHED
+    process = ctx.Process(target=launched_entry if launched else trial_entry, args=(spec, str(result_path)))
     process.start()
     process.join()
     if not result_path.exists():

@@ -43,7 +43,8 @@ VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"lora": {"lora": {"r": 16, "alpha
                                                "glibc-malloc": {"cpu_mmap_threshold_mib": None},
                                                "mmap-1mib": {"cpu_mmap_threshold_mib": 1},
                                                "mkl-linear": {"onednn_linear": False},
-                                               "onednn-linear": {"onednn_linear": True}, "padded-rows": {}}
+                                               "onednn-linear": {"onednn_linear": True}, "padded-rows": {},
+                                               "ddp2": {}, "fsdp2": {}}
 # runtime-plan fields the `alignflow+<variant>` trainers change on the plan their TrainingConfig gives
 # (alignment/kernels/runtime_plan.py): the plain LM head, transformers' RMSNorm / MLP modules, padded batches; for the
 # reference pass and the training steps alike
@@ -60,7 +61,10 @@ def load_rows(spec: dict[str, Any]) -> list[dict[str, list[int]]]:
 
 
 def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict], pad_id: int,
-                  probe: MemoryProbe, work: Path) -> dict[str, Any]:
+                  probe: MemoryProbe, work: Path, accelerator: Any = None, sharded: bool = False) -> dict[str, Any]:
+    """alignflow's trainer on `pairs`; with `accelerator` (a process of a launched trial, bench/launched.py)
+    each process takes its share of every batch (`batch_size` is then per process), and with `sharded` the
+    policy is sharded with FSDP2 after the reference pass, as the pipeline does."""
     import alignment.training.trainer as trainer_module
     from alignment.config import OptimConfig, TrainingConfig
     from alignment.models.loading import prepare_for_training
@@ -98,9 +102,13 @@ def run_alignflow(spec: dict[str, Any], model: torch.nn.Module, pairs: list[dict
         ref_s = time.perf_counter() - started
     if VARIANT_SETTINGS.get(variant):  # as fit_and_save does (after the reference pass, which scores the un-adapted model)
         model = prepare_for_training(model, TrainingConfig(**VARIANT_SETTINGS[variant]))
+    if sharded:
+        from alignment.training.sharding import shard_model
+
+        model = shard_model(model, accelerator.device, accelerator.num_processes, "no")
     result = trainer_module.train(model, rows, objective=objective, collate=collate, optim=optim,
                                   output_dir=work / "alignflow", seed=spec["seed"], logger=InMemoryLogger(),
-                                  plan=plan)
+                                  accelerator=accelerator, plan=plan)
     seconds = time.perf_counter() - started
     trainer_module.save_checkpoint = original_save
     return {"seconds": seconds, "ref_s": ref_s, "init_s": 0.0, "checkpoint_s": checkpoint_s[0],
@@ -192,6 +200,11 @@ def _run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             out = run_alignflow(spec, model, pairs, tokenizer.pad_token_id, probe, Path(tmp))
         else:
             out = run_trl(spec, model, pairs, tokenizer, probe, Path(tmp))
+    return with_throughput(out, spec, pairs)
+
+
+def with_throughput(out: dict[str, Any], spec: dict[str, Any], pairs: list[dict]) -> dict[str, Any]:
+    """A trial's measurements with its rows, tokens and rates added."""
     n = len(pairs)
     data_tokens = sum(len(p["prompt_ids"]) + len(p["chosen_ids"]) for p in pairs) if spec["method"] == "sft" \
         else sum(pair_tokens(p) for p in pairs)

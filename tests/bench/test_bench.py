@@ -117,6 +117,26 @@ def test_smoke_run_with_alignflow_variants(tmp_path: Path) -> None:
     assert cli.main([*argv[:-2], "--variants", "fp8"]) == 2  # an unknown variant is refused, not ignored
 
 
+@pytest.mark.slow
+def test_smoke_run_with_two_processes_replicated_and_sharded(tmp_path: Path) -> None:
+    """--variants ddp2,fsdp2: alignflow in 2 torchrun processes (bench/launched.py), each with half of every
+    batch, the policy replicated or sharded: the same loss as one process on the same global batches, and each
+    process's own memory in the JSON."""
+    require_trl()
+    from flows import cli
+
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--smoke", "--data", "quickstart", "--methods", "dpo", "--variants", "ddp2,fsdp2",
+            "--json", str(out)]
+    assert cli.main(argv) == 0
+    trials = {t["trainer"]: t["result"] for t in json.loads(out.read_text())["trials"]}
+    for name in ("alignflow+ddp2", "alignflow+fsdp2"):
+        per_process = trials[name]["per_process"]
+        assert [p["rank"] for p in per_process] == [0, 1] and all(p["rss_peak_reset"] for p in per_process)
+        assert trials[name]["rss_peak_mib"] == max(p["rss_peak_mib"] for p in per_process)
+        assert trials[name]["final_loss"] == pytest.approx(trials["alignflow"]["final_loss"], abs=1e-5)
+
+
 def test_real_size_verdicts_compare_with_trls_fastest_and_smallest() -> None:
     """With --model: DPO speed over the fastest TRL configuration (here trl-precompute, 2.0x < 2.5x), memory
     over the smallest TRL growth (trl-mmap's: 400 / 1000 = 0.4 passes, checkpointing 350 / 1000 fails 0.3), ORPO
