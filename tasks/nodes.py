@@ -109,19 +109,24 @@ def run_attempt(cfg: PipelineConfig, stage: str, deployment: str, parameters: di
     stop_by: float | None = None
     with get_client(sync_client=True) as client:
         pending = list(runs)
-        while pending and (stop_by is None or time.monotonic() < stop_by):
-            time.sleep(POLL_SECONDS)
-            for run in list(pending):
-                run.flow_run = client.read_flow_run(run.flow_run.id)
-                if run.flow_run.state and run.flow_run.state.is_final():
-                    pending.remove(run)
-                    if not run.flow_run.state.is_completed():
-                        failed.append(run)
-            if failed and pending and stop_by is None:
-                log.error("%s: %s; stopping the other nodes", stage, failed[0].describe())
-                for run in pending:
-                    cancel(client, run.flow_run.id)
-                stop_by = time.monotonic() + cfg.training.node_timeout_s
+        try:
+            while pending and (stop_by is None or time.monotonic() < stop_by):
+                time.sleep(POLL_SECONDS)
+                for run in list(pending):
+                    run.flow_run = client.read_flow_run(run.flow_run.id)
+                    if run.flow_run.state and run.flow_run.state.is_final():
+                        pending.remove(run)
+                        if not run.flow_run.state.is_completed():
+                            failed.append(run)
+                if failed and pending and stop_by is None:
+                    log.error("%s: %s; stopping the other nodes", stage, failed[0].describe())
+                    for run in pending:
+                        cancel(client, run.flow_run.id)
+                    stop_by = time.monotonic() + cfg.training.node_timeout_s
+        except BaseException:  # the pipeline itself stopped (interrupted, cancelled): no node trains on alone
+            for run in pending:
+                cancel(client, run.flow_run.id)
+            raise
     if failed:
         failed.sort(key=lambda run: run.flow_run.state.timestamp)  # the node that failed first is the cause
         stuck = "".join(f"; node {run.rank} ({run.flow_run.id}) did not stop in time" for run in pending)
