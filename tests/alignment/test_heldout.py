@@ -110,3 +110,18 @@ def test_orpo_with_lora_is_evaluated_without_early_stopping(tmp_path: Path) -> N
     assert out.steps == 5 and "early_stopped_at_step" not in out.final_metrics
     assert out.final_metrics["eval/loss"] == logger.curve("eval/loss")[-1][1]
     assert not (tmp_path / "orpo" / "best").exists()  # no early stopping: no best weights kept
+
+
+def test_kto_is_evaluated_and_stops_early_on_its_own_loss(tmp_path: Path) -> None:
+    """KTO's held-out evaluation scores its unpaired held-out examples (each held-out pair's two answers) against
+    the starting model's log-probs, like DPO's pairs; early stopping keeps the best weights."""
+    cfg = load_config(None, [*TINY, "preference.method=kto", "kto.optim.max_steps=4", "kto.optim.batch_size=8",
+                             "kto.heldout_eval.every=2", "kto.heldout_eval.max_pairs=4", "kto.heldout_eval.kl_prompts=2",
+                             "kto.heldout_eval.kl_max_new_tokens=4", "kto.heldout_eval.patience=1"])
+    prepared = prepare_data(cfg, tmp_path / "data")
+    base = build_base_model(cfg, prepared, tmp_path / "base")
+    logger = InMemoryLogger()
+    out = run_preference(cfg, prepared, base, None, tmp_path / "kto", logger)
+    assert out.method == "kto" and [step for step, _ in logger.curve("eval/loss")][:1] == [2]
+    assert all(0.0 <= loss <= 2.0 for _, loss in logger.curve("eval/loss"))  # KTO's loss: weighted 1 - sigmoid
+    assert out.final_metrics["best_step"] in (2.0, 4.0) and "kl" in out.final_metrics  # z0 logged in training
