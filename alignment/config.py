@@ -96,6 +96,11 @@ class DataConfig(_Section):
     train_path: str | None = Field(None, description="Preference pairs used for training (file, folder, s3:// "
                                                      "URI or hub id).")
     heldout_path: str | None = Field(None, description="Held-out preference pairs; if unset, split from train.")
+    unpaired_path: str | None = Field(
+        None, description="Unpaired examples for KTO (file, folder, s3:// URI or hub id; TRL's unpaired format: "
+                          "prompt, completion, label — true for a desirable answer, false for an undesirable one), "
+                          "trained beside the pairs' examples; the arena's votes that judged both answers bad "
+                          "export as undesirable ones. Other methods leave them out (logged). data.source=files.")
     heldout_fraction: float = Field(0.1, gt=0.0, lt=0.9, description="Held-out share when heldout_path is unset.")
     subset: str | None = Field(None, min_length=1, description="Hub data set configuration (subset) name.")
     sft_split: str = Field("train", min_length=1, pattern=r"^[\w.\[\]:%+-]+$",
@@ -130,6 +135,8 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _paths_for_files(self) -> DataConfig:
+        if self.unpaired_path and self.source != "files":
+            raise ValueError(f"data.unpaired_path is read with data.source=files (got {self.source})")
         if self.source == "files" and not (self.train_path and self.sft_path):
             raise ValueError("data.source=files needs data.train_path and data.sft_path")
         return self

@@ -1,7 +1,11 @@
 """Decided arena votes as an ordinary preference dataset: one conversational row per left/right vote
 (`prompt`, `chosen`, `rejected` as message lists, the format alignment/data loads) plus provenance columns
 (`arena_*`, which the loader ignores). Ties and "both bad" never become pairs: they are counted. A vote between
-two identical answers is counted too (the loader refuses a pair whose answers are equal)."""
+two identical answers is counted too (the loader refuses a pair whose answers are equal).
+
+"Both bad" votes are unpaired feedback: `unpaired_rows` turns each into undesirable examples, one per distinct
+answer (`prompt`, `completion`, `label: false`, TRL's unpaired format, which `data.unpaired_path` loads), which
+KTO learns from (`preference.method=kto`). Ties say nothing about either answer and stay counted only."""
 
 from __future__ import annotations
 
@@ -43,6 +47,32 @@ def preference_rows(decided: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str
             "arena_sampling": json.dumps(v["settings"], sort_keys=True),
         })
     return rows, counts
+
+
+def unpaired_rows(decided: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The "both bad" votes as undesirable examples: each distinct answer of such a vote, with the prompt and
+    the vote's provenance (`arena_model`: the version that gave the answer)."""
+    rows: list[dict[str, Any]] = []
+    for v in decided:
+        if v["choice"] != "both_bad":
+            continue
+        answers = {v["left_answer"].strip(): v["left_model"], v["right_answer"].strip(): v["right_model"]}
+        for answer, model in answers.items():
+            if not answer:
+                continue
+            rows.append({
+                "prompt": list(v["prompt"]),
+                "completion": [{"role": "assistant", "content": answer}],
+                "label": False,
+                "arena_comparison_id": v["comparison_id"],
+                "arena_model": model,
+                "arena_annotator": v["annotator"],
+                "arena_voted_at": v["voted_at"],
+                "arena_note": v["note"] or "",
+                "arena_prompt_source": v["prompt_source"],
+                "arena_sampling": json.dumps(v["settings"], sort_keys=True),
+            })
+    return rows
 
 
 def to_jsonl(rows: list[dict[str, Any]]) -> bytes:

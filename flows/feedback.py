@@ -6,7 +6,8 @@ the result goes through every gate and the registry like any other run.
 the pipeline flow as a subflow:
 
 * **data**: every decided vote so far (arena/export.py: left/right votes become pairs; ties and "both bad" are
-  counted, never paired) written as JSON Lines, to S3 when the stack's S3 is configured (a versioned export
+  counted, never paired; with `preference.method=kto` the "both bad" votes' answers are undesirable examples,
+  `data.unpaired_path`) written as JSON Lines, to S3 when the stack's S3 is configured (a versioned export
   logged in MLflow, tasks/arena.py) else under the round's folder. `data.source=files`, the export as train;
   the held-out pairs are split from it by prompt hash (`data.heldout_fraction`), so a prompt is never in both.
   A round with fewer than `min_pairs` pairs, or whose split leaves either side empty, is skipped (reported,
@@ -37,9 +38,10 @@ DEPLOYMENT = "arena-votes"
 
 class VotePairs(BaseModel):
     uri: str  # the preference rows (s3:// or a local path)
-    counts: dict[str, int]  # arena/export.py: votes, pairs, ties, both_bad, identical
+    counts: dict[str, int]  # arena/export.py: votes, pairs, ties, both_bad, identical, unpaired
     train: int  # pairs on each side of the held-out split by prompt hash
     heldout: int
+    unpaired_uri: str | None = None  # "both bad" votes as undesirable examples, when any (KTO learns from them)
 
 
 class Champion(BaseModel):
@@ -71,21 +73,30 @@ def split_counts(rows: list[dict[str, Any]], config: PipelineConfig) -> tuple[in
 
 @task(name="export-votes", cache_policy=NO_CACHE)
 def export_pairs(config: PipelineConfig, arena_db: str, out_dir: Path) -> VotePairs:
-    from arena.export import preference_rows, to_jsonl
+    from arena.export import preference_rows, to_jsonl, unpaired_rows
     from arena.store import open_store
 
-    rows, counts = preference_rows(open_store(arena_db).decided())
+    decided = open_store(arena_db).decided()
+    rows, counts = preference_rows(decided)
+    unpaired = unpaired_rows(decided)
+    counts = {**counts, "unpaired": len(unpaired)}
     train, heldout = split_counts(rows, config)
     if rows and os.environ.get("AWS_ENDPOINT_URL_S3"):  # the stack's S3: a versioned export, logged in MLflow
         from tasks.arena import export_votes
         from tasks.tracking import resolve_tracking
 
         exported = export_votes(arena_db, tracking_uri=resolve_tracking(config)[0])
-        return VotePairs(uri=exported.uri, counts=exported.counts, train=train, heldout=heldout)
+        return VotePairs(uri=exported.uri, counts=exported.counts, train=train, heldout=heldout,
+                         unpaired_uri=exported.unpaired_uri)
     path = out_dir / "arena" / "train.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(to_jsonl(rows))
-    return VotePairs(uri=str(path), counts=counts, train=train, heldout=heldout)
+    unpaired_path = None
+    if unpaired:
+        unpaired_path = path.with_name("unpaired.jsonl")
+        unpaired_path.write_bytes(to_jsonl(unpaired))
+    return VotePairs(uri=str(path), counts=counts, train=train, heldout=heldout,
+                     unpaired_uri=str(unpaired_path) if unpaired_path else None)
 
 
 @task(name="fetch-champion", cache_policy=NO_CACHE)
@@ -120,7 +131,9 @@ def round_config(config: PipelineConfig, pairs: VotePairs, champion: Champion, o
     folder), its own output folder."""
     d = config.model_dump(mode="json")
     d["run"]["output_dir"] = str(out_dir / "pipeline")
-    d["data"].update(source="files", train_path=pairs.uri, sft_path=pairs.uri, heldout_path=None)
+    d["data"].update(source="files", train_path=pairs.uri, sft_path=pairs.uri, heldout_path=None,
+                     # "both bad" votes: undesirable examples for KTO; the pair methods would leave them out
+                     unpaired_path=pairs.unpaired_uri if config.preference.method == "kto" else None)
     d["model"]["name_or_path"] = champion.path
     d["sft"]["enabled"] = False
     d["onpolicy"]["enabled"] = False

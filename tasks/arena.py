@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from arena.catalog import parse_id, tag_label
-from arena.export import digest, preference_rows, to_jsonl
+from arena.export import digest, preference_rows, to_jsonl, unpaired_rows
 from arena.stats import pair_stats, version_tags
 from arena.store import open_store
 from evaluation.gates import GateResult, human_win_rate_gates
@@ -34,13 +34,17 @@ class ArenaExport(BaseModel):
     sha256: str
     counts: dict[str, int]
     run_id: str | None
+    unpaired_uri: str | None = None  # the "both bad" votes as undesirable examples (unpaired.jsonl), when any
 
 
 def export_votes(store_url: str, *, bucket: str | None = None, tracking_uri: str | None = None,
                  experiment: str = EXPORT_EXPERIMENT, stamp: datetime | None = None) -> ArenaExport:
     """Write every decided vote as preference rows to S3 (a new version folder, then `latest/`), with a
     manifest, and log the file as a dataset input of an MLflow run. Ties and "both bad" are counted only."""
-    rows, counts = preference_rows(open_store(store_url).decided())
+    decided = open_store(store_url).decided()
+    rows, counts = preference_rows(decided)
+    unpaired = unpaired_rows(decided)
+    counts = {**counts, "unpaired": len(unpaired)}
     bucket = bucket or os.environ.get("ALIGNFLOW_S3_BUCKET", "alignflow")
     version = (stamp or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
     data = to_jsonl(rows)
@@ -50,13 +54,20 @@ def export_votes(store_url: str, *, bucket: str | None = None, tracking_uri: str
     latest = f"s3://{bucket}/arena/exports/latest/train.jsonl"
     manifest = {"version": version, "sha256": sha, "counts": counts, "rows": len(rows)}
 
+    unpaired_uri = f"s3://{bucket}/arena/exports/{version}/unpaired.jsonl" if unpaired else None
+    if unpaired:
+        manifest["unpaired_sha256"] = digest(to_jsonl(unpaired))
     for target in (uri, latest):  # the data first, its manifest last: a manifest names a complete file
         b, key = parse_s3_uri(target)
         client.put_object(Bucket=b, Key=key, Body=data, ContentType="application/x-ndjson")
+        if unpaired:
+            client.put_object(Bucket=b, Key=key.rsplit("/", 1)[0] + "/unpaired.jsonl", Body=to_jsonl(unpaired),
+                              ContentType="application/x-ndjson")
         client.put_object(Bucket=b, Key=key.rsplit("/", 1)[0] + "/manifest.json",
                           Body=json.dumps(manifest, indent=1).encode(), ContentType="application/json")
     run_id = log_export(tracking_uri, experiment, uri, sha, counts, version) if tracking_uri else None
-    return ArenaExport(uri=uri, latest_uri=latest, version=version, sha256=sha, counts=counts, run_id=run_id)
+    return ArenaExport(uri=uri, latest_uri=latest, version=version, sha256=sha, counts=counts, run_id=run_id,
+                       unpaired_uri=unpaired_uri)
 
 
 def log_export(tracking_uri: str, experiment: str, uri: str, sha: str, counts: dict[str, int], version: str) -> str:

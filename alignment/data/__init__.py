@@ -7,6 +7,8 @@ Canonical records are plain JSON-serialisable dicts:
   rejected hold assistant messages (normally exactly one);
 * SFT: ``{"messages": [msg, ...], "source": str, "row_index": int}`` ending with an
   assistant message;
+* unpaired (KTO's examples): ``{"prompt": [msg, ...], "completion": [msg, ...], "label": bool, "source": str,
+  "row_index": int}``, label true for a desirable answer;
 
 where ``msg = {"role": "system" | "user" | "assistant", "content": str}``.
 
@@ -70,11 +72,13 @@ from alignment.data.formats import (
     SFT_PROMPT_COMPLETION,
     STANDARD,
     ULTRAFEEDBACK,
+    UNPAIRED,
     canonicalize_preference,
     canonicalize_sft,
+    canonicalize_unpaired,
     detect_format,
 )
-from alignment.data.loading import iter_preferences, iter_sft, load_preferences, load_sft
+from alignment.data.loading import iter_preferences, iter_sft, iter_unpaired, load_preferences, load_sft
 from alignment.data.readers import KNOWN_COLUMNS, SUPPORTED_SUFFIXES, load_hub_rows, read_rows
 from alignment.data.splits import JsonlWriter, fingerprint, is_heldout, read_jsonl, split_by_hash, write_jsonl
 
@@ -83,8 +87,8 @@ __all__ = [
     "FILTER_REASONS", "HH", "IDENTICAL_PAIR", "IMPLICIT", "KNOWN_COLUMNS", "MAX_EXAMPLES", "MAX_STRICT_ERRORS",
     "MISSING_FIELD", "PREFERENCE_FORMATS", "PROMPT_MISMATCH", "REASONS", "ROLES", "SCORE_GAP", "SFT_CHOSEN",
     "SFT_FORMATS", "SFT_MESSAGES", "SFT_PROMPT_COMPLETION", "STANDARD", "SUPPORTED_SUFFIXES", "TOO_LONG",
-    "ULTRAFEEDBACK", "WRONG_TYPE", "DataError", "DataValidationError", "DropReport", "JsonlWriter", "Message",
-    "Pair", "Policy", "Record", "canonicalize_preference", "canonicalize_sft", "detect_format", "fingerprint",
-    "is_heldout", "iter_preferences", "iter_sft", "load_hub_rows", "load_preferences", "load_sft", "read_jsonl", "read_rows",
+    "ULTRAFEEDBACK", "UNPAIRED", "WRONG_TYPE", "DataError", "DataValidationError", "DropReport", "JsonlWriter", "Message",
+    "Pair", "Policy", "Record", "canonicalize_preference", "canonicalize_sft", "canonicalize_unpaired", "detect_format", "fingerprint",
+    "is_heldout", "iter_preferences", "iter_sft", "iter_unpaired", "load_hub_rows", "load_preferences", "load_sft", "read_jsonl", "read_rows",
     "split_by_hash", "write_jsonl",
 ]

@@ -43,8 +43,10 @@ ULTRAFEEDBACK = "ultrafeedback"
 SFT_MESSAGES = "sft_messages"
 SFT_PROMPT_COMPLETION = "sft_prompt_completion"
 SFT_CHOSEN = "sft_chosen"  # a preference row read as SFT data: its prompt and chosen response
+UNPAIRED = "unpaired"  # TRL's unpaired preference format: prompt, completion, label (true: desirable)
 PREFERENCE_FORMATS = (STANDARD, CONVERSATIONAL, IMPLICIT, HH, ULTRAFEEDBACK)
 SFT_FORMATS = (SFT_MESSAGES, SFT_PROMPT_COMPLETION, SFT_CHOSEN)
+UNPAIRED_FORMATS = (UNPAIRED,)
 
 _HH_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -187,9 +189,11 @@ def _detect_sft(row: Mapping[str, Any]) -> str:
 
 
 def _detect_in_family(row: Mapping[str, Any], formats: Sequence[str]) -> str:
-    """Detect a row's format among one family (preference or SFT)."""
+    """Detect a row's format among one family (preference, SFT or unpaired)."""
     if formats == SFT_FORMATS:
         return _detect_sft(row)
+    if formats == UNPAIRED_FORMATS:
+        return UNPAIRED
     if "chosen" not in row and "rejected" not in row:
         keys = ", ".join(sorted(map(str, row))[:8])
         raise DataError(MISSING_FIELD, f"no 'chosen'/'rejected' fields (keys: {keys})", field="chosen")
@@ -266,6 +270,25 @@ def canonicalize_sft(row: Mapping[str, Any], fmt: str = AUTO) -> Record:
     _check_conversation(messages, "messages")
     return {"messages": messages}
 
+
+
+def canonicalize_unpaired(row: Mapping[str, Any], fmt: str = AUTO) -> Record:
+    """Return ``{"prompt", "completion", "label"}`` for one unpaired example (TRL's unpaired preference format:
+    `prompt` a string or messages ending with a user turn, `completion` a string or assistant messages, `label`
+    true for a desirable answer, false for an undesirable one); raise DataError naming the field if it is
+    invalid."""
+    if not isinstance(row, Mapping):
+        raise DataError(WRONG_TYPE, f"row is {_type_name(row)}; expected an object")
+    _check_options(fmt, "strict", UNPAIRED_FORMATS)
+    for key in ("prompt", "completion", "label"):
+        if row.get(key) is None:
+            raise DataError(MISSING_FIELD, f"'{key}' is missing", field=key)
+    label = row["label"]
+    if not isinstance(label, bool):
+        raise DataError(WRONG_TYPE, f"'label' is {_type_name(label)}; expected true (desirable) or false "
+                                    f"(undesirable)", field="label")
+    return {"prompt": _with_system(_prompt_messages(row), row), "completion": _responses(row, "completion"),
+            "label": label}
 
 
 def _check_options(fmt: str, policy: str, formats: Sequence[str]) -> None:

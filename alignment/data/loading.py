@@ -27,18 +27,24 @@ from alignment.data.formats import (
     AUTO,
     PREFERENCE_FORMATS,
     SFT_FORMATS,
+    UNPAIRED_FORMATS,
     _check_options,
     _detect_in_family,
     canonicalize_preference,
     canonicalize_sft,
+    canonicalize_unpaired,
 )
 from alignment.data.readers import _open_source
 
 
 def _record_key(record: Mapping[str, Any]) -> bytes:
-    """Hash of a record's normalised text (lowercase, collapsed whitespace)."""
-    fields = ("prompt", "chosen", "rejected") if "prompt" in record else ("messages",)
-    payload = json.dumps([_normalised_messages(record[f]) for f in fields], ensure_ascii=False)
+    """Hash of a record's normalised text (lowercase, collapsed whitespace), and an unpaired example's label."""
+    if "completion" in record:
+        fields: tuple[str, ...] = ("prompt", "completion")
+    else:
+        fields = ("prompt", "chosen", "rejected") if "prompt" in record else ("messages",)
+    payload = json.dumps([*(_normalised_messages(record[f]) for f in fields), record.get("label")],
+                         ensure_ascii=False)
     return hashlib.blake2b(payload.encode("utf-8"), digest_size=16).digest()
 
 
@@ -174,6 +180,22 @@ def iter_sft(
     """Stream canonical SFT records; see :func:`iter_preferences`. Preference rows (any format)
     are read as their prompt followed by the chosen response."""
     return _iter_load(source, fmt, policy, SFT_FORMATS, canonicalize_sft, subset, split, cache_dir, report, max_rows)
+
+
+def iter_unpaired(
+    source: str,
+    *,
+    policy: Policy = "strict",
+    subset: str | None = None,
+    split: str = "train",
+    cache_dir: str | os.PathLike[str] | None = None,
+    report: DropReport | None = None,
+    max_rows: int | None = None,
+) -> Iterator[Record]:
+    """Stream canonical unpaired examples (`prompt`, `completion`, `label`: KTO's data; arena votes that judged
+    both answers bad); see :func:`iter_preferences`."""
+    return _iter_load(source, AUTO, policy, UNPAIRED_FORMATS, canonicalize_unpaired, subset, split, cache_dir,
+                      report, max_rows)
 
 
 def load_preferences(

@@ -39,6 +39,7 @@ from alignment.data import (
     is_heldout,
     iter_preferences,
     iter_sft,
+    iter_unpaired,
 )
 from alignment.data.report import LengthCollector, plot_lengths, summarise
 from alignment.data.tokenization import encode_conversation, encode_texts, split_response
@@ -52,9 +53,10 @@ if TYPE_CHECKING:
 
     from alignment.config import DataConfig
 
-SPLITS = ("sft", "train", "heldout")
+SPLITS = ("sft", "train", "heldout", "unpaired")
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 SFT_COLUMNS = ("input_ids", "labels")
+UNPAIRED_COLUMNS = ("prompt_ids", "completion_ids", "label")
 TOKENIZED_VERSION = "1"  # bump when the tokenized layout or truncation rules change
 MAP_BATCH_SIZE = 256
 
@@ -184,6 +186,10 @@ def _write_sources(result: CanonicalFiles, sources: Mapping[str, str | None], op
         records = iter_preferences(sources["heldout"], fmt=options.fmt, min_score_gap=options.min_score_gap,
                                    split=options.heldout_split, report=report, **common)  # type: ignore[arg-type]
         _write_split(result, "heldout", sources["heldout"], records, report)
+    if sources.get("unpaired"):
+        report = DropReport()
+        records = iter_unpaired(sources["unpaired"], split=options.train_split, report=report, **common)  # type: ignore[arg-type]
+        _write_split(result, "unpaired", sources["unpaired"], records, report)
     for split, count in result.counts.items():
         if count:
             continue
@@ -270,6 +276,27 @@ def encode_pair_batch(batch: Mapping[str, list[Any]], *, tokenizer: PreTrainedTo
     return out
 
 
+def encode_unpaired_batch(batch: Mapping[str, list[Any]], *, tokenizer: PreTrainedTokenizerBase, max_prompt_tokens: int,
+                          max_response_tokens: int, truncation: str) -> dict[str, list[Any]]:
+    """One datasets.map batch of canonical unpaired examples -> prompt_ids, completion_ids and label, with the
+    lengths before truncation and the too_long flag (the completion under the response limit, as a pair's)."""
+    prompts, completions = [], []
+    for prompt, completion in zip(batch["prompt"], batch["completion"], strict=True):
+        prompt_text, completion_text = split_response(tokenizer, prompt, completion)
+        prompts.append(prompt_text)
+        completions.append(completion_text)
+    prompt_ids, completion_ids = encode_texts(tokenizer, prompts), encode_texts(tokenizer, completions)
+    out: dict[str, list[Any]] = {"prompt_tokens": [len(ids) for ids in prompt_ids],
+                                 "completion_tokens": [len(ids) for ids in completion_ids]}
+    out["too_long"] = [p > max_prompt_tokens or c > max_response_tokens
+                       for p, c in zip(out["prompt_tokens"], out["completion_tokens"], strict=True)
+                       ] if truncation == "reject" else [False] * len(prompts)
+    out["prompt_ids"] = [ids[-max_prompt_tokens:] for ids in prompt_ids]
+    out["completion_ids"] = [ids[:max_response_tokens] for ids in completion_ids]
+    out["label"] = [bool(label) for label in batch["label"]]
+    return out
+
+
 def encode_sft_batch(batch: Mapping[str, list[Any]], *, tokenizer: PreTrainedTokenizerBase, max_tokens: int,
                      truncation: str) -> dict[str, list[Any]]:
     """One datasets.map batch of canonical SFT rows -> input_ids and labels (as tokenization.encode_sft)."""
@@ -337,9 +364,9 @@ def _tokenize_all(prepared: Path, splits: Sequence[str], tokenizer: PreTrainedTo
             error_total += len(found)
             errors += found[: MAX_STRICT_ERRORS - len(errors)]
             _collect_lengths(result.lengths, encoded, split)
-            columns = SFT_COLUMNS if split == "sft" else PAIR_COLUMNS
-            length_columns = ["sft_tokens"] if split == "sft" else ["prompt_tokens", "chosen_tokens",
-                                                                     "rejected_tokens"]
+            columns = {"sft": SFT_COLUMNS, "unpaired": UNPAIRED_COLUMNS}.get(split, PAIR_COLUMNS)
+            length_columns = {"sft": ["sft_tokens"], "unpaired": ["prompt_tokens", "completion_tokens"]}.get(
+                split, ["prompt_tokens", "chosen_tokens", "rejected_tokens"])
             kept = kept.select_columns([*columns, *length_columns, "source", "row_index"])
             kept.save_to_disk(str(staging / split))
             result.splits[split] = TokenizedSplit(
@@ -376,6 +403,10 @@ def _encode_split(datasets: ModuleType, path: Path, split: str, tokenizer: PreTr
         function: Any = encode_sft_batch
         kwargs = {"tokenizer": tokenizer, "max_tokens": options.max_prompt_tokens + options.max_response_tokens,
                   "truncation": options.truncation}
+    elif split == "unpaired":
+        function = encode_unpaired_batch
+        kwargs = {"tokenizer": tokenizer, "max_prompt_tokens": options.max_prompt_tokens,
+                  "max_response_tokens": options.max_response_tokens, "truncation": options.truncation}
     else:
         function = encode_pair_batch
         kwargs = {"tokenizer": tokenizer, "max_prompt_tokens": options.max_prompt_tokens,
@@ -412,9 +443,10 @@ def _too_long_error(row: Mapping[str, Any], options: PrepareOptions) -> DataErro
         limit = options.max_prompt_tokens + options.max_response_tokens
         detail, where = f"conversation has {row['sft_tokens']} tokens; the limit is {limit}", "messages"
     else:
+        responses = ("completion",) if "completion_tokens" in row else ("chosen", "rejected")
         over = [(name, row[f"{name}_tokens"], limit) for name, limit in (
-            ("prompt", options.max_prompt_tokens), ("chosen", options.max_response_tokens),
-            ("rejected", options.max_response_tokens)) if row[f"{name}_tokens"] > limit]
+            ("prompt", options.max_prompt_tokens), *((r, options.max_response_tokens) for r in responses))
+            if row[f"{name}_tokens"] > limit]
         where = over[0][0]
         detail = "; ".join(f"{name} has {n} tokens (limit {limit})" for name, n, limit in over)
     return DataError(TOO_LONG, detail, file=row["source"], row=row["row_index"], field=where)
@@ -424,7 +456,7 @@ def _collect_lengths(lengths: dict[str, list[int]], encoded: Dataset, split: str
     if split == "sft":
         lengths.setdefault("sft", []).extend(encoded["sft_tokens"])
         return
-    for name in ("prompt", "chosen", "rejected"):
+    for name in ("prompt", "completion") if split == "unpaired" else ("prompt", "chosen", "rejected"):
         lengths.setdefault(name, []).extend(encoded[f"{name}_tokens"])
 
 
@@ -433,8 +465,9 @@ def _truncated_counts(encoded: Dataset, split: str, options: PrepareOptions) -> 
         limit = options.max_prompt_tokens + options.max_response_tokens
         return {"sft": sum(n > limit for n in encoded["sft_tokens"])}
     limits = {"prompt": options.max_prompt_tokens, "chosen": options.max_response_tokens,
-              "rejected": options.max_response_tokens}
-    return {name: sum(n > limit for n in encoded[f"{name}_tokens"]) for name, limit in limits.items()}
+              "rejected": options.max_response_tokens, "completion": options.max_response_tokens}
+    return {name: sum(n > limit for n in encoded[f"{name}_tokens"]) for name, limit in limits.items()
+            if f"{name}_tokens" in encoded.column_names}
 
 
 def _write_manifest(path: Path, result: TokenizedData, target: Path) -> None:
@@ -454,7 +487,8 @@ def load_tokenized_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     import datasets
 
     dataset = datasets.load_from_disk(str(path))
-    columns = [c for c in (*PAIR_COLUMNS, *SFT_COLUMNS) if c in dataset.column_names]
+    columns = list(dict.fromkeys(c for c in (*PAIR_COLUMNS, *SFT_COLUMNS, *UNPAIRED_COLUMNS)
+                                 if c in dataset.column_names))
     return dataset.select_columns(columns).to_list()
 
 

@@ -35,6 +35,10 @@ class LengthCollector:
         if "messages" in record:
             self.add(SFT_FIELD, _chars(record["messages"]))
             return
+        if "completion" in record:  # an unpaired example
+            self.add("prompt", _chars(record["prompt"]))
+            self.add("completion", _chars(record["completion"]))
+            return
         for name in LENGTH_FIELDS:
             self.add(name, _chars(record[name]))
 

@@ -63,7 +63,7 @@ def prepare_data(cfg: PipelineConfig, out_dir: Path) -> PreparedData:
         raw = write_quickstart_files(cfg, out_dir / "raw")
         sources = {"sft": str(raw["sft"]), "train": str(raw["train"]), "heldout": str(raw["heldout"])}
     else:
-        sources = {"sft": d.sft_path, "train": d.train_path, "heldout": d.heldout_path}
+        sources = {"sft": d.sft_path, "train": d.train_path, "heldout": d.heldout_path, "unpaired": d.unpaired_path}
     result = prepare(sources, out_dir / "prepared", PrepareOptions.from_config(d, cfg.run.seed))
     return PreparedData(dir=result.dir, fingerprint=stage_key(result.fingerprints), counts=result.counts,
                         report=result.report)

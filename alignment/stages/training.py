@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from alignment.config import OptimConfig
+
+
+log = logging.getLogger("alignflow.stages")
 
 
 def run_sft(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, out_dir: Path, logger: MetricsLogger,
@@ -105,10 +109,18 @@ def training_rows(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, s
     """A split's tokenized pairs for the configured method, with the starting model's log-probs where the method
     uses a reference (alignment/training/objectives.py METHODS)."""
     method = method_spec(cfg.preference.method)
+    unpaired = prepared.counts.get("unpaired", 0) if split == "train" else 0
+    make_rows = None
+    if method.rows is not None:  # KTO: the pairs' examples and, in training, the unpaired ones
+        extra = tokenized_rows(cfg, prepared, init, "unpaired") if unpaired else []
+        make_rows = functools.partial(method.rows, unpaired=extra)
+    elif unpaired:
+        log.warning("%d unpaired examples (data.unpaired_path) left out: only preference.method=kto learns from "
+                    "them", unpaired)
     if method.uses_reference:
-        return reference_annotated_pairs(cfg, prepared, init, split, method.rows)
+        return reference_annotated_pairs(cfg, prepared, init, split, make_rows)
     rows = tokenized_rows(cfg, prepared, init, split)
-    return method.rows(rows) if method.rows is not None else rows
+    return make_rows(rows) if make_rows is not None else rows
 
 
 def heldout_evaluator(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, objective: Objective,

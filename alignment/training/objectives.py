@@ -5,7 +5,7 @@ An objective is `(model, batch) -> StepOutput`; the trainer does not know which 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -136,28 +136,32 @@ def kto_reference_logps(model: torch.nn.Module, rows: list[dict], pad_id: int,
     return matched, mismatched
 
 
-def unpair(rows: list[dict]) -> list[dict]:
-    """KTO's examples from tokenized preference pairs (as TRL's `unpair_preference_dataset`): each pair gives
-    its chosen answer as a desirable example and its rejected answer as an undesirable one, both with the pair's
-    prompt, in the order d_0, u_0, d_1, u_1, ...
+def unpair(pairs: list[dict], unpaired: Sequence[dict] = ()) -> list[dict]:
+    """KTO's examples: tokenized preference pairs unpaired (as TRL's `unpair_preference_dataset`: each pair's
+    chosen answer a desirable example and its rejected answer an undesirable one, both with the pair's prompt;
+    d_0, u_0, d_1, u_1, ...), followed by the unpaired examples (`prompt_ids`, `completion_ids`, `label`; e.g.
+    arena votes that judged both answers bad).
 
     Each example also carries the mismatched completion of its KL term, fixed here rather than by the batch
     (TRL rotates within each batch, `kl_completions`, which ties the reference pass to one batching and forbids
-    shuffling): the same kind of answer of the next pair (the last pair's, of the first), so another prompt's
-    answer whenever pairs do not share prompts. z0 is still the batch mean over its examples' mismatched pairs
+    shuffling): the completion of the next example (wrapping) whose prompt differs from its own, so another
+    prompt's answer whenever there is one. z0 is still the batch mean over its examples' mismatched pairs
     (`kto_kl_reference`). Rows keep the pair layout — `chosen_ids` the example's own completion, `rejected_ids`
     the mismatched one, `label` True for desirable — so the reference pass, packing and collation of pairs
     serve KTO unchanged (`_kto_plan`)."""
-    if len(rows) < 2:
-        raise ValueError(f"KTO needs at least 2 pairs (each example's KL term uses another pair's answer), got "
-                         f"{len(rows)}")
-    out = []
-    for i, row in enumerate(rows):
-        following = rows[(i + 1) % len(rows)]
-        for key, desirable in (("chosen_ids", True), ("rejected_ids", False)):
-            out.append({"prompt_ids": row["prompt_ids"], "chosen_ids": row[key], "rejected_ids": following[key],
-                        "label": desirable})
-    return out
+    examples = [{"prompt_ids": pair["prompt_ids"], "chosen_ids": pair[key], "label": desirable}
+                for pair in pairs for key, desirable in (("chosen_ids", True), ("rejected_ids", False))]
+    examples += [{"prompt_ids": row["prompt_ids"], "chosen_ids": row["completion_ids"], "label": bool(row["label"])}
+                 for row in unpaired]
+    if len(examples) < 2:
+        raise ValueError(f"KTO needs at least 2 examples (each example's KL term uses another's answer), got "
+                         f"{len(examples)}")
+    n = len(examples)
+    for i, example in enumerate(examples):
+        following = (examples[(i + k) % n] for k in range(1, n))
+        other = next((e for e in following if e["prompt_ids"] != example["prompt_ids"]), examples[(i + 1) % n])
+        example["rejected_ids"] = other["chosen_ids"]
+    return examples
 
 
 def collate_unpaired(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -197,7 +201,7 @@ class Method:
     name: str
     uses_reference: bool
     plan: Callable[[int, MethodSettings], tuple[Objective, Collate]]
-    rows: Callable[[list[dict]], list[dict]] | None = None
+    rows: Callable[[list[dict], Sequence[dict]], list[dict]] | None = None  # (pairs, unpaired examples) -> rows
 
 
 def _sft_plan(pad_id: int, _: MethodSettings) -> tuple[Objective, Collate]:

@@ -191,13 +191,20 @@ def test_unpair_makes_a_desirable_and_an_undesirable_example_per_pair() -> None:
              {"prompt_ids": [2], "chosen_ids": [11], "rejected_ids": [21]},
              {"prompt_ids": [3], "chosen_ids": [12], "rejected_ids": [22]}]
     rows = unpair(pairs)
-    # own completion as chosen_ids, the next pair's same kind of answer (wrapping) as the KL completion
+    # own completion as chosen_ids; the KL completion: the next example's (wrapping) whose prompt differs
     assert [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], r["label"]) for r in rows] == [
-        ([1], [10], [11], True), ([1], [20], [21], False),
-        ([2], [11], [12], True), ([2], [21], [22], False),
-        ([3], [12], [10], True), ([3], [22], [20], False)]
-    with pytest.raises(ValueError, match="KTO needs at least 2 pairs"):
-        unpair(pairs[:1])
+        ([1], [10], [11], True), ([1], [20], [11], False),
+        ([2], [11], [12], True), ([2], [21], [12], False),
+        ([3], [12], [10], True), ([3], [22], [10], False)]
+    # unpaired examples (e.g. both answers of a "both bad" vote) follow the pairs' and take part in the rotation
+    both_bad = [{"prompt_ids": [4], "completion_ids": [30], "label": False},
+                {"prompt_ids": [4], "completion_ids": [31], "label": False}]
+    rows = unpair(pairs[:1], both_bad)
+    assert [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], r["label"]) for r in rows] == [
+        ([1], [10], [30], True), ([1], [20], [30], False), ([4], [30], [10], False), ([4], [31], [10], False)]
+    assert len(unpair([], both_bad)) == 2  # one prompt only: the next example's answer
+    with pytest.raises(ValueError, match="KTO needs at least 2 examples"):
+        unpair([], both_bad[:1])
 
 
 def test_the_pipeline_kto_objective_is_eq8_on_the_unpaired_rows(quick_tokenizer, tiny) -> None:
@@ -232,3 +239,39 @@ def test_the_pipeline_kto_objective_is_eq8_on_the_unpaired_rows(quick_tokenizer,
                           UNDESIRABLE_WEIGHT * (1 - torch.sigmoid(BETA * (z0 - r)))).mean()
     assert_close(out.loss, by_hand, atol=1e-5, rtol=0)
     assert_close(out.metrics["kl"], torch.tensor(z0), atol=1e-5, rtol=0)
+
+
+def test_kto_trains_on_the_pairs_and_the_unpaired_examples(tmp_path, caplog) -> None:
+    """data.unpaired_path (e.g. the arena's "both bad" votes) goes through the data stage like any split
+    (validated, counted, fingerprinted, tokenized); KTO's training rows are the pairs' examples followed by
+    the unpaired ones, with reference log-probs for all; DPO leaves them out and says so."""
+    import json
+    import logging
+
+    from alignment.config import load_config
+    from alignment.stages import build_base_model, prepare_data, training_rows, write_quickstart_files
+
+    tiny_model = ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1",
+                  "model.tiny.num_heads=2"]
+    raw = write_quickstart_files(load_config(None, []), tmp_path / "raw")
+    both_bad = [{"prompt": "What sound does a cow make?", "completion": answer, "label": False}
+                for answer in ("Quack.", "I cannot say.")]
+    unpaired = tmp_path / "unpaired.jsonl"
+    unpaired.write_text("".join(json.dumps(r) + "\n" for r in both_bad))
+    files = ["data.source=files", f"data.sft_path={raw['sft']}", f"data.train_path={raw['train']}",
+             f"data.heldout_path={raw['heldout']}", f"data.unpaired_path={unpaired}", *tiny_model]
+    cfg = load_config(None, [*files, "preference.method=kto"])
+    prepared = prepare_data(cfg, tmp_path / "data")
+    assert prepared.counts["unpaired"] == 2
+    base = build_base_model(cfg, prepared, tmp_path / "base")
+    rows = training_rows(cfg, prepared, base, "train")
+    pairs = prepared.counts["train"]
+    assert len(rows) == 2 * pairs + 2 and [r["label"] for r in rows[-2:]] == [False, False]
+    assert all("ref_chosen_logps" in r and "ref_rejected_logps" in r for r in rows)
+    assert len(training_rows(cfg, prepared, base, "heldout")) == 2 * prepared.counts["heldout"]  # training only
+    dpo = load_config(None, files)
+    with caplog.at_level(logging.WARNING, logger="alignflow.stages"):
+        assert len(training_rows(dpo, prepared, base, "train")) == pairs
+    assert "2 unpaired examples (data.unpaired_path) left out" in caplog.text
+    with pytest.raises(Exception, match="data.unpaired_path is read with data.source=files"):
+        load_config(None, [f"data.unpaired_path={unpaired}"])

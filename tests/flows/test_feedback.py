@@ -98,6 +98,13 @@ def test_the_round_trains_the_champion_on_the_votes_with_held_out_pairs_split_fr
     assert cfg.model.name_or_path == "/m/champion" and not cfg.sft.enabled and not cfg.onpolicy.enabled
     assert cfg.tracking.uri == "http://127.0.0.1:5000" and cfg.run.output_dir == str(tmp_path / "round" / "pipeline")
     assert cfg.promotion == base.promotion and cfg.dpo == base.dpo
+    # "both bad" votes: undesirable examples for a KTO round; a DPO round has no use for them
+    votes = pairs(20).model_copy(update={"unpaired_uri": "s3://alignflow/arena/exports/v1/unpaired.jsonl"})
+    assert round_config(base, votes, Champion(name="fb", version="3", path="/m/champion"), tmp_path / "r",
+                        "http://127.0.0.1:5000").data.unpaired_path is None
+    kto = base.model_copy(update={"preference": base.preference.model_copy(update={"method": "kto"})})
+    assert round_config(kto, votes, Champion(name="fb", version="3", path="/m/champion"), tmp_path / "r",
+                        "http://127.0.0.1:5000").data.unpaired_path == votes.unpaired_uri
 
 
 def test_a_round_without_enough_pairs_or_a_held_out_side_is_skipped() -> None:

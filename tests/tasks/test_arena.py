@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from alignment.data import load_preferences
+from alignment.data import iter_unpaired, load_preferences
 from arena.store import Store, open_store, sqlite_url
 from tasks.arena import export_votes, human_gates, tag_versions
 from tasks.datasets import describe_inputs
@@ -40,7 +40,12 @@ def test_export_writes_pairs_counts_ties_and_loads_as_training_data(s3_env: S3Se
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = export_votes(url, bucket=s3_env.bucket, tracking_uri=tracking, stamp=datetime(2026, 12, 1, tzinfo=UTC))
     assert out.uri == f"s3://{s3_env.bucket}/arena/exports/20261201T000000000000Z/train.jsonl"
-    assert out.counts == {"votes": 5, "pairs": 2, "ties": 1, "both_bad": 1, "identical": 1}
+    assert out.counts == {"votes": 5, "pairs": 2, "ties": 1, "both_bad": 1, "identical": 1, "unpaired": 2}
+    # the "both bad" vote: both answers as undesirable examples, loadable as data.unpaired_path (strict)
+    assert out.unpaired_uri == f"s3://{s3_env.bucket}/arena/exports/20261201T000000000000Z/unpaired.jsonl"
+    unpaired = list(iter_unpaired(out.unpaired_uri))
+    assert [(u["completion"][0]["content"], u["label"]) for u in unpaired] == [("moo", False), ("quack", False)]
+    assert unpaired[0]["prompt"] == PROMPT
     for uri in (out.uri, out.latest_uri):  # strict: every row valid, provenance columns ignored
         rows, report = load_preferences(uri)
         assert len(rows) == 2
