@@ -37,14 +37,9 @@ def preference_rows(decided: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str
             "prompt": list(v["prompt"]),
             "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}],
-            "arena_comparison_id": v["comparison_id"],
             "arena_chosen_model": v["winner_model"],
             "arena_rejected_model": v["loser_model"],
-            "arena_annotator": v["annotator"],
-            "arena_voted_at": v["voted_at"],
-            "arena_note": v["note"] or "",
-            "arena_prompt_source": v["prompt_source"],
-            "arena_sampling": json.dumps(v["settings"], sort_keys=True),
+            **provenance(v),
         })
     return rows, counts
 
@@ -64,15 +59,17 @@ def unpaired_rows(decided: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "prompt": list(v["prompt"]),
                 "completion": [{"role": "assistant", "content": answer}],
                 "label": False,
-                "arena_comparison_id": v["comparison_id"],
                 "arena_model": model,
-                "arena_annotator": v["annotator"],
-                "arena_voted_at": v["voted_at"],
-                "arena_note": v["note"] or "",
-                "arena_prompt_source": v["prompt_source"],
-                "arena_sampling": json.dumps(v["settings"], sort_keys=True),
+                **provenance(v),
             })
     return rows
+
+
+def provenance(v: Mapping[str, Any]) -> dict[str, Any]:
+    """The vote's `arena_*` columns every exported row carries (the loader ignores them)."""
+    return {"arena_comparison_id": v["comparison_id"], "arena_annotator": v["annotator"],
+            "arena_voted_at": v["voted_at"], "arena_note": v["note"] or "", "arena_prompt_source": v["prompt_source"],
+            "arena_sampling": json.dumps(v["settings"], sort_keys=True)}
 
 
 def to_jsonl(rows: list[dict[str, Any]]) -> bytes:

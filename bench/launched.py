@@ -13,7 +13,6 @@ process's, with both processes sharing the trial's cores.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import torch
 from alignment.kernels.host_memory import large_blocks_mapped
 from bench.probe import MemoryProbe, load_model, pin_threads
 from bench.trial import load_rows, mmap_threshold_mib, run_alignflow, with_throughput
-from launcher.processes import distributed_command, tail
+from launcher.processes import distributed_command, tail, worker_env
 
 LAUNCHED = {"ddp2": False, "fsdp2": True}  # variant -> policy sharded
 PROCESSES = 2
@@ -50,12 +49,8 @@ def run_launched_trial(spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
         spec_path.write_text(json.dumps(spec))
         cmd = distributed_command(["-m", "bench.launched", str(spec_path), tmp], num_processes=PROCESSES,
                                   cuda=spec["device"] == "cuda")
-        threads = str(spec["threads"])
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-               "TOKENIZERS_PARALLELISM": "false",
-               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
         with log_path.open("w") as log:
-            rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+            rc = subprocess.run(cmd, env=worker_env(spec["threads"], REPO_ROOT), stdout=log, stderr=subprocess.STDOUT, check=False).returncode
         if rc != 0:
             raise RuntimeError(f"{spec['trainer']}: the {PROCESSES} processes failed (exit {rc})\n{tail(log_path)}")
         ranks = [json.loads((Path(tmp) / f"rank-{r}.json").read_text()) for r in range(PROCESSES)]

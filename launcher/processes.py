@@ -68,10 +68,17 @@ def distributed_command(entry: Sequence[str], *, num_processes: int, cuda: bool,
     return [*cmd, *entry]
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def worker_env(threads: int, root: Path) -> dict[str, str]:
+    """The environment of launched processes: this one's, their threads pinned, and `root` importable."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
 
 
 def run_group(cmd: Sequence[str], *, env: dict[str, str], stdout_path: Path, stderr_path: Path,

@@ -27,6 +27,7 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
 from alignment.config import NodePlacement, PipelineConfig
+from launcher.processes import free_port
 from storage import folders
 
 ADDRESS_VARIABLE = "ALIGNFLOW_NODE_ADDRESS"
@@ -36,12 +37,6 @@ POLL_SECONDS = 1.0
 def node_address() -> str:
     """This machine's address as the other nodes reach it."""
     return os.environ.get(ADDRESS_VARIABLE) or socket.gethostbyname(socket.gethostname())
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def publish_endpoint(rendezvous_uri: str) -> NodePlacement:

@@ -14,7 +14,6 @@ Every process runs the same stage function as the in-process path, with its `Acc
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +28,7 @@ from alignment.models.loading import plain_model
 from alignment.records import ModelRef, PreparedData, ProgressCallback, TrainOutput
 from alignment.training.sharding import is_sharded, save_sharded_model
 from alignment.training.tracking import MetricsLogger, NullLogger, read_new_records
-from launcher.processes import Nodes, distributed_command, run_group, tail
+from launcher.processes import Nodes, distributed_command, run_group, tail, worker_env
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -141,10 +140,7 @@ def _run_processes(stage: str, cfg: PipelineConfig, *, prepared: PreparedData, b
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     cmd = build_command(stage, cfg, spec_path)
-    threads = str(cfg.run.torch_threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
-    rc = run_group(cmd, env=env, stdout_path=stdout_path, stderr_path=stderr_path,
+    rc = run_group(cmd, env=worker_env(cfg.run.torch_threads, REPO_ROOT), stdout_path=stdout_path, stderr_path=stderr_path,
                    on_poll=MetricsForwarder(metrics_path, logger, on_log))
     if rc != 0:
         where = "" if node is None else f" on node {node.rank} of {cfg.training.num_nodes}"
