@@ -90,7 +90,7 @@ def record_rounds(rounds: list[Round], ctx: RunContext) -> None:
     """One MLflow child run per round (its criterion at start and end, pairs, final loss, kept), the plot on
     the last."""
     for r in rounds:
-        with stage_run(ctx, f"round-{r.number}", {"round": r.number, "round.start_model": r.pairs.fingerprint},
+        with stage_run(ctx, f"round-{r.number}", {"round": r.number, "round.pairs_fingerprint": r.pairs.fingerprint},
                        tags={"alignflow.round": str(r.number), "alignflow.round_kept": str(r.kept).lower()}) as run:
             metrics = {"round/pairs": float(r.pairs.counts.get("train", 0)),
                        "round/final_loss": r.policy.final_metrics.get("loss", float("nan"))}
