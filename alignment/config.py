@@ -351,12 +351,18 @@ class OnPolicyConfig(_Section):
     rounds: int = Field(
         1, ge=1, le=10,
         description="Iterated on-policy rounds (iterative DPO): round r samples from round r-1's policy, pairs "
-                    "its answers, and trains from that policy, which is also DPO's reference for the round. The "
+                    "its answers, and trains from that policy (DPO's reference: round_reference). The "
                     "rounds stop early when a round's policy does not raise the held-out criterion (of its "
                     "held-out samples, the share that pass their instruction less the share that are degenerate, "
                     "measured when the next round samples from it) by more than round_min_gain over the model "
                     "the round started from; that round is then dropped. The kept policy is evaluated against "
                     "the original model under every gate. Each round is an MLflow child run (round-<r>).")
+    round_reference: Literal["previous", "original"] = Field(
+        "previous",
+        description="DPO/KTO's reference in rounds after the first: 'previous' holds round r to round r-1's "
+                    "policy (it may drift a little further each round), 'original' holds every round to the model "
+                    "round 1 started from (the same anchor as the gates' comparison; the policy still starts from "
+                    "the previous round's).")
     round_min_gain: float = Field(
         0.0, ge=-1.0, le=1.0,
         description="The least rise of the held-out criterion that keeps a round (rounds > 1); negative: keep "

@@ -37,3 +37,4 @@ class TrainOutput(BaseModel):
     seconds: float
     tokens: int
     runtime: dict[str, str] = {}  # the stage's runtime plan as MLflow params (alignment/kernels/runtime_plan.py)
+    reference: ModelRef | None = None  # the model a method with a reference (DPO, KTO) was held to

@@ -227,23 +227,54 @@ def plot_method_comparison(rows: list[dict], path: Path) -> Path | None:
     return save(fig, path)
 
 
-def plot_rounds(rows: list[dict], path: Path) -> Path | None:
-    """Iterated on-policy rounds: the held-out criterion and its parts (pass rate, degenerate rate) of the model
-    each round started from and of its policy; a dropped round is drawn hollow."""
+def plot_rounds(rows: list[dict], path: Path, start_benchmarks: dict[str, float] | None = None) -> Path | None:
+    """Iterated on-policy rounds, one panel each for compliance, capability and distance, round 0 being the
+    original model: the held-out criterion (pass rate - degenerate rate) of the model each round started from
+    and of its policy; each benchmark's headline value; the KL of each round's saved policy from its
+    reference. A dropped round is drawn hollow; a panel with nothing measured is left out."""
     measured = [r for r in rows if r.get("start_score") is not None]
-    if not measured:
+    tasks = sorted({t for r in rows for t in (r.get("benchmarks") or {})})
+    kls = [(r["round"], r["kl"], r["kept"]) for r in rows if r.get("kl") is not None]
+    panels = [name for name, present in (("compliance", measured), ("capability", tasks), ("distance", kls))
+              if present]
+    if not panels:
         return None
-    fig, ax = plt.subplots(figsize=(5.2, 3.2))
-    xs = [r["round"] for r in measured]
-    ax.plot(xs, [r["start_score"] for r in measured], "o--", color=REFERENCE, label="model the round started from")
-    ends = [(r["round"], r["end_score"], r["kept"]) for r in rows if r.get("end_score") is not None]
-    for x, y, kept in ends:
-        ax.plot([x], [y], "o", color=POLICY, markerfacecolor=POLICY if kept else "white")
-    if ends:
-        ax.plot([x for x, _, _ in ends], [y for _, y, _ in ends], "-", color=POLICY, label="its policy")
-    ax.set_xticks(xs)
-    ax.set_xlabel("round")
-    ax.set_ylabel("held-out pass rate - degenerate rate")
-    ax.set_title("on-policy rounds (hollow: dropped)", fontsize=9)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.3), squeeze=False)
+    xs = [0] + [r["round"] for r in rows]
+    for ax, panel in zip(axes[0], panels, strict=True):
+        if panel == "compliance":
+            ax.plot([r["round"] for r in measured], [r["start_score"] for r in measured], "o--", color=REFERENCE,
+                    label="model the round started from")
+            ends = [(r["round"], r["end_score"], r["kept"]) for r in rows if r.get("end_score") is not None]
+            _points(ax, ends, "its policy")
+            ax.set_ylabel("held-out pass rate - degenerate rate")
+        elif panel == "capability":
+            for n, task in enumerate(tasks):
+                color = plt.cm.tab10(n)
+                points = [(r["round"], r["benchmarks"][task], r["kept"]) for r in rows
+                          if task in (r.get("benchmarks") or {})]
+                if start_benchmarks and task in start_benchmarks:
+                    points = [(0, start_benchmarks[task], True), *points]
+                _points(ax, points, task, color=color)
+            ax.set_ylabel("benchmark headline value")
+        else:
+            _points(ax, kls, "saved policy")
+            ax.set_ylabel("KL(policy || its reference), nats")
+        ax.set_xticks(xs)
+        ax.set_xlabel("round (0: original model)")
+        ax.set_title(panel, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("on-policy rounds (hollow: dropped)", fontsize=10)
+    fig.tight_layout()
     return save(fig, path)
+
+
+def _points(ax: plt.Axes, points: list[tuple[int, float, bool]], label: str, color: str | None = None) -> None:
+    """A line through (x, y) points, each drawn filled when kept, hollow when not."""
+    color = color or POLICY
+    if not points:
+        return
+    ax.plot([x for x, _, _ in points], [y for _, y, _ in points], "-", color=color, label=label)
+    for x, y, kept in points:
+        ax.plot([x], [y], "o", color=color, markerfacecolor=color if kept else "white")

@@ -54,7 +54,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             policy = train_preference(config, prepared, base, sft, ctx)
         if config.onpolicy.rounds > 1:  # later rounds sample from and train the previous round's policy
             first = Round(1, prepared, policy, start_score=heldout_score(prepared))
-            kept, rounds = iterate_rounds(config, source, base, first, ctx)
+            kept, rounds = iterate_rounds(config, source, base, first, sft.model if sft else base, ctx)
             prepared, policy = kept.pairs, kept.policy
         with step("register"):  # the policy's model logging starts now, on the tracking thread
             pending = start_policy_logging(config, policy, ctx)

@@ -81,6 +81,13 @@ def cached_benchmark(cfg: PipelineConfig, ref: ModelRef, ctx: RunContext) -> dic
     return results
 
 
+@task(name="headline-benchmarks", cache_policy=NO_CACHE, log_prints=False)  # log_prints: see benchmarks_task
+def headline_benchmarks(cfg: PipelineConfig, models: list[ModelRef], ctx: RunContext) -> list[dict[str, float]]:
+    """Each model's headline value per benchmark task (cached_benchmark: a model already benchmarked, or about to
+    be by benchmarks_task, costs nothing twice)."""
+    return [main_metrics(cached_benchmark(cfg, model, ctx)) for model in models]
+
+
 # log_prints off: dill (under datasets, in lm-eval) finds a function's globals by capturing what dis.dis
 # prints; Prefect's print-to-log patch would steal that output (and flood the log with bytecode).
 @task(name="benchmarks", cache_policy=NO_CACHE, log_prints=False)
@@ -176,7 +183,7 @@ def report_images(ctx: RunContext, trained: dict[str, TrainOutput]) -> dict[str,
     run_dir = Path(ctx.output_dir) / "evaluation" / ctx.parent_run_id
     for title, name in (("Win / tie / loss", "verdicts.png"), ("Length-controlled view", "length_view.png"),
                         ("Benchmarks: policy vs reference", "benchmark_deltas.png"),
-                        ("On-policy rounds: the held-out criterion", "rounds.png")):
+                        ("On-policy rounds: compliance, capability, distance", "rounds.png")):
         if (run_dir / name).is_file():
             images[title] = run_dir / name
     return images

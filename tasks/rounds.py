@@ -1,6 +1,8 @@
 """Iterated on-policy rounds (`onpolicy.rounds`; iterative DPO, Xiong et al. 2024, arXiv 2312.11456): round r
-samples from round r-1's policy, pairs its answers and trains from that policy, which is also DPO's reference
-for the round (ORPO starts from it too, whatever `orpo.init` says for round 1).
+samples from round r-1's policy, pairs its answers and trains from that policy (ORPO starts from it too,
+whatever `orpo.init` says for round 1). DPO's reference for the round is that policy, or with
+`onpolicy.round_reference: original` the model round 1 started from (alignment/stages/training.py
+reference_model).
 
 The criterion is measured for free: each round's on-policy stage samples the held-out prompts from the model
 the round starts from and scores every sample, so round r+1's sampling measures round r's policy. A round
@@ -8,6 +10,11 @@ whose policy does not raise it by more than `onpolicy.round_min_gain` is dropped
 last kept round's policy goes on to the evaluation against the original model and every gate. Round 1 is
 always kept (the gates judge it, as without rounds). Every stage of a round is an ordinary cached stage (the
 keys hold the starting model's fingerprint); each round is also an MLflow child run `round-<r>`.
+
+Each round's policy is also measured on what the training did not write: the general benchmarks (the same
+cached lm-eval results the final evaluation uses, so the kept policy's and the original model's cost nothing
+extra) and the KL from its reference (held-out evaluation's `saved_kl`). `rounds.png` plots compliance,
+capability and distance per round.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from prefect import get_run_logger
 from alignment.config import PipelineConfig
 from alignment.records import ModelRef, PreparedData, TrainOutput
 from evaluation.plots import plot_rounds
+from tasks.evaluation import headline_benchmarks
 from tasks.stages import onpolicy, train_preference
 from tasks.timing import step
 from tasks.tracking import RunContext, stage_run
@@ -33,11 +41,15 @@ class Round:
     start_score: float | None  # the criterion of the model the round started from
     end_score: float | None = None  # of its policy (measured by the next round's sampling)
     kept: bool = True
+    benchmarks: dict[str, float] | None = None  # its policy's headline value per benchmark task
 
     def row(self) -> dict:
+        reference = self.policy.reference
         return {"round": self.number, "start_score": self.start_score, "end_score": self.end_score,
                 "kept": self.kept, "pairs": self.pairs.counts.get("train", 0),
-                "final_loss": self.policy.final_metrics.get("loss"), "model": self.policy.model.path}
+                "final_loss": self.policy.final_metrics.get("loss"), "model": self.policy.model.path,
+                "reference": reference.path if reference else None,
+                "kl": self.policy.final_metrics.get("saved_kl"), "benchmarks": self.benchmarks}
 
 
 def heldout_score(pairs: PreparedData) -> float | None:
@@ -56,8 +68,9 @@ def later_round_config(config: PipelineConfig) -> PipelineConfig:
 
 
 def iterate_rounds(config: PipelineConfig, source: PreparedData, base: ModelRef, first: Round,
-                   ctx: RunContext) -> tuple[Round, list[Round]]:
-    """Rounds 2..onpolicy.rounds after `first`; returns the last kept round and every round."""
+                   original: ModelRef, ctx: RunContext) -> tuple[Round, list[Round]]:
+    """Rounds 2..onpolicy.rounds after `first`; returns the last kept round and every round. `original`: the
+    final evaluation's reference (the SFT model, else the base), benchmarked as round 0."""
     log = get_run_logger()
     rounds, cfg = [first], later_round_config(config)
     for number in range(2, config.onpolicy.rounds + 1):
@@ -75,7 +88,13 @@ def iterate_rounds(config: PipelineConfig, source: PreparedData, base: ModelRef,
         rounds.append(Round(number, pairs, policy, start_score=previous.end_score))
         log.info("rounds: round %d trained from round %d's policy on %d pairs", number, number - 1,
                  pairs.counts.get("train", 0))
-    record_rounds(rounds, ctx)
+    start = None
+    if config.eval.benchmarks.enabled:
+        with step("benchmarks"):
+            start, *each = headline_benchmarks(config, [original, *(r.policy.model for r in rounds)], ctx)
+        for r, values in zip(rounds, each, strict=True):
+            r.benchmarks = values
+    record_rounds(rounds, start, ctx)
     return [r for r in rounds if r.kept][-1], rounds
 
 
@@ -86,20 +105,25 @@ def stops_here(last: Round, min_gain: float) -> bool:
     return last.end_score <= last.start_score + min_gain
 
 
-def record_rounds(rounds: list[Round], ctx: RunContext) -> None:
-    """One MLflow child run per round (its criterion at start and end, pairs, final loss, kept), the plot on
-    the last."""
+def record_rounds(rounds: list[Round], start: dict[str, float] | None, ctx: RunContext) -> None:
+    """One MLflow child run per round (its criterion at start and end, pairs, final loss, KL from its reference,
+    benchmarks, kept), the plot on the last; `start`: the original model's benchmarks (round 0)."""
     for r in rounds:
-        with stage_run(ctx, f"round-{r.number}", {"round": r.number, "round.pairs_fingerprint": r.pairs.fingerprint},
+        params = {"round": r.number, "round.pairs_fingerprint": r.pairs.fingerprint,
+                  "round.reference": r.policy.reference.fingerprint if r.policy.reference else "none"}
+        with stage_run(ctx, f"round-{r.number}", params,
                        tags={"alignflow.round": str(r.number), "alignflow.round_kept": str(r.kept).lower()}) as run:
             metrics = {"round/pairs": float(r.pairs.counts.get("train", 0)),
                        "round/final_loss": r.policy.final_metrics.get("loss", float("nan"))}
             metrics.update({f"round/{name}": value for name, value in
-                            (("start_score", r.start_score), ("end_score", r.end_score)) if value is not None})
+                            (("start_score", r.start_score), ("end_score", r.end_score),
+                             ("kl", r.policy.final_metrics.get("saved_kl"))) if value is not None})
+            metrics.update({f"round/benchmark/{task}": value for task, value in (r.benchmarks or {}).items()})
             run.log_metrics(metrics)
             if r is rounds[-1]:
                 plot = plot_rounds([x.row() for x in rounds],
-                                   Path(ctx.output_dir) / "evaluation" / ctx.parent_run_id / "rounds.png")
+                                   Path(ctx.output_dir) / "evaluation" / ctx.parent_run_id / "rounds.png",
+                                   start_benchmarks=start)
                 if plot is not None:
                     run.log_artifact(plot, "plots")
 

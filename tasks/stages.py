@@ -71,8 +71,11 @@ def stage_keys(cfg: PipelineConfig, prepared: PreparedData | None = None, base: 
                   cfg.model.trust_remote_code]
         keys["sft"] = stages.stage_key("sft", cfg.sft.model_dump(), *common)
         method = cfg.preference.method
+        init = stages.starting_model(cfg, base, sft)
+        held_to = stages.reference_model(cfg, init, sft)  # another model than the start only in a later round
         keys[method] = stages.stage_key(method, getattr(cfg, method).model_dump(), *common,
-                                        sft.model.fingerprint if sft else None)
+                                        sft.model.fingerprint if sft else None,
+                                        *([held_to.fingerprint] if held_to.fingerprint != init.fingerprint else []))
     return keys
 
 

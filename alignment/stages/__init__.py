@@ -28,6 +28,7 @@ from alignment.stages.runtime import model_device, stage_device, stage_plan, tra
 from alignment.stages.training import (
     fit_and_save,
     heldout_evaluator,
+    reference_model,
     run_preference,
     run_sft,
     starting_model,
@@ -36,6 +37,6 @@ from alignment.stages.training import (
 
 __all__ = ["CODE_VERSION", "HELDOUT_PROMPTS", "as_conversational", "build_base_model", "corpus_texts",
            "fit_and_save", "heldout_evaluator", "model_device", "onpolicy_pairs", "prepare_data",
-           "reference_annotated_pairs", "run_preference", "run_sft", "scored_ids_digest", "stage_device",
+           "reference_annotated_pairs", "reference_model", "run_preference", "run_sft", "scored_ids_digest", "stage_device",
            "stage_key", "stage_plan", "starting_model", "tokenized_rows", "training_rows", "training_scope",
            "write_instruction_prompts", "write_quickstart_files"]

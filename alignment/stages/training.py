@@ -78,8 +78,9 @@ def _preference_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef
                      accelerator: Accelerator | None) -> TrainOutput:
     method = cfg.preference.method
     init = starting_model(cfg, base, sft)
+    reference = reference_model(cfg, init, sft)
     with accelerator.main_process_first() if accelerator else nullcontext():  # one writes the cache
-        rows = training_rows(cfg, prepared, init, "train")
+        rows = training_rows(cfg, prepared, init, "train", reference)
     optim = getattr(cfg, method).optim
     tok = load_tokenizer(init.path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_causal_lm(init.path, trust_remote_code=cfg.model.trust_remote_code)
@@ -91,10 +92,11 @@ def _preference_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef
                                      undesirable_weight=cfg.kto.undesirable_weight)
     make_evaluator = None
     if getattr(cfg, method).heldout_eval.every is not None:
-        make_evaluator = functools.partial(heldout_evaluator, cfg, prepared, init, objective, collate, tok,
-                                           out_dir / "best")
-    return fit_and_save(model, tok, rows, objective, collate, method, cfg, optim, out_dir, logger, on_log,
-                        accelerator, make_evaluator)
+        make_evaluator = functools.partial(heldout_evaluator, cfg, prepared, init, reference, objective, collate,
+                                           tok, out_dir / "best")
+    out = fit_and_save(model, tok, rows, objective, collate, method, cfg, optim, out_dir, logger, on_log,
+                       accelerator, make_evaluator)
+    return out.model_copy(update={"reference": reference}) if method_spec(method).uses_reference else out
 
 
 def starting_model(cfg: PipelineConfig, base: ModelRef, sft: TrainOutput | None) -> ModelRef:
@@ -105,9 +107,19 @@ def starting_model(cfg: PipelineConfig, base: ModelRef, sft: TrainOutput | None)
     return sft.model if (sft is not None and starts_from == "sft") else base
 
 
-def training_rows(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, split: str) -> list[dict]:
-    """A split's tokenized pairs for the configured method, with the starting model's log-probs where the method
-    uses a reference (alignment/training/objectives.py METHODS)."""
+def reference_model(cfg: PipelineConfig, init: ModelRef, sft: TrainOutput | None) -> ModelRef:
+    """The model a method with a reference (DPO, KTO) is held to: the model it starts from, except in a later
+    on-policy round with `onpolicy.round_reference: original`, where it is the reference the previous round's
+    policy was held to (so, round after round, the model round 1 started from)."""
+    if cfg.onpolicy.round_reference == "original" and sft is not None and sft.reference is not None:
+        return sft.reference
+    return init
+
+
+def training_rows(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, split: str,
+                  reference: ModelRef | None = None) -> list[dict]:
+    """A split's tokenized pairs for the configured method, with the reference's log-probs (by default the
+    starting model's) where the method uses one (alignment/training/objectives.py METHODS)."""
     method = method_spec(cfg.preference.method)
     unpaired = prepared.counts.get("unpaired", 0) if split == "train" else 0
     make_rows = None
@@ -118,28 +130,28 @@ def training_rows(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, s
         log.warning("%d unpaired examples (data.unpaired_path) left out: only preference.method=kto learns from "
                     "them", unpaired)
     if method.uses_reference:
-        return reference_annotated_pairs(cfg, prepared, init, split, make_rows)
+        return reference_annotated_pairs(cfg, prepared, reference or init, split, make_rows)
     rows = tokenized_rows(cfg, prepared, init, split)
     return make_rows(rows) if make_rows is not None else rows
 
 
-def heldout_evaluator(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, objective: Objective,
-                      collate: Callable[[list[dict]], dict[str, torch.Tensor]], tok: PreTrainedTokenizerBase, best_dir: Path,
-                      model: torch.nn.Module) -> HeldoutEvaluator:
+def heldout_evaluator(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, reference: ModelRef,
+                      objective: Objective, collate: Callable[[list[dict]], dict[str, torch.Tensor]],
+                      tok: PreTrainedTokenizerBase, best_dir: Path, model: torch.nn.Module) -> HeldoutEvaluator:
     """The preference stage's held-out evaluation (alignment/training/heldout.py) for the model about to train: the
-    held-out pairs (DPO's with the starting model's log-probs, cached like the training pairs'), the held-out
-    prompts for eval/kl and its reference: with LoRA the policy with its adapters off (no second copy),
-    otherwise the starting model, loaded once."""
+    held-out pairs (DPO's with the reference's log-probs, cached like the training pairs'), the held-out
+    prompts for eval/kl and its reference: with LoRA on the starting model's own reference the policy with its
+    adapters off (no second copy), otherwise the reference model, loaded once."""
     settings = getattr(cfg, cfg.preference.method).heldout_eval
-    rows = training_rows(cfg, prepared, init, "heldout")
+    rows = training_rows(cfg, prepared, init, "heldout", reference)
     prompts = distinct_prompts(prepared.path("heldout"))[:settings.kl_prompts]
-    reference = None
-    if prompts and not hasattr(model, "disable_adapter"):  # full fine-tuning: the starting model itself
-        reference = load_causal_lm(init.path, trust_remote_code=cfg.model.trust_remote_code)
-        reference.requires_grad_(False)
-        apply_plan(reference, stage_plan(cfg, "preference", model_device(reference)))
+    ref_model = None
+    if prompts and (not hasattr(model, "disable_adapter") or reference.fingerprint != init.fingerprint):
+        ref_model = load_causal_lm(reference.path, trust_remote_code=cfg.model.trust_remote_code)
+        ref_model.requires_grad_(False)
+        apply_plan(ref_model, stage_plan(cfg, "preference", model_device(ref_model)))
     return HeldoutEvaluator(settings, rows=rows, objective=objective, collate=collate, tokenizer=tok,
-                            prompts=prompts, reference=reference, seed=cfg.run.seed, best_dir=best_dir)
+                            prompts=prompts, reference=ref_model, seed=cfg.run.seed, best_dir=best_dir)
 
 
 def fit_and_save(model: torch.nn.Module, tok: PreTrainedTokenizerBase, rows: list[dict], objective: Objective,

@@ -76,6 +76,7 @@ class HeldoutEvaluator:
         self.tokenizer, self.prompts, self.reference = tokenizer, prompts[:cfg.kl_prompts], reference
         self.seed, self.best_dir = seed, best_dir
         self.history: list[tuple[int, float]] = []  # (step, eval/loss) of every evaluation
+        self.kl: dict[int, float] = {}  # eval/kl by step
         self.checkpointed_best: int | None = None  # best step recorded in the newest checkpoint
 
     def __call__(self, model: torch.nn.Module, step: int) -> tuple[dict[str, float], bool]:
@@ -88,6 +89,7 @@ class HeldoutEvaluator:
                                  max_new_tokens=self.cfg.kl_max_new_tokens, seed=self.seed,
                                  batch_size=self.cfg.batch_size, disable_adapter=self.reference is None)
                 metrics["eval/kl"] = kl.mean  # the same seed every time: answers differ only as the model does
+                self.kl[step] = kl.mean
         self.history.append((step, metrics["eval/loss"]))
         decision = self.decision()
         if self.cfg.patience is not None and decision.best_index == len(self.history) - 1:
@@ -133,19 +135,25 @@ class HeldoutEvaluator:
         return step
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps (trainer_state.json): every evaluation's step and loss."""
+        """What a checkpoint keeps (trainer_state.json): every evaluation's step, loss and KL."""
         self.checkpointed_best = self.best_step
-        return {"history": [[step, loss] for step, loss in self.history]}
+        return {"history": [[step, loss] for step, loss in self.history],
+                "kl": [[step, kl] for step, kl in self.kl.items()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [(int(step), float(loss)) for step, loss in state.get("history", [])]
+        self.kl = {int(step): float(kl) for step, kl in state.get("kl", [])}
         self.checkpointed_best = self.best_step
 
     def summary(self, stopped_at: int | None) -> dict[str, float]:
-        """The stage's final metrics: best_step, and early_stopped_at_step when it stopped early."""
+        """The stage's final metrics: best_step, early_stopped_at_step when it stopped early, and saved_kl: eval/kl
+        of the model the stage keeps (the best evaluation's with early stopping, else the last one's)."""
         out = {} if self.best_step is None else {"best_step": float(self.best_step)}
         if stopped_at is not None:
             out["early_stopped_at_step"] = float(stopped_at)
+        kept = self.best_step if self.cfg.patience is not None else (self.history[-1][0] if self.history else None)
+        if kept in self.kl:
+            out["saved_kl"] = self.kl[kept]
         return out
 
 

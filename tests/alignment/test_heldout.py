@@ -77,6 +77,8 @@ def test_dpo_evaluated_every_step_stops_early_and_keeps_its_best_weights(tmp_pat
                  "eval/kl", "eval/nll_loss"):
         assert [step for step, _ in logger.curve(name)] == list(range(1, stopped + 1)), name
     assert all(math.isfinite(v) for _, v in logger.curve("eval/kl"))
+    assert out.final_metrics["saved_kl"] == dict(logger.curve("eval/kl"))[best]  # the KL of the model kept
+    assert out.reference == base  # DPO without SFT is held to the base model
 
     # the saved model is the best step's: its held-out loss is the one logged at best_step
     tok = load_tokenizer(out.model.path)
@@ -93,6 +95,7 @@ def test_dpo_evaluated_every_step_stops_early_and_keeps_its_best_weights(tmp_pat
     assert again.resumed_from_step == stopped and again.steps == stopped
     assert again.final_metrics["best_step"] == best and again.final_metrics["early_stopped_at_step"] == stopped
     assert again.model.fingerprint == out.model.fingerprint
+    assert again.final_metrics["saved_kl"] == out.final_metrics["saved_kl"]  # kept in the checkpoint
 
 
 def test_orpo_with_lora_is_evaluated_without_early_stopping(tmp_path: Path) -> None:
@@ -109,6 +112,7 @@ def test_orpo_with_lora_is_evaluated_without_early_stopping(tmp_path: Path) -> N
     assert [step for step, _ in logger.curve("eval/rewards/accuracies")] == [2, 4, 5]
     assert out.steps == 5 and "early_stopped_at_step" not in out.final_metrics
     assert out.final_metrics["eval/loss"] == logger.curve("eval/loss")[-1][1]
+    assert out.final_metrics["saved_kl"] == logger.curve("eval/kl")[-1][1] and out.reference is None  # no patience: the last
     assert not (tmp_path / "orpo" / "best").exists()  # no early stopping: no best weights kept
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from alignment.config import PipelineConfig
 from alignment.records import ModelRef, TrainOutput
-from alignment.stages import starting_model
+from alignment.stages import reference_model, starting_model
 from alignment.training.objectives import METHODS, method_plan, method_spec, sft_objective
 
 
@@ -40,6 +40,20 @@ def test_the_starting_model_follows_the_method_and_its_init(method: str, orpo_in
     sft = TrainOutput(model=ModelRef(path="sft", fingerprint="s"), method="sft", steps=1, resumed_from_step=0,
                       final_metrics={}, seconds=0.0, tokens=0) if with_sft else None
     assert starting_model(cfg, base, sft).path == expected
+
+
+@pytest.mark.parametrize(("round_reference", "expected"), [("previous", "policy-1"), ("original", "base")])
+def test_a_later_round_is_held_to_the_previous_policy_or_the_original_model(round_reference: str,
+                                                                           expected: str) -> None:
+    cfg = PipelineConfig.model_validate({"onpolicy": {"enabled": True, "rounds": 2,
+                                                      "round_reference": round_reference}})
+    base = ModelRef(path="base", fingerprint="b")
+    policy_1 = TrainOutput(model=ModelRef(path="policy-1", fingerprint="p"), method="dpo", steps=1,
+                           resumed_from_step=0, final_metrics={}, seconds=0.0, tokens=0, reference=base)
+    init = starting_model(cfg, base, policy_1)
+    assert init.path == "policy-1"  # every round starts from the previous round's policy
+    assert reference_model(cfg, init, policy_1).path == expected
+    assert reference_model(cfg, base, None).path == "base"  # round 1: its own start, whatever the setting
 
 
 def test_kto_is_refused_in_several_processes() -> None:

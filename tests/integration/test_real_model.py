@@ -24,7 +24,7 @@ SLICE = [
     "dpo.optim.max_steps=2", "dpo.optim.batch_size=2", "eval.max_new_tokens=12", "eval.benchmarks.limit=8",
     "run.torch_threads=1",
     # two on-policy rounds, the second kept whatever the criterion says (a 4-prompt criterion is noise)
-    "onpolicy.rounds=2", "onpolicy.round_min_gain=-1",
+    "onpolicy.rounds=2", "onpolicy.round_min_gain=-1", "onpolicy.round_reference=original",
 ]
 
 
@@ -65,9 +65,14 @@ def test_real_model_pipeline_on_a_slice(prefect_api, tmp_path: Path, capsys: pyt
     assert [(r["round"], r["kept"]) for r in rounds] == [(1, True), (2, True)], rounds
     assert rounds[1]["start_score"] == rounds[0]["end_score"] is not None  # round 2's sampling measured policy 1
     assert rounds[1]["model"] != rounds[0]["model"] and Path(rounds[1]["model"]).is_dir()
+    # round_reference=original: round 2 (from round 1's policy) is held to the model round 1 started from
+    assert rounds[1]["reference"] == rounds[0]["reference"] == summary["reference_model"], rounds
+    for r in rounds:  # capability and distance per round, beside the criterion
+        assert set(r["benchmarks"]) == {"alignflow_general_mc", "alignflow_general_gen"} and r["kl"] is not None, r
     for number in (1, 2):
         run = client.get_run(summary["stage_runs"][f"round-{number}"])
         assert run.data.metrics["round/pairs"] == rounds[number - 1]["pairs"] and run.data.tags["alignflow.round_kept"] == "true"
+        assert "round/kl" in run.data.metrics and "round/benchmark/alignflow_general_mc" in run.data.metrics
     assert "On-policy rounds" in Path(summary["report"]).read_text()  # the rounds' plot is in the report
     onpolicy = client.get_run(summary["stage_runs"]["onpolicy"])
     m = onpolicy.data.metrics

@@ -50,8 +50,23 @@ def test_later_rounds_start_from_the_previous_policy_and_rounds_need_onpolicy() 
 
 
 def test_rounds_plot(tmp_path: Path) -> None:
-    rows = [{"round": 1, "start_score": 0.2, "end_score": 0.3, "kept": True},
-            {"round": 2, "start_score": 0.3, "end_score": 0.25, "kept": False}]
-    path = plot_rounds(rows, tmp_path / "rounds.png")
+    rows = [{"round": 1, "start_score": 0.2, "end_score": 0.3, "kept": True, "kl": 1.5,
+             "benchmarks": {"alignflow_general_mc": 0.61, "alignflow_general_gen": 0.58}},
+            {"round": 2, "start_score": 0.3, "end_score": 0.25, "kept": False, "kl": 2.5,
+             "benchmarks": {"alignflow_general_mc": 0.60, "alignflow_general_gen": 0.55}}]
+    path = plot_rounds(rows, tmp_path / "rounds.png", start_benchmarks={"alignflow_general_mc": 0.62})
     assert path is not None and path.stat().st_size > 5000
+    import matplotlib.image
+    width = matplotlib.image.imread(path).shape[1]
+    only_criterion = plot_rounds([{k: r[k] for k in ("round", "start_score", "end_score", "kept")} for r in rows],
+                                 tmp_path / "one.png")
+    assert only_criterion is not None and matplotlib.image.imread(only_criterion).shape[1] * 2.5 < width  # 3 panels
     assert plot_rounds([{"round": 1, "start_score": None, "end_score": None, "kept": True}], tmp_path / "x.png") is None
+
+
+def test_a_rounds_row_carries_its_reference_kl_and_benchmarks() -> None:
+    original = ModelRef(path="orig", fingerprint="o")
+    trained = policy().model_copy(update={"reference": original, "final_metrics": {"loss": 0.4, "saved_kl": 1.25}})
+    row = Round(2, pairs({}, {}, 0, 0), trained, start_score=0.1, benchmarks={"mc": 0.6}).row()
+    assert (row["reference"], row["kl"], row["benchmarks"], row["pairs"]) == ("orig", 1.25, {"mc": 0.6}, 5)
+    assert Round(1, pairs({}, {}, 0, 0), policy(), start_score=None).row()["reference"] is None  # ORPO: none
