@@ -4,8 +4,10 @@ after the vote. The page renders with Jinja2 (autoescape on) and writes answers 
 a prompt or an answer shows as text.
 
 API: GET /api/models, GET /api/prompts?model=ID, POST /api/comparisons (NDJSON stream: start, delta per side,
-done | error), POST /api/votes, GET /api/stats, GET /health. Each recorded vote is announced as a Prefect event
-(`alignflow.arena.vote`: the two versions and the choice, nothing a person typed; arena/events.py). Refusals are HTTP 4xx/5xx JSON `{"error": ...}`.
+done | error), POST /api/votes, POST /api/ratings (one answer rated good or bad, before or after the vote),
+GET /api/stats, GET /health. Each recorded vote and rating is announced as a Prefect event (`alignflow.arena.vote`:
+the two versions and the choice; `alignflow.arena.rating`: the rated version and the rating; nothing a person
+typed; arena/events.py). Refusals are HTTP 4xx/5xx JSON `{"error": ...}`.
 With `users` set (production), every route but /health needs HTTP basic auth and the annotator is the login.
 """
 
@@ -27,7 +29,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, select_autoescape
 from pydantic import BaseModel, Field
 
-from arena.events import Emit, arena_id, emit_safely, emit_to_prefect, vote_event
+from arena.events import Emit, arena_id, emit_safely, emit_to_prefect, rating_event, vote_event
 from arena.generation import Sampling
 from arena.stats import annotator_agreement, pair_stats
 from arena.store import ArenaError, Store, check_annotator
@@ -75,6 +77,14 @@ class VoteRequest(BaseModel):
     submission_id: str | None = Field(None, max_length=64)
 
 
+class RatingRequest(BaseModel):
+    comparison_id: str = Field(max_length=64)
+    side: str = Field(max_length=8)
+    rating: str = Field(max_length=8)
+    annotator: str = ""
+    submission_id: str | None = Field(None, max_length=64)
+
+
 def default_streamer(model: Any, tokenizer: Any, messages: list[dict[str, str]], sampling: Sampling,
                      stop: threading.Event) -> Iterator[str]:
     from arena.generation import stream_answer
@@ -85,8 +95,9 @@ def default_streamer(model: Any, tokenizer: Any, messages: list[dict[str, str]],
 def create_app(store: Store, backend: Backend, settings: ArenaSettings | None = None,
                streamer: Streamer = default_streamer, rng: random.Random | None = None,
                emit: Emit = emit_to_prefect) -> FastAPI:
-    """`emit` receives an `alignflow.arena.vote` event for every newly recorded vote (arena/events.py), after
-    the vote is committed; an emitter that fails is logged and the vote stands."""
+    """`emit` receives an `alignflow.arena.vote` event for every newly recorded vote and an
+    `alignflow.arena.rating` one for every new rating (arena/events.py), after it is committed; an emitter that
+    fails is logged and the vote or rating stands."""
     settings = settings or ArenaSettings()
     rng = rng or random.SystemRandom()
     arena = settings.arena_id or arena_id(store.engine.url.render_as_string(hide_password=True))
@@ -107,6 +118,12 @@ def create_app(store: Store, backend: Backend, settings: ArenaSettings | None = 
 
     def annotator_of(user: str | None, typed: str) -> str:
         return user if user is not None else typed.strip()
+
+    def own_comparison(comparison_id: str, annotator: str, what: str) -> None:
+        found = store.comparison(comparison_id)
+        if found is not None and found["annotator"] != annotator:
+            raise HTTPException(403, f"comparison {comparison_id} was shown to {found['annotator']}, not to "
+                                     f"{annotator or 'an unnamed annotator'}: {what} on your own comparisons")
 
     @app.exception_handler(ArenaError)
     def _refused(_request: Request, err: ArenaError) -> JSONResponse:
@@ -183,10 +200,7 @@ def create_app(store: Store, backend: Backend, settings: ArenaSettings | None = 
     @app.post("/api/votes")
     def vote(req: VoteRequest, user: str | None = Depends(login)) -> dict[str, Any]:
         annotator = annotator_of(user, req.annotator)
-        found = store.comparison(req.comparison_id)
-        if found is not None and found["annotator"] != annotator:
-            raise HTTPException(403, f"comparison {req.comparison_id} was shown to {found['annotator']}, not to "
-                                     f"{annotator or 'an unnamed annotator'}: vote on your own comparisons")
+        own_comparison(req.comparison_id, annotator, "vote")
         outcome = store.record_vote(req.comparison_id, req.choice, annotator=annotator, note=req.note,
                                     submission_id=req.submission_id)
         comp = store.comparison(req.comparison_id)
@@ -197,6 +211,18 @@ def create_app(store: Store, backend: Backend, settings: ArenaSettings | None = 
         return {"status": "duplicate" if outcome.duplicate else "recorded", "message": message,
                 "vote": {k: outcome.vote[k] for k in ("comparison_id", "choice", "annotator", "voted_at")},
                 "reveal": reveal}
+
+    @app.post("/api/ratings")
+    def rate(req: RatingRequest, user: str | None = Depends(login)) -> dict[str, Any]:
+        annotator = annotator_of(user, req.annotator)
+        own_comparison(req.comparison_id, annotator, "rate answers")
+        outcome = store.record_rating(req.comparison_id, req.side, req.rating, annotator=annotator,
+                                      submission_id=req.submission_id)
+        if not outcome.duplicate:
+            emit_safely(emit, rating_event(arena, req.comparison_id, outcome.rating))
+        message = "this rating was already recorded; nothing changed" if outcome.duplicate else "rating recorded"
+        return {"status": "duplicate" if outcome.duplicate else "recorded", "message": message,
+                "rating": {k: outcome.rating[k] for k in ("comparison_id", "side", "rating", "annotator", "rated_at")}}
 
     return app
 

@@ -4,6 +4,7 @@ starts `feedback-round` after N votes; flows/deploy.py).
 | event | resource | related (role) | payload |
 |---|---|---|---|
 | `alignflow.arena.vote` | `alignflow.arena.<arena id>` | the two versions (`model-a`, `model-b`) | `choice` (a, b, tie, both_bad), `winner` |
+| `alignflow.arena.rating` | `alignflow.arena.<arena id>` | the version whose answer was rated (`rated`) | `rating` (good, bad) |
 | `alignflow.model.registered` | `alignflow.model.<name>.<version>` | — | `aliases`, `champion`, `gates_passed` |
 | `alignflow.model.gate-refused` | the version (or `alignflow.model.<name>` when nothing was registered) | — | `failed`: name, value, threshold of each failing gate |
 | `alignflow.model.promoted` | the version | the previous version (`previous`) | `alias`, `previous_version` |
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 VOTE = "alignflow.arena.vote"
+RATING = "alignflow.arena.rating"
 REGISTERED = "alignflow.model.registered"
 GATE_REFUSED = "alignflow.model.gate-refused"
 PROMOTED = "alignflow.model.promoted"
@@ -133,6 +135,14 @@ def vote_event(arena: str, comparison: Mapping[str, Any], choice: str) -> Alignf
         related=[arena_model_resource(a, "model-a"), arena_model_resource(b, "model-b")],
         payload={"choice": outcome, "winner": winner},
         id=uuid.uuid5(NAMESPACE, f"vote:{arena}:{comparison['id']}"))
+
+
+def rating_event(arena: str, comparison_id: str, rating: Mapping[str, Any]) -> AlignflowEvent:
+    """One answer rated on its own: the version that gave it and the rating (good | bad)."""
+    return AlignflowEvent(
+        event=RATING, resource=arena_resource(arena), related=[arena_model_resource(rating["model"], "rated")],
+        payload={"rating": rating["rating"]},
+        id=uuid.uuid5(NAMESPACE, f"rating:{arena}:{comparison_id}:{rating['side']}"))
 
 
 def gate_record(gate: Any) -> dict[str, Any]:

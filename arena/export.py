@@ -3,9 +3,11 @@
 (`arena_*`, which the loader ignores). Ties and "both bad" never become pairs: they are counted. A vote between
 two identical answers is counted too (the loader refuses a pair whose answers are equal).
 
-"Both bad" votes are unpaired feedback: `unpaired_rows` turns each into undesirable examples, one per distinct
-answer (`prompt`, `completion`, `label: false`, TRL's unpaired format, which `data.unpaired_path` loads), which
-KTO learns from (`preference.method=kto`). Ties say nothing about either answer and stay counted only."""
+"Both bad" votes and single-answer ratings are unpaired feedback: `unpaired_rows` turns a "both bad" vote into
+undesirable examples, one per distinct answer, and a rating into one example, desirable when rated good
+(`prompt`, `completion`, `label`, TRL's unpaired format, which `data.unpaired_path` loads), which KTO learns
+from (`preference.method=kto`). A rating is about one answer, so it replaces what a "both bad" vote said of
+that answer. Ties say nothing about either answer and stay counted only."""
 
 from __future__ import annotations
 
@@ -44,14 +46,22 @@ def preference_rows(decided: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str
     return rows, counts
 
 
-def unpaired_rows(decided: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The "both bad" votes as undesirable examples: each distinct answer of such a vote, with the prompt and
-    the vote's provenance (`arena_model`: the version that gave the answer)."""
+def unpaired_rows(decided: Iterable[Mapping[str, Any]],
+                  rated: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The "both bad" votes as undesirable examples (each distinct answer of such a vote, with the prompt and
+    the vote's provenance; `arena_model`: the version that gave the answer), then the ratings (`store.rated()`)
+    as desirable (good) or undesirable (bad) examples; an answer rated on its own is left out of its
+    "both bad" vote's rows. Empty answers are skipped."""
+    rated = list(rated)
+    own = {(r["comparison_id"], r["side"]) for r in rated}
     rows: list[dict[str, Any]] = []
     for v in decided:
         if v["choice"] != "both_bad":
             continue
-        answers = {v["left_answer"].strip(): v["left_model"], v["right_answer"].strip(): v["right_model"]}
+        answers: dict[str, str] = {}
+        for side in ("left", "right"):
+            if (v["comparison_id"], side) not in own:
+                answers[v[f"{side}_answer"].strip()] = v[f"{side}_model"]
         for answer, model in answers.items():
             if not answer:
                 continue
@@ -62,6 +72,17 @@ def unpaired_rows(decided: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "arena_model": model,
                 **provenance(v),
             })
+    for r in rated:
+        if not r["answer"].strip():
+            continue
+        rows.append({
+            "prompt": list(r["prompt"]),
+            "completion": [{"role": "assistant", "content": r["answer"].strip()}],
+            "label": r["rating"] == "good",
+            "arena_model": r["model"],
+            "arena_rating": r["rating"],
+            **provenance({**r, "voted_at": r["rated_at"], "note": None}),
+        })
     return rows
 
 

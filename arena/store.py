@@ -6,7 +6,8 @@ and the sampling settings), and completed in one transaction once both answers a
 comparison: it is refused for an unknown comparison or one whose answers were never completed, and a comparison
 takes one vote only — the `votes.comparison_id` unique constraint decides races between two submissions, so a
 second vote is refused (or, when it is the same submission sent twice, reported as a duplicate) and nothing is
-half-written. SQLite runs in WAL mode, every write transaction starts with BEGIN IMMEDIATE and waits on a busy
+half-written. A person may also rate either answer of a shown comparison on its own, good or bad (a single-answer
+rating, one per answer, whatever the vote says): KTO learns from these (arena/export.py). SQLite runs in WAL mode, every write transaction starts with BEGIN IMMEDIATE and waits on a busy
 timeout, so concurrent writers queue instead of failing.
 """
 
@@ -29,6 +30,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     insert,
@@ -39,6 +41,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 CHOICES = ("left", "right", "tie", "both_bad")
+SIDES = ("left", "right")
+RATINGS = ("good", "bad")
 GENERATING, COMPLETE, FAILED = "generating", "complete", "failed"
 MAX_NOTE_CHARS = 2000
 MAX_ANNOTATOR_CHARS = 64
@@ -78,6 +82,20 @@ votes = Table(
 )
 
 
+ratings = Table(
+    "ratings", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("comparison_id", String(32), ForeignKey("comparisons.id"), nullable=False),
+    Column("side", String(8), nullable=False),  # left | right: the answer rated
+    Column("rating", String(8), nullable=False),  # good | bad
+    Column("model", String(300), nullable=False),  # the side resolved to the model that gave the answer
+    Column("annotator", String(MAX_ANNOTATOR_CHARS), nullable=False),
+    Column("submission_id", String(64)),
+    Column("rated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("comparison_id", "side", name="one_rating_per_answer"),
+)
+
+
 class ArenaError(ValueError):
     """A request the arena refuses; `status` is the HTTP status the web app answers with."""
 
@@ -96,10 +114,20 @@ class AlreadyVoted(ArenaError):
     status = 409
 
 
+class AlreadyRated(ArenaError):
+    status = 409
+
+
 @dataclass(frozen=True)
 class VoteOutcome:
     vote: dict[str, Any]
     duplicate: bool  # the same submission arrived again: nothing was written
+
+
+@dataclass(frozen=True)
+class RatingOutcome:
+    rating: dict[str, Any]
+    duplicate: bool  # the same rating arrived again: nothing was written
 
 
 def now() -> datetime:
@@ -236,6 +264,66 @@ class Store:
         raise AlreadyVoted(f"comparison {existing['comparison_id']} already has a vote ({existing['choice']}, by "
                            f"{existing['annotator']}); a comparison takes one vote, nothing changed")
 
+    # ---- single-answer ratings -------------------------------------------------------------------------
+
+    def record_rating(self, comparison_id: str, side: str, rating: str, *, annotator: str,
+                      submission_id: str | None = None) -> RatingOutcome:
+        """Rate one answer of a shown comparison good or bad, in one transaction. Raises UnknownComparison,
+        NotShown or AlreadyRated (the answer has another rating); the same rating arriving twice is a duplicate."""
+        if side not in SIDES:
+            raise ArenaError(f"side must be one of {', '.join(SIDES)}; got {side!r}")
+        if rating not in RATINGS:
+            raise ArenaError(f"rating must be one of {', '.join(RATINGS)}; got {rating!r}")
+        check_annotator(annotator)
+        try:
+            with self.engine.begin() as conn:
+                comp = conn.execute(select(comparisons).where(comparisons.c.id == comparison_id)).mappings().first()
+                if comp is None:
+                    raise UnknownComparison(f"no comparison {comparison_id!r}: nothing to rate")
+                existing = self._rating(conn, comparison_id, side)
+                if existing is not None:
+                    return self._second_rating(existing, rating, annotator, submission_id)
+                if comp["status"] != COMPLETE:
+                    raise NotShown(f"comparison {comparison_id} was never shown in full (it is {comp['status']}): "
+                                   "a rating needs the answer")
+                conn.execute(insert(ratings).values(
+                    comparison_id=comparison_id, side=side, rating=rating, model=comp[f"{side}_model"],
+                    annotator=annotator, submission_id=submission_id, rated_at=now()))
+                return RatingOutcome(_row(self._rating(conn, comparison_id, side)), duplicate=False)
+        except IntegrityError:  # another submission rated this answer first (Postgres without locks)
+            with self.engine.connect() as conn:
+                existing = self._rating(conn, comparison_id, side)
+            return self._second_rating(existing, rating, annotator, submission_id)
+
+    @staticmethod
+    def _rating(conn: Any, comparison_id: str, side: str) -> Any:
+        return conn.execute(select(ratings).where(ratings.c.comparison_id == comparison_id,
+                                                  ratings.c.side == side)).mappings().first()
+
+    @staticmethod
+    def _second_rating(existing: Any, rating: str, annotator: str, submission_id: str | None) -> RatingOutcome:
+        same = (submission_id is not None and existing["submission_id"] == submission_id) or (
+            existing["rating"] == rating and existing["annotator"] == annotator)
+        if same:
+            return RatingOutcome(_row(existing), duplicate=True)
+        raise AlreadyRated(f"the {existing['side']} answer of comparison {existing['comparison_id']} is already rated "
+                           f"{existing['rating']} (by {existing['annotator']}); an answer takes one rating, nothing "
+                           "changed")
+
+    def rated(self) -> list[dict[str, Any]]:
+        """Every rating joined with its comparison (prompt, the rated answer, settings), oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(ratings, comparisons.c.prompt, comparisons.c.prompt_source,
+                                       comparisons.c.settings, comparisons.c.left_answer, comparisons.c.right_answer)
+                                .join(comparisons, ratings.c.comparison_id == comparisons.c.id)
+                                .order_by(ratings.c.id)).mappings().all()
+        out = []
+        for r in map(_row, rows):
+            r["answer"] = r.pop("left_answer") if r["side"] == "left" else r.pop("right_answer")
+            r.pop("left_answer", None), r.pop("right_answer", None)
+            out.append(r)
+        return out
+
     def decided(self) -> list[dict[str, Any]]:
         """Every vote joined with its comparison (prompt, answers, models, settings), oldest first."""
         with self.engine.connect() as conn:
@@ -251,6 +339,7 @@ class Store:
         for comp in self.list_comparisons():
             out[comp["status"]] += 1
         out["votes"] = len(self.decided())
+        out["ratings"] = len(self.rated())
         return out
 
 

@@ -74,7 +74,8 @@ def command_arena(args: argparse.Namespace) -> int:
               f"{c['identical']} identical answers: not paired); MLflow run {out.run_id}")
         print(f"use it: --set data.train_path={out.latest_uri}  (this version: {out.uri})")
         if out.unpaired_uri:
-            print(f"{c['unpaired']} undesirable answers from the both-bad votes, for KTO: --set preference.method=kto "
+            print(f"{c['unpaired']} unpaired examples (both-bad votes, single-answer ratings), for KTO: "
+                  "--set preference.method=kto "
                   f"--set data.unpaired_path={out.unpaired_uri}")
         print(f"export: {out.uri}")
         return 0

@@ -6,8 +6,8 @@ the result goes through every gate and the registry like any other run.
 the pipeline flow as a subflow:
 
 * **data**: every decided vote so far (arena/export.py: left/right votes become pairs; ties and "both bad" are
-  counted, never paired; with `preference.method=kto` the "both bad" votes' answers are undesirable examples,
-  `data.unpaired_path`) written as JSON Lines, to S3 when the stack's S3 is configured (a versioned export
+  counted, never paired; with `preference.method=kto` the "both bad" votes' answers are undesirable examples and
+  the single-answer ratings desirable or undesirable ones, `data.unpaired_path`) written as JSON Lines, to S3 when the stack's S3 is configured (a versioned export
   logged in MLflow, tasks/arena.py) else under the round's folder. `data.source=files`, the export as train;
   the held-out pairs are split from it by prompt hash (`data.heldout_fraction`), so a prompt is never in both.
   A round with fewer than `min_pairs` pairs, or whose split leaves either side empty, is skipped (reported,
@@ -41,7 +41,7 @@ class VotePairs(BaseModel):
     counts: dict[str, int]  # arena/export.py: votes, pairs, ties, both_bad, identical, unpaired
     train: int  # pairs on each side of the held-out split by prompt hash
     heldout: int
-    unpaired_uri: str | None = None  # "both bad" votes as undesirable examples, when any (KTO learns from them)
+    unpaired_uri: str | None = None  # "both bad" votes and ratings as unpaired examples, when any (for KTO)
 
 
 class Champion(BaseModel):
@@ -76,9 +76,10 @@ def export_pairs(config: PipelineConfig, arena_db: str, out_dir: Path) -> VotePa
     from arena.export import preference_rows, to_jsonl, unpaired_rows
     from arena.store import open_store
 
-    decided = open_store(arena_db).decided()
+    store = open_store(arena_db)
+    decided = store.decided()
     rows, counts = preference_rows(decided)
-    unpaired = unpaired_rows(decided)
+    unpaired = unpaired_rows(decided, store.rated())
     counts = {**counts, "unpaired": len(unpaired)}
     train, heldout = split_counts(rows, config)
     if rows and os.environ.get("AWS_ENDPOINT_URL_S3"):  # the stack's S3: a versioned export, logged in MLflow

@@ -34,16 +34,17 @@ class ArenaExport(BaseModel):
     sha256: str
     counts: dict[str, int]
     run_id: str | None
-    unpaired_uri: str | None = None  # the "both bad" votes as undesirable examples (unpaired.jsonl), when any
+    unpaired_uri: str | None = None  # "both bad" votes and ratings as KTO examples (unpaired.jsonl), when any
 
 
 def export_votes(store_url: str, *, bucket: str | None = None, tracking_uri: str | None = None,
                  experiment: str = EXPORT_EXPERIMENT, stamp: datetime | None = None) -> ArenaExport:
     """Write every decided vote as preference rows to S3 (a new version folder, then `latest/`), with a
     manifest, and log the file as a dataset input of an MLflow run. Ties and "both bad" are counted only."""
-    decided = open_store(store_url).decided()
+    store = open_store(store_url)
+    decided = store.decided()
     rows, counts = preference_rows(decided)
-    unpaired = unpaired_rows(decided)
+    unpaired = unpaired_rows(decided, store.rated())
     counts = {**counts, "unpaired": len(unpaired)}
     bucket = bucket or os.environ.get("ALIGNFLOW_S3_BUCKET", "alignflow")
     version = (stamp or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")

@@ -104,6 +104,24 @@ def test_vote_never_shown_duplicate_and_other_annotator(store: Store) -> None:
     assert len(store.decided()) == 1
 
 
+def test_rating_an_answer_over_http_refusals_and_duplicates(store: Store) -> None:
+    client, _ = client_for(store)
+    cid = ask(client)[-1]["comparison_id"]
+    body = {"comparison_id": cid, "side": "left", "rating": "good", "annotator": "ann", "submission_id": "g"}
+    first = client.post("/api/ratings", json=body)
+    assert first.status_code == 200 and first.json()["status"] == "recorded"
+    assert first.json()["rating"]["side"] == "left" and first.json()["rating"]["rating"] == "good"
+    assert client.post("/api/ratings", json=body).json()["status"] == "duplicate"
+    other = client.post("/api/ratings", json={**body, "rating": "bad", "submission_id": "b"})
+    assert other.status_code == 409 and "already rated good" in other.json()["error"]
+    wrong = client.post("/api/ratings", json={**body, "side": "middle"})
+    assert wrong.status_code == 400 and "side must be one of left, right" in wrong.json()["error"]
+    thief = client.post("/api/ratings", json={**body, "side": "right", "annotator": "mallory"})
+    assert thief.status_code == 403 and "rate answers on your own comparisons" in thief.json()["error"]
+    assert client.get("/api/stats").json()["counts"]["ratings"] == 1
+    assert 'data-rating="good"' in client.get("/").text  # the page's buttons
+
+
 def test_markup_in_answers_and_prompts_stays_text(store: Store) -> None:
     planted = '<script>window.pwned=1</script><b>bold</b>'
     backend = FakeBackend(answers={"m/2": planted, "m/2/reference": "plain"})

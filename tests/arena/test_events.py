@@ -1,5 +1,5 @@
-"""The arena announces each recorded vote as a Prefect event: the two versions and which won, nothing a person
-typed or who they are; a failing emitter never loses a vote, and without a Prefect API nothing is sent."""
+"""The arena announces each recorded vote as a Prefect event (the two versions and which won) and each rating
+(the rated version and the rating), nothing a person typed or who they are; a failing emitter never loses a vote, and without a Prefect API nothing is sent."""
 
 from __future__ import annotations
 
@@ -53,6 +53,24 @@ def test_a_vote_is_announced_with_the_versions_and_the_winner_only(store: Store)
     assert ev.payload == {"choice": "a" if winner == "m/2" else "b", "winner": winner}
     text = json.dumps(asdict(ev), default=str)
     for private in ("cow", "hunter2", "alice", "example.org", "moo", "quack", "nicer"):
+        assert private not in text, private
+
+
+def test_a_rating_is_announced_with_the_rated_version_and_the_rating_only(store: Store) -> None:
+    sent: list[AlignflowEvent] = []
+    client = client_for(store, sent.append, arena_id="test-arena")
+    cid = shown(client)
+    rated = store.comparison(cid)["right_model"]
+    body = {"comparison_id": cid, "side": "right", "rating": "bad", "annotator": "alice", "submission_id": "r"}
+    for _ in range(2):  # the second is a duplicate: not announced again
+        assert client.post("/api/ratings", json=body).status_code == 200
+    [ev] = sent
+    assert ev.event == "alignflow.arena.rating" and ev.payload == {"rating": "bad"}
+    assert ev.resource["prefect.resource.id"] == "alignflow.arena.test-arena"
+    assert [(x["prefect.resource.id"], x["prefect.resource.role"]) for x in ev.related] == [
+        ("alignflow.model." + rated.replace("/", "."), "rated")]
+    text = json.dumps(asdict(ev), default=str)
+    for private in ("cow", "hunter2", "alice", "moo", "quack"):
         assert private not in text, private
 
 

@@ -1,5 +1,5 @@
-"""The vote database: one vote per shown comparison, refusals with clear messages, concurrent voters, and a
-writer killed mid-comparison leaving nothing half-written."""
+"""The vote database: one vote per shown comparison, one rating per shown answer, refusals with clear messages,
+concurrent voters, and a writer killed mid-comparison leaving nothing half-written."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from arena.store import AlreadyVoted, ArenaError, NotShown, Store, UnknownComparison, open_store, sqlite_url
+from arena.store import (
+    AlreadyRated,
+    AlreadyVoted,
+    ArenaError,
+    NotShown,
+    Store,
+    UnknownComparison,
+    open_store,
+    sqlite_url,
+)
 
 PROMPT = [{"role": "user", "content": "What sound does a cow make?"}]
 
@@ -49,6 +58,36 @@ def test_refusals_name_the_problem_and_write_nothing(store: Store) -> None:
     with pytest.raises(ArenaError, match="at most 2000"):
         store.record_vote(cid, "left", annotator="ann", note="x" * 2001)
     assert store.decided() == []
+
+
+def test_a_rating_is_one_answer_of_a_shown_comparison_resolved_to_its_model(store: Store) -> None:
+    cid = shown(store)
+    out = store.record_rating(cid, "left", "bad", annotator="ann", submission_id="r1")
+    assert not out.duplicate and out.rating["model"] == "m/1"
+    store.record_rating(cid, "right", "good", annotator="ann")
+    store.record_vote(cid, "right", annotator="ann")  # a vote and ratings of the same comparison: independent
+    assert [(r["side"], r["rating"], r["model"], r["answer"]) for r in store.rated()] == [
+        ("left", "bad", "m/1", "Sorry."), ("right", "good", "m/2", "The cow says moo.")]
+    assert store.rated()[0]["prompt"] == PROMPT
+    assert store.record_rating(cid, "left", "bad", annotator="ann", submission_id="r1").duplicate
+    with pytest.raises(AlreadyRated, match="left answer of comparison .* is already rated bad \\(by ann\\)"):
+        store.record_rating(cid, "left", "good", annotator="ann")
+    assert store.counts()["ratings"] == 2
+
+
+def test_ratings_refused_with_the_problem_named_and_nothing_written(store: Store) -> None:
+    with pytest.raises(UnknownComparison, match="nothing to rate"):
+        store.record_rating("nope", "left", "good", annotator="ann")
+    pending = store.create_comparison(annotator="ann", model_a="a/1", model_b="a/2", left_model="a/1",
+                                      right_model="a/2", prompt=PROMPT, prompt_source="typed", settings={})
+    with pytest.raises(NotShown, match="a rating needs the answer"):
+        store.record_rating(pending, "left", "good", annotator="ann")
+    cid = shown(store)
+    with pytest.raises(ArenaError, match="side must be one of left, right; got 'middle'"):
+        store.record_rating(cid, "middle", "good", annotator="ann")
+    with pytest.raises(ArenaError, match="rating must be one of good, bad; got 'meh'"):
+        store.record_rating(cid, "left", "meh", annotator="ann")
+    assert store.rated() == []
 
 
 def test_second_vote_is_refused_and_a_resubmission_is_a_duplicate(store: Store) -> None:

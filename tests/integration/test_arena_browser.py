@@ -1,7 +1,7 @@
 """The arena in a real browser, as a service of the local stack: two tiny models registered the pipeline's
 way (a champion and a candidate, each with a reference), the page opened in headless Chromium (Debian's
 `chromium` through Playwright, as test_browser.py), a question asked, two answers streamed side by side, a
-vote cast and the models revealed; then the vote is found in the stack's SQLite database and in the dataset
+answer rated on its own, a vote cast and the models revealed; then the vote is found in the stack's SQLite database and in the dataset
 `alignflow arena export` writes to S3. Screenshots go to test-artifacts/arena/ (the README's come from here)."""
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ def test_ask_vote_and_find_the_vote_in_the_database_and_the_export(stack: Stack,
         right = page.locator("#right .text").inner_text()
         assert left.strip() and right.strip()
         assert "alignflow-quickstart" not in page.locator(".answers").inner_text()  # blind until the vote
+        # a single-answer rating of the second answer, before the vote (KTO learns from it)
+        page.locator("#right .rate button[data-rating=bad]").click()
+        expect(page.locator("#right .rated")).to_have_text("rated bad", timeout=30_000)
+        expect(page.locator("#right .rate button[data-rating=good]")).to_be_disabled()
         page.fill("#note", "first answer reads better")
         page.screenshot(path=str(SHOTS / "arena-2-answers.png"))
         page.get_by_role("button", name="Answer 1 is better").click()
@@ -101,3 +105,7 @@ def test_ask_vote_and_find_the_vote_in_the_database_and_the_export(stack: Stack,
     [row] = [json.loads(line) for line in body.splitlines()]
     assert row["arena_comparison_id"] == cid and row["chosen"][0]["content"] == left.strip()
     assert row["prompt"] == [{"role": "user", "content": QUESTION}]
+    # the rating: the second answer as an undesirable example beside the export
+    unpaired = s3_client(stack.client_env()).get_object(Bucket=bucket, Key=key.replace("train.jsonl", "unpaired.jsonl"))
+    [example] = [json.loads(line) for line in unpaired["Body"].read().decode().splitlines()]
+    assert (example["completion"][0]["content"], example["label"], example["arena_rating"]) == (right.strip(), False, "bad")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,21 +32,29 @@ def test_export_writes_pairs_counts_ties_and_loads_as_training_data(s3_env: S3Se
     url = sqlite_url(tmp_path / "arena.db")
     store = open_store(url)
     left = vote(store, "left")
-    vote(store, "right", answers=("The cow says moo.", "Sorry, I do not know."))
+    right = vote(store, "right", answers=("The cow says moo.", "Sorry, I do not know."))
     vote(store, "tie")
-    vote(store, "both_bad")
+    both_bad = vote(store, "both_bad")
+    store.record_rating(right, "left", "good", annotator="ann")  # single-answer ratings
+    store.record_rating(both_bad, "right", "good", annotator="ann")  # says more of "quack" than its "both bad" vote
     vote(store, "left", answers=("same", "same"))
     store.create_comparison(annotator="ann", model_a="m/2", model_b="m/1", left_model="m/2", right_model="m/1",
                             prompt=PROMPT, prompt_source="typed", settings={})  # never voted: not exported
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = export_votes(url, bucket=s3_env.bucket, tracking_uri=tracking, stamp=datetime(2026, 12, 1, tzinfo=UTC))
     assert out.uri == f"s3://{s3_env.bucket}/arena/exports/20261201T000000000000Z/train.jsonl"
-    assert out.counts == {"votes": 5, "pairs": 2, "ties": 1, "both_bad": 1, "identical": 1, "unpaired": 2}
-    # the "both bad" vote: both answers as undesirable examples, loadable as data.unpaired_path (strict)
+    assert out.counts == {"votes": 5, "pairs": 2, "ties": 1, "both_bad": 1, "identical": 1, "unpaired": 3}
+    # the "both bad" vote's answers as undesirable examples but the one rated on its own, then the ratings,
+    # loadable as data.unpaired_path (strict)
     assert out.unpaired_uri == f"s3://{s3_env.bucket}/arena/exports/20261201T000000000000Z/unpaired.jsonl"
     unpaired = list(iter_unpaired(out.unpaired_uri))
-    assert [(u["completion"][0]["content"], u["label"]) for u in unpaired] == [("moo", False), ("quack", False)]
+    assert [(u["completion"][0]["content"], u["label"]) for u in unpaired] == [
+        ("moo", False), ("The cow says moo.", True), ("quack", True)]
     assert unpaired[0]["prompt"] == PROMPT
+    raw = [json.loads(line) for line in s3_env.client().get_object(
+        Bucket=s3_env.bucket, Key=out.unpaired_uri.split("/", 3)[3])["Body"].read().splitlines()]
+    assert [(r["arena_comparison_id"], r.get("arena_rating"), r["arena_model"]) for r in raw] == [
+        (both_bad, None, "m/2"), (right, "good", "m/2"), (both_bad, "good", "m/1")]
     for uri in (out.uri, out.latest_uri):  # strict: every row valid, provenance columns ignored
         rows, report = load_preferences(uri)
         assert len(rows) == 2
@@ -53,8 +62,6 @@ def test_export_writes_pairs_counts_ties_and_loads_as_training_data(s3_env: S3Se
     assert rows[0]["chosen"] == [{"role": "assistant", "content": "moo"}]
     assert rows[0]["rejected"] == [{"role": "assistant", "content": "quack"}]
     assert rows[1]["chosen"][0]["content"] == "Sorry, I do not know."  # right won: the right answer is chosen
-    import json
-
     body = s3_env.client().get_object(Bucket=s3_env.bucket, Key=out.uri.split("/", 3)[3])["Body"].read()
     first = json.loads(body.splitlines()[0])
     assert first["arena_comparison_id"] == left and first["arena_chosen_model"] == "m/2"
