@@ -89,7 +89,8 @@ def _preference_here(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef
                                      loss_type=cfg.dpo.loss_type, label_smoothing=cfg.dpo.label_smoothing,
                                      rpo_alpha=cfg.dpo.rpo_alpha, lam=cfg.orpo.lam,
                                      orpo_nll_tokens=cfg.orpo.nll_tokens, desirable_weight=cfg.kto.desirable_weight,
-                                     undesirable_weight=cfg.kto.undesirable_weight)
+                                     undesirable_weight=cfg.kto.undesirable_weight,
+                                     processes=cfg.training.world_size)
     make_evaluator = None
     if getattr(cfg, method).heldout_eval.every is not None:
         make_evaluator = functools.partial(heldout_evaluator, cfg, prepared, init, reference, objective, collate,

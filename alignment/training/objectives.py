@@ -190,6 +190,15 @@ class MethodSettings:
     orpo_nll_tokens: str = "response"
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
+    processes: int = 1  # the training's processes (all nodes): KTO averages z0 over them
+
+
+def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a detached () tensor over the processes of the default process group (all-reduce): every
+    process calls it at the same micro-step, as the trainer's backward passes already require."""
+    total = value.detach().clone()
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return total / torch.distributed.get_world_size()
 
 
 @dataclass(frozen=True)
@@ -222,7 +231,8 @@ def _orpo_plan(pad_id: int, s: MethodSettings) -> tuple[Objective, Collate]:
 
 def _kto_plan(pad_id: int, s: MethodSettings) -> tuple[Objective, Collate]:
     objective = make_kto_objective(beta=s.beta, desirable_weight=s.desirable_weight,
-                                   undesirable_weight=s.undesirable_weight)
+                                   undesirable_weight=s.undesirable_weight,
+                                   kl_mean_across_processes=mean_over_processes if s.processes > 1 else None)
     return objective, lambda rows: collate_unpaired(rows, pad_id)
 
 
@@ -245,10 +255,11 @@ def method_spec(method: str) -> Method:
 def method_plan(method: str, *, pad_id: int, beta: float = 0.1, loss_type: str = "sigmoid",
                 label_smoothing: float = 0.0, rpo_alpha: float = 0.0, lam: float = 0.5,
                 orpo_nll_tokens: str = "response", desirable_weight: float = 1.0,
-                undesirable_weight: float = 1.0) -> tuple[Objective, Collate]:
+                undesirable_weight: float = 1.0, processes: int = 1) -> tuple[Objective, Collate]:
     """The objective and the batch collation of one training method (a key of `METHODS`): what the
-    pipeline's stages and the benchmark (bench/) both train with."""
+    pipeline's stages and the benchmark (bench/) both train with. `processes`: how many train together."""
     settings = MethodSettings(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
                               rpo_alpha=rpo_alpha, lam=lam, orpo_nll_tokens=orpo_nll_tokens,
-                              desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
+                              desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
+                              processes=processes)
     return method_spec(method).plan(pad_id, settings)

@@ -116,6 +116,27 @@ def test_dpo_in_two_processes_forwards_its_metrics(workspace) -> None:
     assert len(lines) == 2 * DPO_STEPS  # rank 0 only: one metrics and one progress line per logged step
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_kto_in_two_processes_matches_one_with_its_reference_point_averaged(workspace) -> None:
+    """KTO's z0 is the mean over the batch of the mismatched pairs' log-ratios; in 2 processes each has half the
+    batch and z0 is averaged over them (all-reduce, as TRL's gather), so batch 2 x 2 == batch 4 x 1 up to
+    float rounding. Without the averaging each process would use its own half's z0 and the losses differ."""
+    root, prepared, base = workspace
+    common = ["run.torch_threads=1", "preference.method=kto", f"kto.optim.max_steps={DPO_STEPS}",
+              "kto.optim.log_every=1", "kto.optim.learning_rate=0.05"]
+    one_log, two_log = InMemoryLogger(), InMemoryLogger()
+    one = run_preference(load_config(None, [*common, "kto.optim.batch_size=4"]), prepared, base, None,
+                         root / "kto1", one_log)
+    two = run_preference(load_config(None, [*common, "kto.optim.batch_size=2", "training.num_processes=2"]),
+                         prepared, base, None, root / "kto2", two_log)
+    assert one.steps == two.steps == DPO_STEPS
+    for (s1, m1), (s2, m2) in zip(one_log.records, two_log.records, strict=True):
+        assert s1 == s2 and abs(m1["loss"] - m2["loss"]) < 1e-4, (s1, m1["loss"], m2["loss"])
+        assert abs(m1["kl"] - m2["kl"]) < 1e-4, (s1, m1["kl"], m2["kl"])
+    assert_same_weights(one.model.path, two.model.path, atol=1e-5)
+
+
 def fake_launch(monkeypatch, script: str) -> None:
     """Replace the launched command with a short Python script (argv[1]: the spec path)."""
     monkeypatch.setattr(distributed, "build_command",

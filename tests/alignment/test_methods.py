@@ -8,7 +8,13 @@ import pytest
 from alignment.config import PipelineConfig
 from alignment.records import ModelRef, TrainOutput
 from alignment.stages import reference_model, starting_model
-from alignment.training.objectives import METHODS, method_plan, method_spec, sft_objective
+from alignment.training.objectives import (
+    METHODS,
+    mean_over_processes,
+    method_plan,
+    method_spec,
+    sft_objective,
+)
 
 
 def test_dpo_and_kto_use_a_reference_and_every_method_plans() -> None:
@@ -56,9 +62,14 @@ def test_a_later_round_is_held_to_the_previous_policy_or_the_original_model(roun
     assert reference_model(cfg, base, None).path == "base"  # round 1: its own start, whatever the setting
 
 
-def test_kto_is_refused_in_several_processes() -> None:
-    from alignment.config import ConfigError, load_config
+def test_kto_averages_its_reference_point_over_processes_only_when_several_train() -> None:
+    from alignment.config import load_config
 
-    assert load_config(None, ["preference.method=kto", "kto.beta=0.2"]).kto.beta == 0.2
-    with pytest.raises(ConfigError, match="preference.method=kto trains in one process"):
-        load_config(None, ["preference.method=kto", "training.num_processes=2"])
+    assert load_config(None, ["preference.method=kto", "training.num_processes=2"]).training.world_size == 2
+    one, _ = method_plan("kto", pad_id=0)
+    two, _ = method_plan("kto", pad_id=0, processes=2)
+    # the objective closes over its z0 averaging: none in one process, the all-reduce in several
+    assert one.__closure__ is not None and two.__closure__ is not None
+    cells = {c.cell_contents for c in two.__closure__ if callable(c.cell_contents)}
+    assert mean_over_processes in cells and mean_over_processes not in {
+        c.cell_contents for c in one.__closure__ if callable(c.cell_contents)}
