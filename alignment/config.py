@@ -339,7 +339,7 @@ class OnPolicyConfig(_Section):
                     "checker: pass first, partial credit second), judge (eval.judge: a reward model's scores or "
                     "an endpoint's pairwise wins). Each outweighs all later ones; a degenerate answer (empty, "
                     "the prompt echoed, a loop, too short to answer) always scores lowest and is never chosen. "
-                    "Ties are broken by sample order, never by length.")
+                    "Ties are broken by sample order (or, with match_lengths, by the pair's length difference).")
     repair_case: bool = Field(
         False, description="For prompts asking for all lowercase or all capitals, add each sample rewritten by "
                            "the program in the asked case as a candidate for the chosen answer (the model's own "
@@ -372,6 +372,11 @@ class OnPolicyConfig(_Section):
                            "Off: the chat template closes every chosen answer with the end of turn, so training "
                            "on a cut-off one teaches the model to stop mid-answer; such answers can still be the "
                            "rejected one. Counted as onpolicy/<split>/dropped_unfinished and unfinished_rate.")
+    match_lengths: bool = Field(
+        False, description="Among the answers tied for the best score and those tied for the worst, pair the two "
+                           "closest in length (words) rather than the first of each: the scores still decide which "
+                           "is chosen; the pairs' lengths differ less, so DPO learns less of 'shorter is better' "
+                           "(answers shrinking round after round).")
     min_score_gap: float = Field(0.0, ge=0.0, description="Pair only when best - worst score exceeds this (scores "
                                                           "are AssistantScorer's: -1 for a degenerate answer, 0 "
                                                           "to (4^n - 1) / 3 for n scorers otherwise).")
@@ -601,13 +606,6 @@ class PipelineConfig(_Section):
                                  "answers until the onpolicy stage samples them)")
             if self.sft.enabled:
                 raise ValueError("data.source=instructions has no SFT data: set sft.enabled=false")
-        return self
-
-    @model_validator(mode="after")
-    def _kto_in_one_process(self) -> PipelineConfig:
-        if self.preference.method == "kto" and self.training.world_size > 1:
-            raise ValueError("preference.method=kto trains in one process (its KL reference point would be "
-                             "averaged per process): set training.num_processes=1 and training.num_nodes=1")
         return self
 
     @model_validator(mode="after")

@@ -123,7 +123,7 @@ def onpolicy_pairs(cfg: PipelineConfig, prepared: PreparedData, model: ModelRef,
         scores = score_answers(scorer, prompts, answers)
         rows, samples, report = make_pairs(prompts, answers, scores, min_gap=o.min_score_gap, sampled=sampled,
                                            require_correct_chosen=o.require_correct_chosen, finished=finished,
-                                           choose_unfinished=o.choose_unfinished)
+                                           choose_unfinished=o.choose_unfinished, match_lengths=o.match_lengths)
         log.info("onpolicy %s: %d prompts x %d samples (%d cut off at %d tokens) -> %d pairs (dropped: %d all "
                  "answers scored alike, %d only a cut-off answer to choose, %d chosen answer wrong); %.1f generated "
                  "tokens/s so far", split, report.prompts, o.samples_per_prompt, report.unfinished, o.max_new_tokens,

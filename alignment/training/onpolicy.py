@@ -136,11 +136,16 @@ def rank_within_prompt(prompts: Sequence[list[Message]], scores: Sequence[float]
 
 
 def best_over_worst(answers: Sequence[str], scores: Sequence[float], min_gap: float = 0.0,
-                    finished: Sequence[bool] | None = None) -> tuple[int, int] | None:
+                    finished: Sequence[bool] | None = None, match_lengths: bool = False) -> tuple[int, int] | None:
     """Indices (chosen, rejected): the first of the best scores over the first of the worst non-blank answer
     that is not the chosen one in other case or spacing (a blank response is no training text, and the data
     checks refuse a pair whose two answers differ only so: `identical_pair`); None when best - worst <=
     min_gap, the best is DEGENERATE or no other answer is left. No length preference either way.
+
+    `match_lengths`: among the answers tied for the best score and those tied for the worst, the two closest in
+    length (words) instead of the first of each — the scores decide which is preferred, the tie-break only
+    makes the pair's lengths differ less, so that DPO learns less of "shorter" (or "longer") with the
+    preference (the length bias of Park et al. 2024, arXiv 2403.19159, removed in the data rather than the loss).
 
     `finished[i]` False (answer i was cut off at the token limit): i is never the chosen one — the chat
     template closes a chosen answer with the end of turn, so imitating a cut-off answer teaches the model to
@@ -153,11 +158,20 @@ def best_over_worst(answers: Sequence[str], scores: Sequence[float], min_gap: fl
     choosable = [i for i in written if finished is None or finished[i]]
     if len(written) < 2 or not choosable:
         return None
-    chosen = max(choosable, key=lambda i: (scores[i], -i))
-    others = [i for i in written if same_text(answers[i]) != same_text(answers[chosen])]
-    if not others:
+    best = max(scores[i] for i in choosable)
+    tops = [i for i in choosable if scores[i] == best]
+    pairs = []
+    for chosen in tops if match_lengths else tops[:1]:
+        others = [i for i in written if same_text(answers[i]) != same_text(answers[chosen])]
+        if not others:
+            continue
+        worst = min(scores[i] for i in others)
+        bottoms = [i for i in others if scores[i] == worst]
+        pairs += [(abs(len(answers[chosen].split()) - len(answers[r].split())) if match_lengths else 0, chosen, r)
+                  for r in (bottoms if match_lengths else bottoms[:1])]
+    if not pairs:
         return None
-    rejected = min(others, key=lambda i: (scores[i], i))
+    _, chosen, rejected = min(pairs)
     if scores[chosen] - scores[rejected] <= min_gap or scores[chosen] == DEGENERATE:
         return None
     return chosen, rejected
@@ -253,7 +267,8 @@ def case_repairs(prompt_text: str, answers: Sequence[str]) -> list[str]:
 def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]], scores: Sequence[Sequence[float]],
                *, min_gap: float = 0.0, sampled: Sequence[int] | None = None,
                require_correct_chosen: bool = False, finished: Sequence[Sequence[bool]] | None = None,
-               choose_unfinished: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]], PairReport]:
+               choose_unfinished: bool = False,
+               match_lengths: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]], PairReport]:
     """(pair rows in the standard conversational format, one sample record per answer, the report).
     `sampled[i]`: how many of prompt i's answers the model sampled; those after are program repairs
     (`case_repairs`), scored and pairable but not counted as samples. Unset: all were sampled.
@@ -262,7 +277,7 @@ def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]
     need one is counted as dropped_unfinished. Unset: all ended.
     `require_correct_chosen`: a question with a checkable answer yields no pair unless the chosen answer is right
     (counted as dropped_wrong_chosen): DPO would otherwise prefer a compliant wrong answer, and RPO's NLL term
-    would train on it."""
+    would train on it. `match_lengths`: see `best_over_worst`."""
     rows, samples, report = [], [], PairReport()
     for i, (prompt, prompt_answers, prompt_scores) in enumerate(zip(prompts, answers, scores, strict=True)):
         report.prompts += 1
@@ -284,7 +299,8 @@ def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]
             report.degenerate += int(flags.degenerate)
             report.checkable += int(right is not None)
             report.correct += int(bool(right))
-        picked = best_over_worst(prompt_answers, prompt_scores, min_gap, None if choose_unfinished else ended)
+        picked = best_over_worst(prompt_answers, prompt_scores, min_gap, None if choose_unfinished else ended,
+                                 match_lengths=match_lengths)
         if picked is None:
             unrestricted = best_over_worst(prompt_answers, prompt_scores, min_gap)
             if unrestricted is None:

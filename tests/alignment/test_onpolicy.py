@@ -44,6 +44,22 @@ def test_best_over_worst_takes_the_first_best_and_the_first_worst_whatever_their
     assert best_over_worst(list(reversed(answers)), [0.0, 0.0, 1.0, 1.0]) == (2, 0)
 
 
+def test_matching_lengths_pairs_the_closest_of_the_tied_best_and_worst() -> None:
+    """Scores decide the preference; among ties, the pair whose word counts differ least (then sample order)."""
+    answers = ["one two three", "one two three four five six", "x", "a b c d e f g", "p q r s t u v w x y"]
+    scores = [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert best_over_worst(answers, scores) == (0, 2)  # the first of each: 3 words over 1
+    assert best_over_worst(answers, scores, match_lengths=True) == (1, 3)  # 6 words over 7: the closest
+    # a lone best answer is still chosen, however far its length from every worst one
+    assert best_over_worst(["a", "b c d e f", "g h i j k l m"], [2.0, 0.0, 0.0], match_lengths=True) == (0, 1)
+    # the cut-off answer is not choosable even when its length would match
+    assert best_over_worst(answers, scores, finished=[True, False, True, True, True], match_lengths=True) == (0, 2)
+    # equal differences: sample order
+    assert best_over_worst(["a b", "c d", "e", "f"], [1.0, 1.0, 0.0, 0.0], match_lengths=True) == (0, 2)
+    with pytest.raises(ValueError, match="3 answers but 2 scores"):
+        best_over_worst(["a", "b", "c"], [1.0, 0.0], match_lengths=True)
+
+
 def test_the_rejected_answer_differs_from_the_chosen_in_more_than_case_or_spacing() -> None:
     """A program-cased repair ('WATER IT.') chosen over its own original ('Water it.') would be refused by the
     data checks (identical_pair): the worst answer that differs in words is rejected instead."""
