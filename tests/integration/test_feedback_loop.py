@@ -1,6 +1,7 @@
 """Against a real Prefect server (the test harness): votes posted to the arena's HTTP API reach the server as
 `alignflow.arena.vote` events (read back through /api/events/filter), and the `feedback-round` deployment's
-automation, as `flows/deploy.py` registers it, creates a flow run once the threshold of votes arrived.
+automation, as `flows/deploy.py` registers it, creates a flow run once the threshold of votes arrived; when it
+fires again while that round runs, the server cancels the second round as it would start.
 
 Not run here: the flow run itself (no worker picks it up; tests/integration/test_pipeline.py and the unit tests
 of flows/feedback.py cover the round's parts)."""
@@ -101,6 +102,28 @@ def test_arena_votes_reach_prefect_and_the_trigger_starts_a_feedback_round(prefe
     automations = api_post("/automations/filter", {})
     (mine,) = [a for a in automations if a["name"].startswith("feedback-round/arena-votes")]
     assert mine["trigger"]["threshold"] == 3 and mine["trigger"]["expect"] == ["alignflow.arena.vote"]
+
+    # the trigger fires again while the first round runs: the second round is cancelled when it would start
+    # (the deployment's concurrency limit of 1, CANCEL_NEW, enforced by the server when a run goes Pending)
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.states import Cancelled, Pending, Running
+
+    for c in ("left", "left", "right"):
+        vote(client, c)
+    EventsWorker.drain_all(timeout=30, at_exit=False)
+    runs = wait_for("a second flow run started by the automation",
+                    lambda: api_post("/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}},
+                                                           "sort": "EXPECTED_START_TIME_ASC"}),
+                    lambda r: len(r) >= 2)
+    first, second = sorted(runs, key=lambda r: r["created"])[:2]
+    with get_client(sync_client=True) as pc:
+        assert pc.set_flow_run_state(first["id"], Pending()).status == SetStateStatus.ACCEPT
+        assert pc.set_flow_run_state(first["id"], Running()).status == SetStateStatus.ACCEPT
+        refused = pc.set_flow_run_state(second["id"], Pending())
+        assert refused.status == SetStateStatus.REJECT and refused.state.type == StateType.CANCELLED, refused
+        assert "concurrency limit" in (refused.state.message or ""), refused.state
+        pc.set_flow_run_state(first["id"], Cancelled(), force=True)  # frees the slot
 
 
 def test_a_feedback_round_trains_the_champion_on_the_votes_and_keeps_the_human_gate(prefect_api,
