@@ -363,6 +363,12 @@ class OnPolicyConfig(_Section):
                     "policy (it may drift a little further each round), 'original' holds every round to the model "
                     "round 1 started from (the same anchor as the gates' comparison; the policy still starts from "
                     "the previous round's).")
+    round_gates: bool = Field(
+        True, description="Hold each round's policy, before a later round builds on it, to the gates that need no "
+                          "comparison run (promotion.max_benchmark_regression against the original model's "
+                          "benchmarks, promotion.min_length_ratio on its held-out samples' median length against "
+                          "the original model's samples); a policy failing one is dropped and the rounds stop. "
+                          "The last round's policy is held to the benchmark gates (no round samples it).")
     round_min_gain: float = Field(
         0.0, ge=-1.0, le=1.0,
         description="The least rise of the held-out criterion that keeps a round (rounds > 1); negative: keep "

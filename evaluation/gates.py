@@ -41,6 +41,22 @@ def at_most(name: str, value: float, threshold: float) -> GateResult:
     return GateResult(name, value, threshold, math.isfinite(value) and value <= threshold)
 
 
+def round_gates(*, benchmarks: dict[str, tuple[float, float]] | None, max_benchmark_regression: float | None,
+                length_ratio: float | None, min_length_ratio: float | None) -> list[GateResult]:
+    """The gates an on-policy round's policy is held to before a later round builds on it (tasks/rounds.py):
+    those of `check_gates` measured without a comparison run — each general benchmark against the original
+    model's (`benchmarks`: task -> (policy, original)) and the median length of its held-out samples over the
+    original model's (`length_ratio`). Unlike `check_gates`, a value that was not measured is left out: the
+    kept policy still faces every gate, measured, in the final evaluation."""
+    gates = []
+    if max_benchmark_regression is not None:
+        for task, (policy, original) in sorted((benchmarks or {}).items()):
+            gates.append(at_most(f"benchmark_regression.{task}", original - policy, max_benchmark_regression))
+    if min_length_ratio is not None and length_ratio is not None:
+        gates.append(at_least("length_ratio", length_ratio, min_length_ratio))
+    return gates
+
+
 def check_gates(*, win_rate: float, win_rate_ci_low: float, min_win_rate: float, use_lower_bound: bool,
                 final_losses: dict[str, float], reward_accuracy: float | None = None,
                 min_reward_accuracy: float | None = None,

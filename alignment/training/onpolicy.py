@@ -16,6 +16,7 @@ tracking: the stage function (alignment/stages/data.py) hands in the answers and
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -200,6 +201,11 @@ class PairReport:
     repaired_chosen: int = 0
     passed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    free_words: list[int] = field(default_factory=list)  # words of each sample whose prompt sets no word limit
+
+    @property
+    def median_words(self) -> float | None:
+        return float(statistics.median(self.free_words)) if self.free_words else None
 
     def metrics(self, split: str) -> dict[str, float]:
         out = {f"onpolicy/{split}/prompts": float(self.prompts), f"onpolicy/{split}/pairs": float(self.pairs),
@@ -213,6 +219,8 @@ class PairReport:
             out[f"onpolicy/{split}/unfinished_rate"] = self.unfinished / self.samples
         if self.checkable:
             out[f"onpolicy/{split}/correct_rate"] = self.correct / self.checkable
+        if self.median_words is not None:
+            out[f"onpolicy/{split}/median_words"] = self.median_words
         total_seen = sum(self.seen.values())
         if total_seen:
             out[f"onpolicy/{split}/pass_rate"] = sum(self.passed.values()) / total_seen
@@ -225,7 +233,7 @@ class PairReport:
                 "dropped_wrong_chosen": self.dropped_wrong_chosen, "dropped_unfinished": self.dropped_unfinished,
                 "samples": self.samples, "unfinished": self.unfinished, "degenerate": self.degenerate, "checkable": self.checkable,
                 "correct": self.correct, "repaired_chosen": self.repaired_chosen, "passed": dict(self.passed),
-                "seen": dict(self.seen)}
+                "seen": dict(self.seen), "median_words": self.median_words}
 
 
 def distinct_prompts(path: Path) -> list[list[Message]]:
@@ -296,6 +304,8 @@ def make_pairs(prompts: Sequence[list[Message]], answers: Sequence[Sequence[str]
                 report.seen[kind] += 1
                 report.passed[kind] += int(ok)
             report.samples += 1
+            if "word_limit" not in result.per_kind:
+                report.free_words.append(flags.words)
             report.degenerate += int(flags.degenerate)
             report.checkable += int(right is not None)
             report.correct += int(bool(right))

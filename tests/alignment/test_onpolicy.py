@@ -147,6 +147,11 @@ def test_make_pairs_counts_pairs_drops_and_pass_rates_per_kind() -> None:
     assert metrics["onpolicy/train/pass_rate/bullets"] == 1.0
     assert metrics["onpolicy/train/pass_rate"] == 0.75
     assert [s["passed"] for s in samples] == [True, False, True, True]
+    # no word limit in either prompt: every sample's words count (a bullet's marker is not a word)
+    assert report.free_words == [2, 1, 2, 2] and metrics["onpolicy/train/median_words"] == 2.0
+    assert report.to_dict()["median_words"] == 2.0
+    limited = make_pairs([user("Name a fruit. Answer in at most 3 words.")], [["apple", "a pear"]], [[1.0, 0.0]])[2]
+    assert limited.free_words == [] and limited.median_words is None  # a word limit: not a length measure
 
 
 # ---- generation ----------------------------------------------------------------------------------------

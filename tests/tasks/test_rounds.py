@@ -10,11 +10,14 @@ import pytest
 from alignment.config import ConfigError, load_config
 from alignment.records import ModelRef, PreparedData, TrainOutput
 from evaluation.plots import plot_rounds
-from tasks.rounds import Round, heldout_score, later_round_config, stops_here
+from tasks import rounds as rounds_module
+from tasks.rounds import Round, heldout_score, iterate_rounds, later_round_config, length_ratio, stops_here
 
 
-def pairs(passed: dict[str, int], seen: dict[str, int], degenerate: int, samples: int) -> PreparedData:
-    split = {"passed": passed, "seen": seen, "degenerate": degenerate, "samples": samples}
+def pairs(passed: dict[str, int], seen: dict[str, int], degenerate: int, samples: int,
+          median_words: float | None = None) -> PreparedData:
+    split = {"passed": passed, "seen": seen, "degenerate": degenerate, "samples": samples,
+             "median_words": median_words}
     return PreparedData(dir="d", fingerprint="f", counts={"train": 5},
                         report={"onpolicy": {"splits": {"heldout": split, "train": {}}}})
 
@@ -70,3 +73,73 @@ def test_a_rounds_row_carries_its_reference_kl_and_benchmarks() -> None:
     row = Round(2, pairs({}, {}, 0, 0), trained, start_score=0.1, benchmarks={"mc": 0.6}).row()
     assert (row["reference"], row["kl"], row["benchmarks"], row["pairs"]) == ("orig", 1.25, {"mc": 0.6}, 5)
     assert Round(1, pairs({}, {}, 0, 0), policy(), start_score=None).row()["reference"] is None  # ORPO: none
+
+
+def test_round_gates_hold_benchmarks_and_sample_length_to_the_original_and_skip_what_was_not_measured() -> None:
+    from evaluation.gates import round_gates
+
+    gates = round_gates(benchmarks={"mc": (0.55, 0.61), "gen": (0.59, 0.60)}, max_benchmark_regression=0.05,
+                        length_ratio=0.4, min_length_ratio=0.5)
+    assert [(g.name, g.passed) for g in gates] == [("benchmark_regression.gen", True),
+                                                    ("benchmark_regression.mc", False), ("length_ratio", False)]
+    assert round_gates(benchmarks=None, max_benchmark_regression=0.05, length_ratio=None, min_length_ratio=0.5) == []
+    assert length_ratio(pairs({}, {}, 0, 8, median_words=12.0), pairs({}, {}, 0, 8, median_words=30.0)) == 0.4
+    assert length_ratio(pairs({}, {}, 0, 8), pairs({}, {}, 0, 8, median_words=30.0)) is None
+
+
+class FakeRounds:
+    """iterate_rounds with its stages replaced: each sampling returns the next prepared pairs, each training a
+    new policy m<r>, benchmarks come from a table by model path."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, sampled: list[PreparedData], bench: dict[str, float]) -> None:
+        self.sampled, self.trained = list(sampled), 0
+        monkeypatch.setattr(rounds_module, "get_run_logger", lambda: __import__("logging").getLogger("test"))
+        monkeypatch.setattr(rounds_module, "onpolicy", lambda *a: self.sampled.pop(0))
+        monkeypatch.setattr(rounds_module, "train_preference", self.train)
+        monkeypatch.setattr(rounds_module, "headline_benchmarks",
+                            lambda cfg, models, ctx: [{"mc": bench[m.path]} for m in models])
+        monkeypatch.setattr(rounds_module, "record_rounds", lambda *a: None)
+
+    def train(self, *_a: object) -> TrainOutput:
+        self.trained += 1
+        return policy().model_copy(update={"model": ModelRef(path=f"m{self.trained + 1}", fingerprint="y")})
+
+
+def run_rounds(rounds: int, *extra: str) -> tuple[Round, list[Round]]:
+    cfg = load_config(None, ["onpolicy.enabled=true", f"onpolicy.rounds={rounds}",
+                             "promotion.max_benchmark_regression=0.05", "promotion.min_length_ratio=0.5", *extra])
+    first = Round(1, pairs({"k": 1}, {"k": 10}, 0, 10, median_words=30.0),
+                  policy().model_copy(update={"model": ModelRef(path="m1", fingerprint="x")}), start_score=0.1)
+    return iterate_rounds(cfg, first.pairs, ModelRef(path="base", fingerprint="b"), first,
+                          ModelRef(path="base", fingerprint="b"), None)
+
+
+def test_a_later_round_whose_policy_loses_general_ability_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeRounds(monkeypatch, [pairs({"k": 3}, {"k": 10}, 0, 10, median_words=28.0)],
+               {"base": 0.60, "m1": 0.59, "m2": 0.50})
+    kept, every = run_rounds(2)
+    assert kept.number == 1 and [(r.number, r.kept, r.failed_gates) for r in every] == [
+        (1, True, []), (2, False, ["benchmark_regression.mc"])]
+    assert every[0].length_ratio == pytest.approx(28 / 30) and every[1].benchmarks == {"mc": 0.50}
+
+
+def test_rounds_stop_before_building_on_a_policy_whose_answers_collapsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRounds(monkeypatch, [pairs({"k": 5}, {"k": 10}, 0, 10, median_words=12.0)],
+                      {"base": 0.60, "m1": 0.60})
+    kept, every = run_rounds(3)
+    # round 1's policy raised the criterion but its samples are 0.4 of the original's length: no round 2
+    assert fake.trained == 0 and kept.number == 1 and every[0].failed_gates == ["length_ratio"]
+
+
+def test_rounds_that_pass_every_gate_all_stand(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeRounds(monkeypatch, [pairs({"k": 3}, {"k": 10}, 0, 10, median_words=29.0)], {"base": 0.60, "m1": 0.60,
+                                                                                      "m2": 0.58})
+    kept, every = run_rounds(2)
+    assert kept.number == 2 and all(r.kept and not r.failed_gates for r in every)
+
+
+def test_without_round_gates_only_the_criterion_stops_the_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeRounds(monkeypatch, [pairs({"k": 5}, {"k": 10}, 0, 10, median_words=12.0)], {"base": 0.60, "m1": 0.40,
+                                                                                      "m2": 0.30})
+    kept, every = run_rounds(2, "onpolicy.round_gates=false")
+    assert kept.number == 2 and [r.failed_gates for r in every] == [[], []] and every[1].benchmarks == {"mc": 0.30}
