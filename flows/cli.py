@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="feedback-round/arena-votes: start a round after N arena votes (default 20; 0: do not "
                              "deploy it)")
     deploy.add_argument("--feedback-window", type=float, default=3600.0, metavar="SECONDS",
-                        help="... that arrived within this many seconds (default 3600)")
+                        help="... that arrived within this many seconds (default 3600); after firing, the trigger waits "
+                             "for the rest of this window before counting again: at most one round per window")
     deploy.add_argument("--feedback-pool", help="work pool of the feedback round (default: --pool)")
     deploy.add_argument("--feedback-min-pairs", type=int, default=8, metavar="N",
                         help="a round with fewer preference pairs from the votes is skipped (default 8)")

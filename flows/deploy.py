@@ -6,7 +6,8 @@ from this checkout (`from_source` with a local path), so a process worker on the
 
 It also registers `feedback-round/arena-votes` (flows/feedback.py) with a trigger: an automation that runs it
 once `votes` `alignflow.arena.vote` events from any arena arrived within `window` seconds (a reactive event
-trigger; its count starts again after it fires). The automation is listed in the UI under Automations
+trigger: it fires as soon as it has counted `votes`, then ignores votes until its window ends and counts
+afresh — at most one round per window; the votes it ignored are still exported by the next round). The automation is listed in the UI under Automations
 (`feedback-round/arena-votes__automation_1`), where its threshold and window can be edited; `alignflow deploy`
 recreates it from its options. The deployment runs one round at a time (concurrency limit 1, collision strategy
 CANCEL_NEW): a trigger firing while a round runs is cancelled rather than queued, because the running round

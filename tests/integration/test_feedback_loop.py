@@ -24,6 +24,7 @@ from tests.arena.conftest import FakeBackend, fake_streamer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 POOL = "feedback-test"
+WINDOW_S = 20
 
 
 def vote(client: TestClient, choice: str) -> str:
@@ -73,7 +74,9 @@ def test_arena_votes_reach_prefect_and_the_trigger_starts_a_feedback_round(prefe
             pass
     db = sqlite_url(tmp_path / "arena.db")
     config = PipelineConfig.model_validate({"run": {"output_dir": str(tmp_path / "runs")}})
-    deployment_id = deploy_feedback(pool=POOL, votes=3, window=600,
+    # a short window: a reactive trigger fires as soon as it has 3 votes, then ignores votes for the rest of its
+    # window (Prefect's buckets), and the second half of this test needs it to fire again
+    deployment_id = deploy_feedback(pool=POOL, votes=3, window=WINDOW_S,
                                     parameters={"config": config.model_dump(mode="json"), "arena_db": db})
 
     backend = FakeBackend()
@@ -109,6 +112,7 @@ def test_arena_votes_reach_prefect_and_the_trigger_starts_a_feedback_round(prefe
     from prefect.client.schemas.responses import SetStateStatus
     from prefect.states import Cancelled, Pending, Running
 
+    time.sleep(WINDOW_S + 1)  # the first window is over: the trigger counts again
     for c in ("left", "left", "right"):
         vote(client, c)
     EventsWorker.drain_all(timeout=30, at_exit=False)
