@@ -257,9 +257,7 @@ class Store:
 
     @staticmethod
     def _second_vote(existing: Any, choice: str, annotator: str, submission_id: str | None) -> VoteOutcome:
-        same = (submission_id is not None and existing["submission_id"] == submission_id) or (
-            existing["choice"] == choice and existing["annotator"] == annotator)
-        if same:
+        if resubmitted(existing, "choice", choice, annotator, submission_id):
             return VoteOutcome(_row(existing), duplicate=True)
         raise AlreadyVoted(f"comparison {existing['comparison_id']} already has a vote ({existing['choice']}, by "
                            f"{existing['annotator']}); a comparison takes one vote, nothing changed")
@@ -302,9 +300,7 @@ class Store:
 
     @staticmethod
     def _second_rating(existing: Any, rating: str, annotator: str, submission_id: str | None) -> RatingOutcome:
-        same = (submission_id is not None and existing["submission_id"] == submission_id) or (
-            existing["rating"] == rating and existing["annotator"] == annotator)
-        if same:
+        if resubmitted(existing, "rating", rating, annotator, submission_id):
             return RatingOutcome(_row(existing), duplicate=True)
         raise AlreadyRated(f"the {existing['side']} answer of comparison {existing['comparison_id']} is already rated "
                            f"{existing['rating']} (by {existing['annotator']}); an answer takes one rating, nothing "
@@ -341,6 +337,13 @@ class Store:
         out["votes"] = len(self.decided())
         out["ratings"] = len(self.rated())
         return out
+
+
+def resubmitted(existing: Any, field: str, value: str, annotator: str, submission_id: str | None) -> bool:
+    """Whether a second vote or rating is the first one sent again: the same submission id, or the same
+    value by the same annotator."""
+    return (submission_id is not None and existing["submission_id"] == submission_id) or (
+        existing[field] == value and existing["annotator"] == annotator)
 
 
 def check_annotator(annotator: str) -> None:
