@@ -349,7 +349,7 @@ class OnPolicyConfig(_Section):
                           "the chosen answer is right: otherwise DPO prefers a compliant wrong answer and RPO's NLL "
                           "term trains on it. Counted as onpolicy/<split>/dropped_wrong_chosen.")
     rounds: int = Field(
-        1, ge=1, le=10,
+        1, ge=1, le=10, json_schema_extra=SAME_OUTPUT,
         description="Iterated on-policy rounds (iterative DPO): round r samples from round r-1's policy, pairs "
                     "its answers, and trains from that policy (DPO's reference: round_reference). The "
                     "rounds stop early when a round's policy does not raise the held-out criterion (of its "
@@ -358,19 +358,19 @@ class OnPolicyConfig(_Section):
                     "the round started from; that round is then dropped. The kept policy is evaluated against "
                     "the original model under every gate. Each round is an MLflow child run (round-<r>).")
     round_reference: Literal["previous", "original"] = Field(
-        "previous",
+        "previous", json_schema_extra=SAME_OUTPUT,
         description="DPO/KTO's reference in rounds after the first: 'previous' holds round r to round r-1's "
                     "policy (it may drift a little further each round), 'original' holds every round to the model "
                     "round 1 started from (the same anchor as the gates' comparison; the policy still starts from "
                     "the previous round's).")
     round_gates: bool = Field(
-        True, description="Hold each round's policy, before a later round builds on it, to the gates that need no "
+        True, json_schema_extra=SAME_OUTPUT, description="Hold each round's policy, before a later round builds on it, to the gates that need no "
                           "comparison run (promotion.max_benchmark_regression against the original model's "
                           "benchmarks, promotion.min_length_ratio on its held-out samples' median length against "
                           "the original model's samples); a policy failing one is dropped and the rounds stop. "
                           "The last round's policy is held to the benchmark gates (no round samples it).")
     round_min_gain: float = Field(
-        0.0, ge=-1.0, le=1.0,
+        0.0, ge=-1.0, le=1.0, json_schema_extra=SAME_OUTPUT,
         description="The least rise of the held-out criterion that keeps a round (rounds > 1); negative: keep "
                     "rounds that lose up to that much (-1: never stop early).")
     choose_unfinished: bool = Field(

@@ -53,14 +53,14 @@ def unpaired_rows(decided: Iterable[Mapping[str, Any]],
     as desirable (good) or undesirable (bad) examples; an answer rated on its own is left out of its
     "both bad" vote's rows. Empty answers are skipped."""
     rated = list(rated)
-    own = {(r["comparison_id"], r["side"]) for r in rated}
+    own = {(r["comparison_id"], r["answer"].strip()) for r in rated}  # by text: both sides may say the same
     rows: list[dict[str, Any]] = []
     for v in decided:
         if v["choice"] != "both_bad":
             continue
         answers: dict[str, str] = {}
         for side in ("left", "right"):
-            if (v["comparison_id"], side) not in own:
+            if (v["comparison_id"], v[f"{side}_answer"].strip()) not in own:
                 answers[v[f"{side}_answer"].strip()] = v[f"{side}_model"]
         for answer, model in answers.items():
             if not answer:

@@ -291,6 +291,8 @@ class Store:
         except IntegrityError:  # another submission rated this answer first (Postgres without locks)
             with self.engine.connect() as conn:
                 existing = self._rating(conn, comparison_id, side)
+            if existing is None:  # not the race on this answer: the error is another one
+                raise
             return self._second_rating(existing, rating, annotator, submission_id)
 
     @staticmethod

@@ -45,7 +45,8 @@ def training_stage(stage: Literal["sft", "preference"], config: PipelineConfig, 
     base_ref = localize(ModelRef.model_validate(base))
     sft_out = TrainOutput.model_validate(sft) if sft else None
     if sft_out is not None:
-        sft_out = sft_out.model_copy(update={"model": localize(sft_out.model)})
+        sft_out = sft_out.model_copy(update={"model": localize(sft_out.model),
+                                             "reference": sft_out.reference and localize(sft_out.reference)})
     run_ctx = RunContext.model_validate(ctx)
     if node_rank > 0:  # this node's processes only; the head records, caches and publishes the stage
         join_stage(local_cfg, stage, data, base_ref, sft_out, run_ctx)

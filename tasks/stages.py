@@ -13,7 +13,7 @@ from prefect.deployments import run_deployment
 from pydantic import BaseModel
 
 from alignment import stages
-from alignment.config import PipelineConfig, TrainingConfig, output_neutral_fields
+from alignment.config import OnPolicyConfig, PipelineConfig, TrainingConfig, output_neutral_fields
 from alignment.records import ModelRef, PreparedData, TrainOutput
 from alignment.training.distributed import join_training
 from evaluation.judges import make_scorer
@@ -47,6 +47,8 @@ COMPLETE = "COMPLETE"  # written last into a stage folder: the stage's outputs a
 # speed and peak memory, not the arithmetic). training.onednn_linear stays in: another kernel, other rounding.
 # training settings that never change a stage's output, as the config declares them (SAME_OUTPUT)
 UNKEYED_TRAINING = output_neutral_fields(TrainingConfig)
+# the rounds' settings: an on-policy stage samples the model it is given, whichever round asks
+UNKEYED_ONPOLICY = output_neutral_fields(OnPolicyConfig)
 
 
 class StageResult(BaseModel, Generic[T]):
@@ -131,7 +133,7 @@ def onpolicy(cfg: PipelineConfig, prepared: PreparedData, base: ModelRef, sft: T
     content like the other stages. Returns the pairs as prepared data for the later stages."""
     model = sft.model if sft is not None else base
     scorer = cfg.eval.judge.model_dump() if "judge" in cfg.onpolicy.scorers else None
-    key = stages.stage_key("onpolicy", cfg.onpolicy.model_dump(), scorer, prepared.fingerprint, model.fingerprint,
+    key = stages.stage_key("onpolicy", cfg.onpolicy.model_dump(exclude=UNKEYED_ONPOLICY), scorer, prepared.fingerprint, model.fingerprint,
                            cfg.run.seed, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens,
                            cfg.data.truncation)
     return run_cached(onpolicy_task, "onpolicy", key, ctx, cfg, prepared, model).record
@@ -162,10 +164,18 @@ def publish_model(ref: ModelRef) -> ModelRef:
     return ref.model_copy(update={"path": folders.publish_dir(ref.path, s3_stage_uri(ref.path))})
 
 
+def publish_trained(trained: TrainOutput) -> TrainOutput:
+    """The record with its model, and the reference it was held to, published to S3 (a later round on another
+    worker trains against that reference)."""
+    update = {"model": publish_model(trained.model)}
+    if trained.reference is not None:
+        update["reference"] = publish_model(trained.reference)
+    return trained.model_copy(update=update)
+
+
 def publish_stage_output(result: StageResult) -> StageResult:
-    """A training StageResult whose model lives in S3 (what a remote stage hands back)."""
-    trained: TrainOutput = result.record
-    return result.model_copy(update={"record": trained.model_copy(update={"model": publish_model(trained.model)})})
+    """A training StageResult whose models live in S3 (what a remote stage hands back)."""
+    return result.model_copy(update={"record": publish_trained(result.record)})
 
 
 def run_remote(cfg: PipelineConfig, stage: str, key: str, ctx: RunContext, *, prepared: PreparedData,
@@ -183,7 +193,7 @@ def run_remote(cfg: PipelineConfig, stage: str, key: str, ctx: RunContext, *, pr
             "prepared": prepared.model_copy(update={"dir": folders.publish_dir(
                 prepared.dir, s3_stage_uri(prepared.dir))}).model_dump(mode="json"),
             "base": publish_model(base).model_dump(mode="json"),
-            "sft": sft.model_copy(update={"model": publish_model(sft.model)}).model_dump(mode="json") if sft else None,
+            "sft": publish_trained(sft).model_dump(mode="json") if sft else None,
             "ctx": ctx.model_dump(mode="json"), "result_uri": result_uri,
         }
         name = f"alignment-training/{cfg.training.pool}"

@@ -9,8 +9,9 @@ from typing import Any
 # bump when a stage's output for the same inputs changes (2: the instruction task has checkable questions and
 # held-out phrasings; on-policy pairs are scored on correctness and never choose a degenerate sample; 3: other
 # checkable questions, the echo and number-word rules of the review; 4: an on-policy answer cut off at the token
-# limit is never the chosen one)
-CODE_VERSION = "4"
+# limit is never the chosen one; 5: a preference stage records the reference it was held to, the on-policy report
+# the median length of its samples)
+CODE_VERSION = "5"
 
 
 def stage_key(*parts: Any) -> str:

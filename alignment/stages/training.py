@@ -111,10 +111,16 @@ def starting_model(cfg: PipelineConfig, base: ModelRef, sft: TrainOutput | None)
 def reference_model(cfg: PipelineConfig, init: ModelRef, sft: TrainOutput | None) -> ModelRef:
     """The model a method with a reference (DPO, KTO) is held to: the model it starts from, except in a later
     on-policy round with `onpolicy.round_reference: original`, where it is the reference the previous round's
-    policy was held to (so, round after round, the model round 1 started from)."""
-    if cfg.onpolicy.round_reference == "original" and sft is not None and sft.reference is not None:
-        return sft.reference
-    return init
+    policy was held to (so, round after round, the model round 1 started from). A method without a reference
+    (ORPO) gets the starting model, which only its held-out KL uses."""
+    later_round = sft is not None and sft.method != "sft"  # training from a preference policy: a later round
+    if cfg.onpolicy.round_reference != "original" or not later_round or not method_spec(cfg.preference.method).uses_reference:
+        return init
+    if sft.reference is None:
+        raise ValueError(f"onpolicy.round_reference=original: the previous round's policy ({sft.model.path}, "
+                         f"{sft.method}) records no reference to hold this round to; train round 1 with "
+                         "preference.method=dpo or kto")
+    return sft.reference
 
 
 def training_rows(cfg: PipelineConfig, prepared: PreparedData, init: ModelRef, split: str,

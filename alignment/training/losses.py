@@ -120,12 +120,12 @@ def kto_kl_reference(policy_kl_logps: torch.Tensor, reference_kl_logps: torch.Te
 
     policy_kl_logps, reference_kl_logps: (B,) summed log-probs of the batch's mismatched pairs (x_i, y'_i), y'_i
     another example's completion (`collate_kto`: y'_i = y_{i-1 mod B}, as TRL). As TRL's KTOTrainer: the mean
-    over the batch, detached (z0 carries no gradient), averaged over processes, then clamped at 0 (the paper's
-    max(0, .)). `mean_across_processes` ((): local mean -> (): mean over processes; None: one process) is
-    where a multi-process trainer hands in e.g. `lambda kl: accelerator.gather_for_metrics(kl).mean()`."""
-    kl = (policy_kl_logps - reference_kl_logps).mean().detach()  # ()
-    if mean_across_processes is not None:
-        kl = mean_across_processes(kl)
+    over the batch, detached (z0 carries no gradient), over every process's examples, then clamped at 0 (the
+    paper's max(0, .)). `mean_across_processes` ((B,) local values -> (): their mean over all processes; None:
+    one process) is where a multi-process trainer hands in e.g.
+    `lambda kl: accelerator.gather_for_metrics(kl).mean()`."""
+    per_example = (policy_kl_logps - reference_kl_logps).detach()  # (B,)
+    kl = per_example.mean() if mean_across_processes is None else mean_across_processes(per_example)
     return kl.clamp(min=0)
 
 

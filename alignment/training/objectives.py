@@ -193,12 +193,13 @@ class MethodSettings:
     processes: int = 1  # the training's processes (all nodes): KTO averages z0 over them
 
 
-def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
-    """The mean of a detached () tensor over the processes of the default process group (all-reduce): every
-    process calls it at the same micro-step, as the trainer's backward passes already require."""
-    total = value.detach().clone()
+def mean_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """The mean of every process's (B,) detached values (all-reduce of their sum and count, so processes with
+    batches of other sizes weigh by their examples, as TRL's gather-then-mean): every process calls it at the
+    same micro-step, as the trainer's backward passes already require."""
+    total = torch.stack([values.detach().sum(), values.new_tensor(float(values.numel()))])
     torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
-    return total / torch.distributed.get_world_size()
+    return total[0] / total[1]
 
 
 @dataclass(frozen=True)

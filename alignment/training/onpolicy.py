@@ -168,11 +168,11 @@ def best_over_worst(answers: Sequence[str], scores: Sequence[float], min_gap: fl
             continue
         worst = min(scores[i] for i in others)
         bottoms = [i for i in others if scores[i] == worst]
-        pairs += [(abs(len(answers[chosen].split()) - len(answers[r].split())) if match_lengths else 0, chosen, r)
-                  for r in (bottoms if match_lengths else bottoms[:1])]
+        pairs += [(scores[r], abs(len(answers[chosen].split()) - len(answers[r].split())) if match_lengths else 0,
+                   chosen, r) for r in (bottoms if match_lengths else bottoms[:1])]
     if not pairs:
         return None
-    _, chosen, rejected = min(pairs)
+    _, _, chosen, rejected = min(pairs)  # the widest score gap first (a repair may hide a worst answer), then length
     if scores[chosen] - scores[rejected] <= min_gap or scores[chosen] == DEGENERATE:
         return None
     return chosen, rejected

@@ -164,8 +164,9 @@ def test_kto_refuses_an_empty_batch() -> None:
 
 def test_kto_kl_reference_is_the_clamped_detached_batch_mean() -> None:
     """Mismatched-pair log-ratios (1, 1, 0, 0) -> mean 0.5; (-1, -1, 0, 0) -> mean -0.5, clamped to 0.
-    Across processes the local mean is averaged before the clamp (as TRL): local -0.5 and another process's
-    1.5 -> mean 0.5 (clamping first would give (0 + 1.5) / 2 = 0.75)."""
+    Across processes every example's log-ratio is averaged before the clamp (as TRL's gather): local
+    (-1, -1, 0, 0) and another process's two examples (1.5, 1.5) -> (-2 + 3) / 6 = 1/6 (clamping first would
+    give (0 + 1.5) / 2 = 0.75; a mean of the two means, (-0.5 + 1.5) / 2 = 0.5)."""
     ref = T([-2.0, -2.0, -2.0, -2.0])
     policy = T([-1.0, -1.0, -2.0, -2.0], requires_grad=True)
     z0 = kto_kl_reference(policy, ref)
@@ -173,5 +174,5 @@ def test_kto_kl_reference_is_the_clamped_detached_batch_mean() -> None:
     assert not z0.requires_grad
     assert_close(kto_kl_reference(T([-3.0, -3.0, -2.0, -2.0]), ref), T(0.0))
     two_processes = kto_kl_reference(T([-3.0, -3.0, -2.0, -2.0]), ref,
-                                     mean_across_processes=lambda kl: torch.stack([kl, T(1.5)]).mean())
-    assert_close(two_processes, T(0.5))
+                                     mean_across_processes=lambda kl: torch.cat([kl, T([1.5, 1.5])]).mean())
+    assert_close(two_processes, T(1 / 6))

@@ -60,6 +60,12 @@ def test_a_later_round_is_held_to_the_previous_policy_or_the_original_model(roun
     assert init.path == "policy-1"  # every round starts from the previous round's policy
     assert reference_model(cfg, init, policy_1).path == expected
     assert reference_model(cfg, base, None).path == "base"  # round 1: its own start, whatever the setting
+    unrecorded = policy_1.model_copy(update={"reference": None})  # e.g. a result cached before references were kept
+    if round_reference == "original":
+        with pytest.raises(ValueError, match="onpolicy.round_reference=original: the previous round's policy"):
+            reference_model(cfg, init, unrecorded)
+    orpo = cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"method": "orpo"})})
+    assert reference_model(orpo, init, unrecorded).path == "policy-1"  # no reference: the start, for its KL
 
 
 def test_kto_averages_its_reference_point_over_processes_only_when_several_train() -> None:

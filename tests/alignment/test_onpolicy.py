@@ -54,6 +54,10 @@ def test_matching_lengths_pairs_the_closest_of_the_tied_best_and_worst() -> None
     assert best_over_worst(["a", "b c d e f", "g h i j k l m"], [2.0, 0.0, 0.0], match_lengths=True) == (0, 1)
     # the cut-off answer is not choosable even when its length would match
     assert best_over_worst(answers, scores, finished=[True, False, True, True, True], match_lengths=True) == (0, 2)
+    # the widest gap first: "WATER IT." (a case repair of the worst answer) is no rejected answer for "Water it."
+    # itself, but the other best answer's pair keeps the worst score though its length matches less
+    assert best_over_worst(["Water it.", "Keep it cool and dry.", "WATER IT.", "Give it light."],
+                           [0.0, 2.0, 2.0, 1.0], match_lengths=True) == (1, 0)
     # equal differences: sample order
     assert best_over_worst(["a b", "c d", "e", "f"], [1.0, 1.0, 0.0, 0.0], match_lengths=True) == (0, 2)
     with pytest.raises(ValueError, match="3 answers but 2 scores"):

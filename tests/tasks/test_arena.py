@@ -38,23 +38,25 @@ def test_export_writes_pairs_counts_ties_and_loads_as_training_data(s3_env: S3Se
     store.record_rating(right, "left", "good", annotator="ann")  # single-answer ratings
     store.record_rating(both_bad, "right", "good", annotator="ann")  # says more of "quack" than its "both bad" vote
     vote(store, "left", answers=("same", "same"))
+    twins = vote(store, "both_bad", answers=("Moo.", "Moo."))  # one text on both sides, one side rated
+    store.record_rating(twins, "right", "good", annotator="ann")
     store.create_comparison(annotator="ann", model_a="m/2", model_b="m/1", left_model="m/2", right_model="m/1",
                             prompt=PROMPT, prompt_source="typed", settings={})  # never voted: not exported
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = export_votes(url, bucket=s3_env.bucket, tracking_uri=tracking, stamp=datetime(2026, 12, 1, tzinfo=UTC))
     assert out.uri == f"s3://{s3_env.bucket}/arena/exports/20261201T000000000000Z/train.jsonl"
-    assert out.counts == {"votes": 5, "pairs": 2, "ties": 1, "both_bad": 1, "identical": 1, "unpaired": 3}
+    assert out.counts == {"votes": 6, "pairs": 2, "ties": 1, "both_bad": 2, "identical": 1, "unpaired": 4}
     # the "both bad" vote's answers as undesirable examples but the one rated on its own, then the ratings,
     # loadable as data.unpaired_path (strict)
     assert out.unpaired_uri == f"s3://{s3_env.bucket}/arena/exports/20261201T000000000000Z/unpaired.jsonl"
     unpaired = list(iter_unpaired(out.unpaired_uri))
     assert [(u["completion"][0]["content"], u["label"]) for u in unpaired] == [
-        ("moo", False), ("The cow says moo.", True), ("quack", True)]
+        ("moo", False), ("The cow says moo.", True), ("quack", True), ("Moo.", True)]  # "Moo." once, as rated
     assert unpaired[0]["prompt"] == PROMPT
     raw = [json.loads(line) for line in s3_env.client().get_object(
         Bucket=s3_env.bucket, Key=out.unpaired_uri.split("/", 3)[3])["Body"].read().splitlines()]
     assert [(r["arena_comparison_id"], r.get("arena_rating"), r["arena_model"]) for r in raw] == [
-        (both_bad, None, "m/2"), (right, "good", "m/2"), (both_bad, "good", "m/1")]
+        (both_bad, None, "m/2"), (right, "good", "m/2"), (both_bad, "good", "m/1"), (twins, "good", "m/1")]
     for uri in (out.uri, out.latest_uri):  # strict: every row valid, provenance columns ignored
         rows, report = load_preferences(uri)
         assert len(rows) == 2

@@ -14,7 +14,7 @@ from tasks.stages import stage_keys
 # stage_keys reads only the inputs' fingerprints
 PREPARED = SimpleNamespace(fingerprint="data-1")
 BASE = SimpleNamespace(fingerprint="base-1")
-SFT = SimpleNamespace(model=SimpleNamespace(fingerprint="sft-1"), reference=None)
+SFT = SimpleNamespace(model=SimpleNamespace(fingerprint="sft-1"), method="sft", reference=None)
 
 
 def keys(*overrides: str) -> dict[str, str]:
@@ -53,14 +53,15 @@ def test_a_dpo_setting_changes_only_the_dpo_key() -> None:
 
 
 def test_the_sft_model_feeds_the_preference_key() -> None:
-    other = stage_keys(load_config(None, []), PREPARED, BASE, SimpleNamespace(model=SimpleNamespace(fingerprint="sft-2"), reference=None))
+    other = stage_keys(load_config(None, []), PREPARED, BASE, SimpleNamespace(model=SimpleNamespace(fingerprint="sft-2"), method="sft", reference=None))
     assert other["dpo"] != keys()["dpo"]
     assert other["sft"] == keys()["sft"]
 
 
 def test_a_later_round_held_to_the_original_model_has_its_own_key() -> None:
     # round 2 starts from round 1's policy; held to round 1's reference it trains against other log-probs
-    policy_1 = SimpleNamespace(model=SimpleNamespace(fingerprint="policy-1"), reference=SimpleNamespace(fingerprint="base-1"))
+    policy_1 = SimpleNamespace(model=SimpleNamespace(fingerprint="policy-1"), method="dpo",
+                               reference=SimpleNamespace(fingerprint="base-1"))
     on = ["onpolicy.enabled=true", "onpolicy.rounds=2"]
     previous = stage_keys(load_config(None, [*on, "onpolicy.round_reference=previous"]), PREPARED, BASE, policy_1)
     original = stage_keys(load_config(None, [*on, "onpolicy.round_reference=original"]), PREPARED, BASE, policy_1)
@@ -68,3 +69,10 @@ def test_a_later_round_held_to_the_original_model_has_its_own_key() -> None:
     # round 1 (no earlier policy) is the same under both settings
     assert (stage_keys(load_config(None, [*on, "onpolicy.round_reference=original"]), PREPARED, BASE, SFT)["dpo"]
             == keys(*on, "onpolicy.round_reference=previous")["dpo"])
+
+
+def test_the_rounds_settings_leave_the_onpolicy_key_alone() -> None:
+    # raising onpolicy.rounds from 1 to 2 reuses round 1's sampling (10 minutes on the real model)
+    from tasks.stages import UNKEYED_ONPOLICY
+
+    assert UNKEYED_ONPOLICY == {"rounds", "round_reference", "round_gates", "round_min_gain"}
