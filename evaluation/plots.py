@@ -228,10 +228,11 @@ def plot_method_comparison(rows: list[dict], path: Path) -> Path | None:
 
 
 def plot_rounds(rows: list[dict], path: Path, start_benchmarks: dict[str, float] | None = None) -> Path | None:
-    """Iterated on-policy rounds, one panel each for compliance, capability and distance, round 0 being the
-    original model: the held-out criterion (pass rate - degenerate rate) of the model each round started from
-    and of its policy; each benchmark's headline value; the KL of each round's saved policy from its
-    reference. A dropped round is drawn hollow; a panel with nothing measured is left out."""
+    """Iterated on-policy rounds, one panel each for compliance, capability and distance, x = r being round r's
+    policy and x = 0 the original model: the held-out criterion (pass rate - degenerate rate) of its samples
+    (the last policy's is not measured: no round samples it); each benchmark's headline value; the KL of each
+    round's saved policy from its reference. A dropped round is drawn hollow; a panel with nothing measured is
+    left out."""
     measured = [r for r in rows if r.get("start_score") is not None]
     tasks = sorted({t for r in rows for t in (r.get("benchmarks") or {})})
     kls = [(r["round"], r["kl"], r["kept"]) for r in rows if r.get("kl") is not None]
@@ -242,11 +243,10 @@ def plot_rounds(rows: list[dict], path: Path, start_benchmarks: dict[str, float]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.3), squeeze=False)
     xs = [0] + [r["round"] for r in rows]
     for ax, panel in zip(axes[0], panels, strict=True):
-        if panel == "compliance":
-            ax.plot([r["round"] for r in measured], [r["start_score"] for r in measured], "o--", color=REFERENCE,
-                    label="model the round started from")
-            ends = [(r["round"], r["end_score"], r["kept"]) for r in rows if r.get("end_score") is not None]
-            _points(ax, ends, "its policy")
+        if panel == "compliance":  # round 1's start is the original model (x = 0); round r's policy at x = r
+            points = [(0, measured[0]["start_score"], True)] if measured[0]["round"] == 1 else []
+            points += [(r["round"], r["end_score"], r["kept"]) for r in rows if r.get("end_score") is not None]
+            _points(ax, points, "held-out samples")
             ax.set_ylabel("held-out pass rate - degenerate rate")
         elif panel == "capability":
             for n, task in enumerate(tasks):
