@@ -41,6 +41,16 @@ def at_most(name: str, value: float, threshold: float) -> GateResult:
     return GateResult(name, value, threshold, math.isfinite(value) and value <= threshold)
 
 
+def benchmark_gates(benchmarks: dict[str, tuple[float, float]] | None,
+                    max_regression: float | None) -> list[GateResult]:
+    """benchmark_regression.<task>: (reference - policy) of each task's (policy, reference) values at most
+    `max_regression` (none when it is unset)."""
+    if max_regression is None:
+        return []
+    return [at_most(f"benchmark_regression.{task}", reference - policy, max_regression)
+            for task, (policy, reference) in sorted((benchmarks or {}).items())]
+
+
 def round_gates(*, benchmarks: dict[str, tuple[float, float]] | None, max_benchmark_regression: float | None,
                 length_ratio: float | None, min_length_ratio: float | None) -> list[GateResult]:
     """The gates an on-policy round's policy is held to before a later round builds on it (tasks/rounds.py):
@@ -48,10 +58,7 @@ def round_gates(*, benchmarks: dict[str, tuple[float, float]] | None, max_benchm
     model's (`benchmarks`: task -> (policy, original)) and the median length of its held-out samples over the
     original model's (`length_ratio`). Unlike `check_gates`, a value that was not measured is left out: the
     kept policy still faces every gate, measured, in the final evaluation."""
-    gates = []
-    if max_benchmark_regression is not None:
-        for task, (policy, original) in sorted((benchmarks or {}).items()):
-            gates.append(at_most(f"benchmark_regression.{task}", original - policy, max_benchmark_regression))
+    gates = benchmark_gates(benchmarks, max_benchmark_regression)
     if min_length_ratio is not None and length_ratio is not None:
         gates.append(at_least("length_ratio", length_ratio, min_length_ratio))
     return gates
@@ -77,9 +84,7 @@ def check_gates(*, win_rate: float, win_rate_ci_low: float, min_win_rate: float,
     if min_reward_accuracy is not None:
         gates.append(at_least("reward_accuracy", math.nan if reward_accuracy is None else reward_accuracy,
                               min_reward_accuracy))
-    if max_benchmark_regression is not None:
-        for task, (policy, reference) in sorted((benchmarks or {}).items()):
-            gates.append(at_most(f"benchmark_regression.{task}", reference - policy, max_benchmark_regression))
+    gates += benchmark_gates(benchmarks, max_benchmark_regression)
     if max_contamination is not None:
         for name, share in sorted((contamination or {}).items()):
             gates.append(at_most(f"contamination.{name}", share, max_contamination))
